@@ -1,0 +1,131 @@
+//! The inference backends behind one small interface.
+//!
+//! A [`LoadedModel`] is read-only and shared (`Arc`) by any number of
+//! [`Sequence`]s; each sequence owns its KV cache and position. A sequence is
+//! fed tokens (a whole prompt first, then one token per step) and writes the
+//! logits of the last token it was fed. Tokenizing, sampling and stopping are
+//! not the backend's business.
+
+pub mod onnxruntime;
+pub mod providers;
+pub mod tract;
+
+use std::sync::Arc;
+
+use super::model_dir::ModelDir;
+pub use providers::ProviderConfig;
+
+/// Which engine runs a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Pure Rust, builds anywhere: the default when no ONNX Runtime library is present.
+    Tract,
+    /// ONNX Runtime, loaded from a shared library at run time.
+    Onnxruntime,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Tract => "tract",
+            BackendKind::Onnxruntime => "onnxruntime",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tract" => Ok(BackendKind::Tract),
+            "onnxruntime" | "ort" => Ok(BackendKind::Onnxruntime),
+            other => Err(format!("unknown backend \"{other}\" (expected tract or onnxruntime)")),
+        }
+    }
+}
+
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Compute threads; `None` lets the backend decide (one per core).
+    pub threads: Option<usize>,
+    /// ONNX Runtime execution providers in order of preference; CPU is always the last resort.
+    pub providers: Vec<ProviderConfig>,
+    /// tract: re-quantize float weights to Q4_0 at load (`block_quant`), its fastest path.
+    pub tract_block_quant: bool,
+    /// `libonnxruntime.so` to load (otherwise `ORT_DYLIB_PATH`, then a search).
+    pub ort_library: Option<std::path::PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { threads: None, providers: vec![ProviderConfig::cpu()], tract_block_quant: false, ort_library: None }
+    }
+}
+
+/// What actually serves a loaded model.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Served {
+    pub backend: BackendKind,
+    /// Execution provider (ONNX Runtime) or runtime (tract) in use.
+    pub provider: String,
+    /// Providers that were tried first and failed, with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{backend} cannot run this model: {reason}")]
+    Unsupported { backend: BackendKind, reason: String },
+    #[error("{backend} failed to load the model: {reason}")]
+    Load { backend: BackendKind, reason: String },
+    #[error("{backend} failed during inference: {reason}")]
+    Run { backend: BackendKind, reason: String },
+    #[error("the ONNX Runtime library is not available: {0}")]
+    RuntimeMissing(String),
+    #[error("no tokens to feed")]
+    NoTokens,
+    #[error("sequence is full: {position} tokens + {adding} new exceed the context of {context}")]
+    ContextFull { position: usize, adding: usize, context: usize },
+}
+
+/// A model loaded on a backend; shared by all its sequences.
+pub trait LoadedModel: Send + Sync {
+    fn served(&self) -> &Served;
+    /// Starts a sequence with an empty KV cache.
+    fn new_sequence(self: Arc<Self>) -> Result<Box<dyn Sequence>, BackendError>;
+}
+
+/// One generation stream with its own KV cache.
+pub trait Sequence: Send {
+    /// Feeds `tokens` after those already fed and writes the logits of the last one into `logits`.
+    fn forward(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), BackendError>;
+    /// Tokens fed so far.
+    fn position(&self) -> usize;
+}
+
+/// Loads `dir` on the backend `kind`.
+pub fn load(kind: BackendKind, dir: &ModelDir, opts: &LoadOptions) -> Result<Arc<dyn LoadedModel>, BackendError> {
+    match kind {
+        BackendKind::Tract => Ok(Arc::new(tract::TractModel::load(dir, opts)?)),
+        BackendKind::Onnxruntime => Ok(Arc::new(onnxruntime::OrtModel::load(dir, opts)?)),
+    }
+}
+
+/// Checks a forward call against the context before any compute.
+pub(crate) fn check_room(position: usize, adding: usize, context: usize) -> Result<(), BackendError> {
+    if adding == 0 {
+        return Err(BackendError::NoTokens);
+    }
+    if position + adding > context {
+        return Err(BackendError::ContextFull { position, adding, context });
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! The ONNX Runtime backend, through `ort` with the library loaded at run time
+//! (`load-dynamic`): nothing is downloaded or linked at build time.
+//!
+//! One ONNX Runtime environment per process (a library constraint), found
+//! through the configured path, `ORT_DYLIB_PATH`, or the search list in
+//! [`SEARCH_DIRS`]. Execution providers are tried in the configured order.
+//!
+//! KV cache: each step's `present.N.*` outputs are moved, as ONNX Runtime
+//! values, into the next step's `past_key_values.N.*` inputs; nothing is
+//! copied through Rust memory between steps.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use half::f16;
+use ort::environment::Environment;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor};
+
+use super::providers::{ProviderName, register};
+use super::{BackendError, BackendKind, LoadOptions, LoadedModel, Sequence, Served, check_room};
+use crate::engine::model_dir::ModelDir;
+use crate::engine::onnx_graph::{ONNX_FLOAT, ONNX_FLOAT16};
+
+/// Where llamad looks for `libonnxruntime.so` when neither the config nor
+/// `ORT_DYLIB_PATH` names it (first match wins; `libonnxruntime.so` or a
+/// versioned `libonnxruntime.so.N...`).
+pub const SEARCH_DIRS: &[&str] = &["/usr/lib/llamad", "/usr/local/lib", "/usr/lib", "/usr/lib64"];
+
+static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
+static PLUGINS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+
+fn find_in(dir: &Path) -> Option<PathBuf> {
+    let plain = dir.join("libonnxruntime.so");
+    if plain.is_file() {
+        return Some(plain);
+    }
+    let mut versioned: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so."))
+        })
+        .collect();
+    versioned.sort();
+    versioned.pop()
+}
+
+/// The library that would be loaded, or why there is none.
+pub fn locate_library(configured: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = configured {
+        return if p.is_file() { Ok(p.to_owned()) } else { Err(format!("configured library {} does not exist", p.display())) };
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        return if p.is_file() { Ok(p) } else { Err(format!("ORT_DYLIB_PATH={} does not exist", p.display())) };
+    }
+    SEARCH_DIRS.iter().find_map(|d| find_in(Path::new(d))).ok_or_else(|| {
+        format!(
+            "no libonnxruntime.so: set onnxruntime.library in the config or ORT_DYLIB_PATH, or install it in one of {}",
+            SEARCH_DIRS.join(", ")
+        )
+    })
+}
+
+/// The process-wide environment, created on first use.
+pub fn environment(configured: Option<&Path>) -> Result<&'static Environment, BackendError> {
+    let env = ENV.get_or_init(|| {
+        let lib = locate_library(configured)?;
+        let builder = ort::init_from(&lib).map_err(|e| format!("{}: {e}", lib.display()))?;
+        let env = builder.with_name("llamad").build().map_err(|e| format!("{}: {e}", lib.display()))?;
+        tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
+        Ok(env)
+    });
+    env.as_ref().map_err(|e| BackendError::RuntimeMissing(e.clone()))
+}
+
+fn register_plugin(env: &Environment, name: ProviderName, lib: &Path) -> Result<(), String> {
+    let mut done = PLUGINS.lock().unwrap_or_else(|e| e.into_inner());
+    if done.iter().any(|(n, p)| n == name.as_str() && p == lib) {
+        return Ok(());
+    }
+    env.register_ep_library(name.as_str(), lib).map_err(|e| format!("plugin library {}: {e}", lib.display()))?;
+    done.push((name.as_str().to_string(), lib.to_owned()));
+    Ok(())
+}
+
+pub struct OrtModel {
+    /// `Session::run` takes `&mut`: sequences of one model take turns.
+    session: Mutex<Session>,
+    dir: ModelDir,
+    served: Served,
+    past_f16: bool,
+}
+
+fn load_err(reason: impl std::fmt::Display) -> BackendError {
+    BackendError::Load { backend: BackendKind::Onnxruntime, reason: reason.to_string() }
+}
+
+fn run_err(reason: impl std::fmt::Display) -> BackendError {
+    BackendError::Run { backend: BackendKind::Onnxruntime, reason: reason.to_string() }
+}
+
+impl OrtModel {
+    pub fn load(dir: &ModelDir, opts: &LoadOptions) -> Result<OrtModel, BackendError> {
+        let env = environment(opts.ort_library.as_deref())?;
+        let mut builder = Session::builder(env).map_err(load_err)?;
+        if let Some(n) = opts.threads {
+            builder = builder.with_intra_threads(n).map_err(|e| load_err(e.to_string()))?;
+        }
+        let mut skipped = vec![];
+        let mut provider = None;
+        for p in &opts.providers {
+            if p.name == ProviderName::Cpu {
+                provider = Some("cpu".to_string());
+                break;
+            }
+            if let Some(lib) = &p.library
+                && let Err(reason) = register_plugin(env, p.name, lib)
+            {
+                tracing::warn!(model = %dir.name(), provider = p.name.as_str(), %reason, "execution provider skipped");
+                skipped.push((p.name.as_str().to_string(), reason));
+                continue;
+            }
+            match register(env, builder, p) {
+                Ok(b) => {
+                    builder = b;
+                    provider = Some(p.name.as_str().to_string());
+                    break;
+                }
+                Err((b, reason)) => {
+                    builder = b;
+                    tracing::warn!(model = %dir.name(), provider = p.name.as_str(), %reason, "execution provider skipped");
+                    skipped.push((p.name.as_str().to_string(), reason));
+                }
+            }
+        }
+        let provider = provider.unwrap_or_else(|| "cpu".to_string());
+        tracing::info!(model = %dir.name(), %provider, "ONNX Runtime session");
+        let session = builder.commit_from_file(&dir.onnx).map_err(|e| load_err(e.to_string()))?;
+        let past_f16 = dir
+            .graph
+            .input(&dir.io.past_key[0])
+            .is_some_and(|i| i.elem_type == ONNX_FLOAT16);
+        if let Some(i) = dir.graph.input(&dir.io.past_key[0])
+            && i.elem_type != ONNX_FLOAT
+            && i.elem_type != ONNX_FLOAT16
+        {
+            return Err(BackendError::Unsupported {
+                backend: BackendKind::Onnxruntime,
+                reason: format!("KV cache element type {} (only float32 and float16 are supported)", i.elem_type),
+            });
+        }
+        Ok(OrtModel {
+            session: Mutex::new(session),
+            dir: dir.clone(),
+            served: Served { backend: BackendKind::Onnxruntime, provider, skipped },
+            past_f16,
+        })
+    }
+
+    fn empty_past(&self) -> Result<DynValue, BackendError> {
+        let s = &self.dir.spec;
+        let shape = [1usize, s.kv_heads, 0, s.head_dim];
+        Ok(if self.past_f16 {
+            Tensor::<f16>::from_array((shape, Vec::<f16>::new())).map_err(run_err)?.into_dyn()
+        } else {
+            Tensor::<f32>::from_array((shape, Vec::<f32>::new())).map_err(run_err)?.into_dyn()
+        })
+    }
+}
+
+impl LoadedModel for OrtModel {
+    fn served(&self) -> &Served {
+        &self.served
+    }
+
+    fn new_sequence(self: Arc<Self>) -> Result<Box<dyn Sequence>, BackendError> {
+        let mut past = Vec::with_capacity(self.dir.spec.layers * 2);
+        for _ in 0..self.dir.spec.layers * 2 {
+            past.push(self.empty_past()?);
+        }
+        Ok(Box::new(OrtSequence { model: self, past, position: 0 }))
+    }
+}
+
+pub struct OrtSequence {
+    model: Arc<OrtModel>,
+    /// key 0, value 0, key 1, value 1, ...
+    past: Vec<DynValue>,
+    position: usize,
+}
+
+fn i64_tensor(values: Vec<i64>) -> Result<SessionInputValue<'static>, BackendError> {
+    let n = values.len();
+    Ok(Tensor::<i64>::from_array(([1usize, n], values)).map_err(run_err)?.into())
+}
+
+impl Sequence for OrtSequence {
+    fn forward(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), BackendError> {
+        let m = &self.model;
+        let io = &m.dir.io;
+        check_room(self.position, tokens.len(), m.dir.spec.context_length)?;
+        let n = tokens.len();
+        let start = self.position as i64;
+        let mut inputs: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(4 + self.past.len());
+        inputs.push((&io.input_ids, i64_tensor(tokens.iter().map(|&t| t as i64).collect())?));
+        if let Some(name) = &io.attention_mask {
+            inputs.push((name, i64_tensor(vec![1; self.position + n])?));
+        }
+        if let Some(name) = &io.position_ids {
+            inputs.push((name, i64_tensor((start..start + n as i64).collect())?));
+        }
+        if let Some(name) = &io.use_cache_branch {
+            let t = Tensor::<bool>::from_array(([1usize], vec![self.position > 0])).map_err(run_err)?;
+            inputs.push((name, t.into()));
+        }
+        for (layer, (k, v)) in io.past_key.iter().zip(&io.past_value).enumerate() {
+            inputs.push((k, (&self.past[2 * layer]).into()));
+            inputs.push((v, (&self.past[2 * layer + 1]).into()));
+        }
+        let mut session = m.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut outputs = session.run(inputs).map_err(run_err)?;
+        let out = outputs.remove(&io.logits).ok_or_else(|| run_err("no logits output"))?;
+        logits.clear();
+        if let Ok((shape, data)) = out.try_extract_tensor::<f32>() {
+            let vocab = *shape.last().unwrap_or(&0) as usize;
+            logits.extend_from_slice(&data[data.len() - vocab..]);
+        } else {
+            let (shape, data) = out.try_extract_tensor::<f16>().map_err(run_err)?;
+            let vocab = *shape.last().unwrap_or(&0) as usize;
+            logits.extend(data[data.len() - vocab..].iter().map(|x| x.to_f32()));
+        }
+        for (layer, (k, v)) in io.present_key.iter().zip(&io.present_value).enumerate() {
+            self.past[2 * layer] = outputs.remove(k.as_str()).ok_or_else(|| run_err(format!("no output {k}")))?;
+            self.past[2 * layer + 1] = outputs.remove(v.as_str()).ok_or_else(|| run_err(format!("no output {v}")))?;
+        }
+        self.position += n;
+        Ok(())
+    }
+
+    fn position(&self) -> usize {
+        self.position
+    }
+}

@@ -1,0 +1,207 @@
+//! The tract backend: pure Rust, no native library, the embedded default.
+//!
+//! Loading follows tract's causal-LM recipe: concrete input facts (batch 1, a
+//! symbol S for new tokens, P for the past), typing and decluttering, then
+//! `transformers_detect_all`, which turns every `past → Concat → present`
+//! chain into a stateful KV-cache op. The past/present pairs then disappear
+//! from the graph's interface: each [`TractSequence`] owns a tract state that
+//! holds its caches, and feeds only ids, mask and positions.
+
+use std::sync::Arc;
+
+use tract_linalg::multithread::{Executor, multithread_tract_scope};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::transform::get_transform;
+
+use super::{BackendError, BackendKind, LoadOptions, LoadedModel, Sequence, Served, check_room};
+use crate::engine::model_dir::{Layout, ModelDir, Quantization};
+use crate::engine::onnx_graph::read_proto;
+
+mod graph_fixes;
+
+/// What a remaining graph input carries.
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    Ids,
+    Mask,
+    Positions,
+}
+
+pub struct TractModel {
+    plan: Arc<TypedRunnableModel>,
+    roles: Vec<Role>,
+    served: Served,
+    context: usize,
+    executor: Executor,
+}
+
+fn load_err(reason: impl std::fmt::Display) -> BackendError {
+    BackendError::Load { backend: BackendKind::Tract, reason: reason.to_string() }
+}
+
+fn unsupported(reason: impl Into<String>) -> BackendError {
+    BackendError::Unsupported { backend: BackendKind::Tract, reason: reason.into() }
+}
+
+fn transform(model: &mut TypedModel, name: &str) -> Result<(), BackendError> {
+    let t = get_transform(name)
+        .map_err(load_err)?
+        .ok_or_else(|| load_err(format!("tract transform {name} is not linked in")))?;
+    model.transform(&*t).map_err(|e| load_err(format!("{name}: {e:#}")))
+}
+
+impl TractModel {
+    pub fn load(dir: &ModelDir, opts: &LoadOptions) -> Result<TractModel, BackendError> {
+        if dir.quantization == Quantization::Int8Dynamic {
+            return Err(unsupported(
+                "onnxruntime int8 quantize_dynamic models (MatMulInteger) give wrong logits and take \
+                 seconds per token on tract 0.23; load this model with the onnxruntime backend, or \
+                 use the fp32 export with tract's own Q4_0 (block_quant)",
+            ));
+        }
+        if dir.io.use_cache_branch.is_some() {
+            return Err(unsupported(
+                "merged decoders (decoder_model_merged.onnx, an If on use_cache_branch) are not \
+                 supported on tract; export with --task text-generation-with-past and no merging, \
+                 or use the onnxruntime backend",
+            ));
+        }
+        // Make sure tract-transformers' transforms are linked in (they register through inventory).
+        let _ = tract_transformers::tract_transformers_registry;
+
+        let mut proto = read_proto(&dir.onnx).map_err(load_err)?;
+        if dir.layout == Layout::GenAi {
+            graph_fixes::prepare_genai(&mut proto).map_err(unsupported)?;
+        }
+        let dir_str = dir.path.to_str().ok_or_else(|| load_err("model path is not UTF-8"))?;
+        let mut model = tract_onnx::onnx()
+            .parse(&proto, Some(dir_str))
+            .map_err(|e| load_err(format!("{e:#}")))?
+            .model;
+        drop(proto);
+
+        let s = model.symbols.sym("S");
+        let p = model.symbols.sym("P");
+        let spec = &dir.spec;
+        let io = &dir.io;
+        let outlets = model.input_outlets().map_err(load_err)?.to_vec();
+        for (ix, outlet) in outlets.iter().enumerate() {
+            let name = model.node(outlet.node).name.clone();
+            let fact: InferenceFact = if name == io.input_ids || Some(&name) == io.position_ids.as_ref() {
+                i64::fact([1.to_dim(), s.to_dim()]).into()
+            } else if Some(&name) == io.attention_mask.as_ref() {
+                i64::fact([1.to_dim(), p.to_dim() + s.to_dim()]).into()
+            } else if io.past_key.contains(&name) || io.past_value.contains(&name) {
+                f32::fact([1.to_dim(), spec.kv_heads.to_dim(), p.to_dim(), spec.head_dim.to_dim()]).into()
+            } else {
+                return Err(unsupported(format!("graph input {name} is not one llamad feeds")));
+            };
+            model.set_input_fact(ix, fact).map_err(load_err)?;
+        }
+        let mut typed = model
+            .into_typed()
+            .map_err(|e| unsupported(format!("tract could not type the graph: {e:#}")))?
+            .into_decluttered()
+            .map_err(|e| load_err(format!("{e:#}")))?;
+        transform(&mut typed, "transformers_detect_all")?;
+        if opts.tract_block_quant && dir.quantization == Quantization::F32 {
+            transform(&mut typed, "block_quant")?;
+        }
+        let mut roles = vec![];
+        for outlet in typed.input_outlets().map_err(load_err)? {
+            let name = &typed.node(outlet.node).name;
+            roles.push(if *name == io.input_ids {
+                Role::Ids
+            } else if Some(name) == io.attention_mask.as_ref() {
+                Role::Mask
+            } else if Some(name) == io.position_ids.as_ref() {
+                Role::Positions
+            } else {
+                return Err(unsupported(format!(
+                    "tract did not recognise the KV-cache pattern for input {name} \
+                     (expected past → Concat → present)"
+                )));
+            });
+        }
+        let logits_ix = typed
+            .output_outlets()
+            .map_err(load_err)?
+            .iter()
+            .position(|o| typed.node(o.node).name == io.logits || typed.outlet_label(*o) == Some(io.logits.as_str()))
+            .unwrap_or(0);
+        typed.select_output_outlets(&[typed.output_outlets().map_err(load_err)?[logits_ix]]).map_err(load_err)?;
+        let optimized = typed.into_optimized().map_err(|e| load_err(format!("{e:#}")))?;
+        let plan = optimized.into_runnable().map_err(load_err)?;
+        let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+        let runtime = if opts.tract_block_quant && dir.quantization == Quantization::F32 {
+            format!("cpu ({threads} threads, Q4_0 block_quant)")
+        } else {
+            format!("cpu ({threads} threads)")
+        };
+        Ok(TractModel {
+            plan,
+            roles,
+            served: Served { backend: BackendKind::Tract, provider: runtime, skipped: vec![] },
+            context: spec.context_length,
+            executor,
+        })
+    }
+}
+
+impl LoadedModel for TractModel {
+    fn served(&self) -> &Served {
+        &self.served
+    }
+
+    fn new_sequence(self: Arc<Self>) -> Result<Box<dyn Sequence>, BackendError> {
+        let state = TypedSimpleState::new(&self.plan).map_err(load_err)?;
+        Ok(Box::new(TractSequence { model: self, state, position: 0 }))
+    }
+}
+
+pub struct TractSequence {
+    model: Arc<TractModel>,
+    state: TypedSimpleState,
+    position: usize,
+}
+
+fn run_err(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Run { backend: BackendKind::Tract, reason: e.to_string() }
+}
+
+impl Sequence for TractSequence {
+    fn forward(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), BackendError> {
+        check_room(self.position, tokens.len(), self.model.context)?;
+        let n = tokens.len();
+        let start = self.position as i64;
+        let mut inputs: TVec<TValue> = tvec![];
+        for role in &self.model.roles {
+            let t = match role {
+                Role::Ids => tensor1(&tokens.iter().map(|&t| t as i64).collect::<Vec<_>>()),
+                Role::Positions => tensor1(&(start..start + n as i64).collect::<Vec<_>>()),
+                Role::Mask => tensor1(&vec![1i64; self.position + n]),
+            };
+            let len = t.len();
+            inputs.push(t.into_shape(&[1, len]).map_err(run_err)?.into_tvalue());
+        }
+        let executor = self.model.executor.clone();
+        let state = &mut self.state;
+        let outputs = multithread_tract_scope(executor, || state.run(inputs)).map_err(|e| run_err(format!("{e:#}")))?;
+        let out = outputs[0].cast_to::<f32>().map_err(run_err)?;
+        let view = out.try_as_plain_ram().map_err(run_err)?;
+        let all = view.as_slice::<f32>().map_err(run_err)?;
+        let vocab = *out.shape().last().unwrap_or(&0);
+        if vocab == 0 || all.len() < vocab {
+            return Err(run_err(format!("unexpected logits shape {:?}", out.shape())));
+        }
+        logits.clear();
+        logits.extend_from_slice(&all[all.len() - vocab..]);
+        self.position += n;
+        Ok(())
+    }
+
+    fn position(&self) -> usize {
+        self.position
+    }
+}

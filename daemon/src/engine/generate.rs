@@ -1,0 +1,233 @@
+//! The decoding loop: prompt → tokens → prefill → sample, one token per step,
+//! until EOS, a stop string, `max_tokens`, the context's end, or cancellation.
+//! Text is streamed through a callback as it becomes complete; stop strings
+//! are held back until they can no longer match, and are never emitted.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::Model;
+use super::backend::BackendError;
+use super::chat::{self, ChatError, Message};
+use super::detok::Detokenizer;
+use super::sampler::{InvalidOption, Sampler, SamplingParams};
+use super::tokenizer::TokenizerError;
+
+/// What to continue from.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    /// Raw text, tokenized as the tokenizer does by default (BOS for Llama 2).
+    Text(String),
+    /// Messages, through the model's chat template.
+    Chat(Vec<Message>),
+    /// Token ids as they are.
+    Tokens(Vec<u32>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    Eos,
+    Length,
+    Stop,
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Eos => "eos",
+            FinishReason::Length => "length",
+            FinishReason::Stop => "stop",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Stats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub time_to_first_token: Duration,
+    pub prompt_time: Duration,
+    pub decode_time: Duration,
+    pub finish: FinishReason,
+    pub seed: u64,
+}
+
+impl Stats {
+    pub fn prompt_tokens_per_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prompt_time.as_secs_f64().max(1e-9)
+    }
+    /// Tokens after the first, over the time after the first.
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        self.generated_tokens.saturating_sub(1) as f64 / self.decode_time.as_secs_f64().max(1e-9)
+    }
+}
+
+#[derive(Debug)]
+pub struct Output {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub stats: Stats,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("the prompt has {prompt_tokens} tokens but the model's context holds {context}")]
+    ContextOverflow { prompt_tokens: usize, context: usize },
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    BadToken { id: u32, vocab: usize },
+    #[error(transparent)]
+    InvalidOption(#[from] InvalidOption),
+    #[error("this model has no tokenizer.json, so it only takes and gives token ids")]
+    NoTokenizer,
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Longest suffix of `text` that is a proper prefix of some stop string.
+fn held_back(text: &str, stops: &[String]) -> usize {
+    let mut keep = 0;
+    for s in stops {
+        for n in (1..s.len().min(text.len() + 1)).rev() {
+            if text.is_char_boundary(text.len() - n) && s.as_bytes().starts_with(&text.as_bytes()[text.len() - n..]) {
+                keep = keep.max(n);
+                break;
+            }
+        }
+    }
+    keep
+}
+
+impl Model {
+    /// Tokenizes a prompt and checks it against the vocabulary and the context.
+    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, GenerateError> {
+        let ids = match prompt {
+            Prompt::Text(t) if t.is_empty() => return Err(GenerateError::EmptyPrompt),
+            Prompt::Text(t) => self.tokenizer()?.encode(t, true)?,
+            Prompt::Chat(m) => chat::prompt_ids(self.tokenizer()?, m)?,
+            Prompt::Tokens(ids) => ids.clone(),
+        };
+        if ids.is_empty() {
+            return Err(GenerateError::EmptyPrompt);
+        }
+        let vocab = self.dir.spec.vocab_size;
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(GenerateError::BadToken { id, vocab });
+        }
+        let context = self.dir.spec.context_length;
+        if ids.len() >= context {
+            return Err(GenerateError::ContextOverflow { prompt_tokens: ids.len(), context });
+        }
+        Ok(ids)
+    }
+
+    fn tokenizer(&self) -> Result<&super::Tokenizer, GenerateError> {
+        self.tokenizer.as_ref().ok_or(GenerateError::NoTokenizer)
+    }
+
+    /// Runs one request. `on_text` gets each completed piece of text; `cancel` is checked every token.
+    pub fn generate(
+        &self,
+        prompt: &Prompt,
+        params: &SamplingParams,
+        cancel: &AtomicBool,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Output, GenerateError> {
+        params.validate()?;
+        let prompt_ids = self.prompt_ids(prompt)?;
+        let started = Instant::now();
+        let mut seq = self.backend.clone().new_sequence()?;
+        let mut sampler = Sampler::new(params);
+        let mut detok = self.tokenizer.as_ref().map(Detokenizer::new);
+        let mut history = prompt_ids.clone();
+        let mut logits = Vec::new();
+        let context = self.dir.spec.context_length;
+        let budget = (params.max_tokens as usize).min(context - prompt_ids.len());
+        let (mut text, mut emitted) = (String::new(), 0usize);
+        let mut generated = vec![];
+        let mut finish = FinishReason::Length;
+        let mut first_token_at = None;
+        seq.forward(&prompt_ids, &mut logits)?;
+        let prompt_time = started.elapsed();
+        while generated.len() < budget {
+            if cancel.load(Ordering::Relaxed) {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            let id = sampler.sample(&mut logits, &history);
+            first_token_at.get_or_insert_with(|| started.elapsed());
+            if self.eos_ids.contains(&id) {
+                finish = FinishReason::Eos;
+                break;
+            }
+            generated.push(id);
+            history.push(id);
+            if let Some(d) = detok.as_mut()
+                && let Some(piece) = d.push(id)?
+            {
+                text.push_str(&piece);
+                if let Some((at, _)) = params.stop.iter().filter_map(|s| text[emitted..].find(s.as_str()).map(|i| (i + emitted, s))).min() {
+                    text.truncate(at);
+                    finish = FinishReason::Stop;
+                    break;
+                }
+                let ready = text.len() - held_back(&text, &params.stop);
+                if ready > emitted {
+                    on_text(&text[emitted..ready]);
+                    emitted = ready;
+                }
+            }
+            if generated.len() == budget {
+                break;
+            }
+            seq.forward(&[id], &mut logits)?;
+        }
+        if finish != FinishReason::Stop
+            && let Some(d) = detok.as_mut()
+            && let Some(rest) = d.finish()?
+        {
+            text.push_str(&rest);
+        }
+        if text.len() > emitted {
+            on_text(&text[emitted..]);
+        }
+        let first = first_token_at.unwrap_or_else(|| started.elapsed());
+        Ok(Output {
+            text,
+            tokens: generated.clone(),
+            stats: Stats {
+                prompt_tokens: prompt_ids.len(),
+                generated_tokens: generated.len(),
+                time_to_first_token: first,
+                prompt_time,
+                decode_time: started.elapsed().saturating_sub(first),
+                finish,
+                seed: sampler.seed,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_back;
+
+    #[test]
+    fn holds_back_only_possible_stop_prefixes() {
+        let stops = vec!["</answer>".to_string(), "\n\n".to_string()];
+        assert_eq!(held_back("hello </ans", &stops), 5);
+        assert_eq!(held_back("hello\n", &stops), 1);
+        assert_eq!(held_back("hello", &stops), 0);
+        assert_eq!(held_back("héllo <", &stops), 1);
+    }
+}

@@ -1,0 +1,67 @@
+//! The inference core: model directories, backends, tokenizer, chat
+//! templates, sampling, streaming detokenization and the decoding loop.
+//! Everything the daemon serves goes through [`Model`].
+
+pub mod backend;
+pub mod chat;
+pub mod detok;
+pub mod generate;
+pub mod model_dir;
+pub mod onnx_graph;
+pub mod sampler;
+pub mod tokenizer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use backend::{BackendError, BackendKind, LoadOptions, LoadedModel, Served};
+pub use generate::{FinishReason, GenerateError, Output, Prompt, Stats};
+pub use model_dir::{Layout, LayoutError, ModelDir, Quantization};
+pub use sampler::SamplingParams;
+pub use tokenizer::{Tokenizer, TokenizerError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// A loaded model: its directory, the backend running it and its tokenizer.
+/// Read-only and shareable; each request opens its own sequence.
+pub struct Model {
+    pub dir: ModelDir,
+    pub backend: Arc<dyn LoadedModel>,
+    /// None for token-id-only models (no `tokenizer.json`).
+    pub tokenizer: Option<Tokenizer>,
+    /// Ids that end generation: the configs' EOS ids and the tokenizer's EOS token.
+    pub eos_ids: Vec<u32>,
+}
+
+impl Model {
+    /// Opens `path` and loads it on `kind`. A model without `tokenizer.json`
+    /// loads only when `require_tokenizer` is false (token-id use).
+    pub fn load(path: &Path, kind: BackendKind, opts: &LoadOptions, require_tokenizer: bool) -> Result<Model, LoadError> {
+        let dir = ModelDir::open(path)?;
+        let tokenizer = match Tokenizer::for_model(&dir) {
+            Ok(t) => Some(t),
+            Err(TokenizerError::Missing(_)) if !require_tokenizer => None,
+            Err(e) => return Err(e.into()),
+        };
+        let backend = backend::load(kind, &dir, opts)?;
+        let mut eos_ids = dir.spec.eos_ids.clone();
+        if let Some(id) = tokenizer.as_ref().and_then(|t| t.eos_token.as_deref()).and_then(|e| tokenizer.as_ref()?.token_id(e))
+            && !eos_ids.contains(&id)
+        {
+            eos_ids.push(id);
+        }
+        Ok(Model { dir, backend, tokenizer, eos_ids })
+    }
+
+    pub fn served(&self) -> &Served {
+        self.backend.served()
+    }
+}

@@ -1,0 +1,192 @@
+//! `llamad`: the daemon binary. For now it runs the inference core directly
+//! (`generate`, `inspect`) for development and benchmarks.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+
+use clap::{Parser, Subcommand};
+use llamad::engine::backend::ProviderConfig;
+use llamad::engine::backend::providers::ProviderName;
+use llamad::engine::chat::{Message, Role};
+use llamad::engine::{BackendKind, LoadOptions, Model, ModelDir, Prompt, SamplingParams};
+
+#[derive(Parser)]
+#[command(name = "llamad", version, about = "On-device Llama inference daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text with a model directly (no D-Bus): streams the text, then prints timings.
+    Generate(GenerateArgs),
+    /// Print what llamad recognises in a model directory, as JSON.
+    Inspect { model: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Model directory (onnxruntime-genai or Optimum layout).
+    #[arg(long, short)]
+    model: PathBuf,
+    /// Raw prompt (tokenized with BOS where the model's tokenizer adds it).
+    #[arg(long, short, conflicts_with_all = ["chat", "tokens"])]
+    prompt: Option<String>,
+    /// A user message, sent through the model's chat template.
+    #[arg(long, conflicts_with = "tokens")]
+    chat: Option<String>,
+    /// System prompt for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// Prompt as token ids separated by spaces or commas (prints ids back).
+    #[arg(long)]
+    tokens: Option<String>,
+    #[arg(long, default_value = "tract")]
+    backend: BackendKind,
+    /// ONNX Runtime execution providers in order, e.g. qnn,xnnpack,cpu.
+    #[arg(long, value_delimiter = ',', default_value = "cpu")]
+    providers: Vec<ProviderName>,
+    #[arg(long)]
+    threads: Option<usize>,
+    /// tract: re-quantize fp32 weights to Q4_0 at load.
+    #[arg(long)]
+    block_quant: bool,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: u32,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 40)]
+    top_k: u32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Print the stats as one JSON object on stderr.
+    #[arg(long)]
+    json: bool,
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn parse_ids(s: &str) -> Result<Vec<u32>, String> {
+    s.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse::<u32>().map_err(|e| format!("token id {t:?}: {e}")))
+        .collect()
+}
+
+fn generate(a: GenerateArgs) -> Result<(), String> {
+    let opts = LoadOptions {
+        threads: a.threads,
+        providers: a.providers.iter().map(|&p| ProviderConfig::named(p)).collect(),
+        tract_block_quant: a.block_quant,
+        ort_library: None,
+    };
+    let prompt = match (&a.prompt, &a.chat, &a.tokens) {
+        (Some(p), _, _) => Prompt::Text(p.clone()),
+        (_, Some(c), _) => {
+            let mut m = vec![];
+            if let Some(s) = &a.system {
+                m.push(Message::new(Role::System, s));
+            }
+            m.push(Message::new(Role::User, c));
+            Prompt::Chat(m)
+        }
+        (_, _, Some(t)) => Prompt::Tokens(parse_ids(t)?),
+        _ => return Err("give --prompt, --chat or --tokens".into()),
+    };
+    let t0 = std::time::Instant::now();
+    let model = Model::load(&a.model, a.backend, &opts, matches!(prompt, Prompt::Text(_) | Prompt::Chat(_)))
+        .map_err(|e| e.to_string())?;
+    let load_time = t0.elapsed();
+    let params = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repetition_penalty: a.repetition_penalty,
+        seed: a.seed,
+        max_tokens: a.max_tokens,
+        stop: a.stop.clone(),
+        ..Default::default()
+    };
+    let cancel = AtomicBool::new(false);
+    let mut out = std::io::stdout().lock();
+    let result = model
+        .generate(&prompt, &params, &cancel, |piece| {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        })
+        .map_err(|e| e.to_string())?;
+    if model.tokenizer.is_none() {
+        let ids: Vec<String> = result.tokens.iter().map(u32::to_string).collect();
+        let _ = write!(out, "{}", ids.join(" "));
+    }
+    let _ = writeln!(out);
+    let s = &result.stats;
+    let served = model.served();
+    let rss = peak_rss_kib().unwrap_or(0);
+    if a.json {
+        let v = serde_json::json!({
+            "backend": served.backend, "provider": served.provider, "load_s": load_time.as_secs_f64(),
+            "prompt_tokens": s.prompt_tokens, "generated_tokens": s.generated_tokens,
+            "ttft_ms": s.time_to_first_token.as_secs_f64() * 1e3,
+            "prompt_tokens_per_s": s.prompt_tokens_per_s(), "decode_tokens_per_s": s.decode_tokens_per_s(),
+            "finish": s.finish, "seed": s.seed, "peak_rss_kib": rss,
+        });
+        eprintln!("{v}");
+    } else {
+        eprintln!(
+            "[{} / {}] load {:.2}s | prompt {} tok, {:.1} tok/s | ttft {:.1} ms | decode {} tok, {:.1} tok/s | finish {} | seed {} | peak RSS {:.1} MiB",
+            served.backend,
+            served.provider,
+            load_time.as_secs_f64(),
+            s.prompt_tokens,
+            s.prompt_tokens_per_s(),
+            s.time_to_first_token.as_secs_f64() * 1e3,
+            s.generated_tokens,
+            s.decode_tokens_per_s(),
+            s.finish.as_str(),
+            s.seed,
+            rss as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LLAMAD_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => generate(a),
+        Command::Inspect { model } => ModelDir::open(&model).map_err(|e| e.to_string()).map(|d| {
+            let v = serde_json::json!({
+                "name": d.name(), "layout": d.layout.to_string(), "quantization": d.quantization.to_string(),
+                "spec": d.spec, "io": d.io, "parameters": d.parameters(), "file_size": d.file_size,
+                "tokenizer": d.tokenizer.is_some(), "ops": d.graph.ops, "opset": d.graph.opset,
+            });
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("llamad: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Shared helpers for the integration tests: fixture paths, load options for
+//! each backend, reference data written when the fixtures were made.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use llamad::engine::backend::onnxruntime::locate_library;
+use llamad::engine::{BackendKind, LoadOptions, Model};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("models/fixtures").join(name)
+}
+
+pub fn reference() -> serde_json::Value {
+    let text = std::fs::read_to_string(repo().join("models/fixtures/REFERENCE.json")).expect("REFERENCE.json");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The 99 greedy ids of stories260K from [1] (llama2.c's run.c).
+pub fn stories_reference_ids() -> Vec<u32> {
+    let text = std::fs::read_to_string(repo().join("models/stories260k_reference.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["greedy_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// Options for `kind`, single-threaded (tests run in parallel). The ONNX
+/// Runtime library must be present: `tests/run` provides it.
+pub fn opts(kind: BackendKind) -> LoadOptions {
+    if kind == BackendKind::Onnxruntime
+        && let Err(e) = locate_library(None)
+    {
+        panic!("ONNX Runtime library not found ({e}); run the suite through tests/run");
+    }
+    LoadOptions { threads: Some(1), ..Default::default() }
+}
+
+pub fn load(name: &str, kind: BackendKind) -> Model {
+    Model::load(&fixture(name), kind, &opts(kind), false)
+        .unwrap_or_else(|e| panic!("{name} on {kind}: {e}"))
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Greedy-decodes `steps` tokens after `prompt`, returning the ids and each step's logits.
+pub fn greedy(model: &Model, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let mut seq = model.backend.clone().new_sequence().unwrap();
+    let mut logits = vec![];
+    seq.forward(prompt, &mut logits).unwrap();
+    let (mut ids, mut all) = (vec![], vec![]);
+    for _ in 0..steps {
+        let id = llamad::engine::sampler::argmax(&logits);
+        all.push(logits.clone());
+        ids.push(id);
+        seq.forward(&[id], &mut logits).unwrap();
+    }
+    (ids, all)
+}
