@@ -84,17 +84,23 @@ fn int8_runs_on_onnxruntime_close_to_fp32() {
     let path: Vec<u32> = stories_reference_ids()[..20].to_vec();
     let (mut sf, mut sq) = (f.backend.clone().new_sequence().unwrap(), q.backend.clone().new_sequence().unwrap());
     let (mut lf, mut lq) = (vec![], vec![]);
-    let (mut worst, mut top1) = (0.0f32, 0);
+    let (mut worst, mut top1, mut min_cos) = (0.0f32, 0, 1.0f32);
     for &t in [1].iter().chain(&path) {
         sf.forward(&[t], &mut lf).unwrap();
         sq.forward(&[t], &mut lq).unwrap();
         worst = worst.max(max_abs_diff(&lf, &lq));
+        min_cos = min_cos.min(cosine(&lf, &lq));
         top1 += (llamad::engine::sampler::argmax(&lf) == llamad::engine::sampler::argmax(&lq)) as usize;
     }
-    eprintln!("stories260k int8 vs fp32: max |Δlogit| {worst}, top-1 agreement {top1}/21");
-    // Logits span about ±15 here; dynamic int8 with per-tensor scales moves them by well under 1.
-    assert!(worst < 1.0, "max |Δlogit| = {worst}");
-    assert!(top1 >= 17, "top-1 agreement {top1}/21");
+    eprintln!("stories260k int8 vs fp32: max |Δlogit| {worst}, min cosine {min_cos}, top-1 agreement {top1}/21");
+    // This model is tiny (dim 64): dynamic int8 with one activation scale per tensor moves
+    // its logits (range about ±15) by up to ~3 (measured 2.9 with plain onnxruntime in
+    // Python too). A broken int8 path (wrong scales, wrong weights) gives cosine near 0 and
+    // chance-level top-1 (measured here: cosine >= 0.91, top-1 18/21); these bounds catch
+    // that while allowing real quantization noise.
+    assert!(worst < 4.0, "max |Δlogit| = {worst}");
+    assert!(min_cos > 0.85, "min cosine {min_cos}");
+    assert!(top1 >= 16, "top-1 agreement {top1}/21");
 }
 
 #[test]

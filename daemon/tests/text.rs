@@ -97,7 +97,11 @@ fn llama2_chat_format_is_metas() {
     assert_eq!(ids, want);
     // BOS and EOS are the special ids, never the text "<s>".
     assert_eq!(ids.iter().filter(|&&i| i == 1).count(), 2);
-    assert_eq!(t.decode(&ids).unwrap(), "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello! [INST] Name a color. [/INST]");
+    // The answer's trailing space and the next turn's leading one both stay: "Hello!  [INST]".
+    assert_eq!(
+        t.decode(&ids).unwrap(),
+        "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello!  [INST] Name a color. [/INST]"
+    );
 }
 
 #[test]
