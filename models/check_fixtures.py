@@ -34,7 +34,7 @@ STORIES_INT8_STEPS = 20
 TINY_FIXTURES = [
     "tiny-llama2-genai-fp32",
     "tiny-llama2-genai-int4",
-    "tiny-llama2-genai-fp32-unfused",
+    "tiny-llama2-genai-int4-unfused",
     "tiny-llama2-optimum-fp32",
 ]
 # Pass/fail thresholds (the figures themselves are printed).
@@ -284,7 +284,7 @@ def check_tiny(ref_out):
 
     tl = torch_logits(WORK / "tiny-llama2-hf", prompt + path[:-1])
     if tl is not None:
-        for name in ("tiny-llama2-genai-fp32", "tiny-llama2-genai-fp32-unfused", "tiny-llama2-optimum-fp32"):
+        for name in ("tiny-llama2-genai-fp32", "tiny-llama2-optimum-fp32"):
             dd = maxabs(forced[name], tl)
             check(dd < FP32_LAYOUT_TOL, f"{name} vs PyTorch (transformers): max |dlogit| = {dd:.2e}")
         print(f"  tiny-llama2-genai-int4 vs PyTorch: max |dlogit| = {maxabs(forced['tiny-llama2-genai-int4'], tl):.4f}")

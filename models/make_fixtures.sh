@@ -40,9 +40,9 @@ step() { printf '\n=== %s\n' "$*"; }
 
 # Remove only what this script makes: models/ and models/fixtures/ may hold other files.
 FIXTURES=(stories260k-optimum-fp32 stories260k-optimum-int8 tiny-llama2-genai-fp32 tiny-llama2-genai-int4
-          tiny-llama2-genai-fp32-unfused tiny-llama2-optimum-fp32)
+          tiny-llama2-genai-int4-unfused tiny-llama2-optimum-fp32)
 WORK_DIRS=(stories260k-hf stories260k-optimum-fp32 tiny-llama2-hf tiny-llama2-genai-fp32 tiny-llama2-genai-int4
-           tiny-llama2-genai-fp32-unfused tiny-llama2-optimum-fp32 genai-cache)
+           tiny-llama2-genai-int4-unfused tiny-llama2-optimum-fp32 genai-cache)
 for d in "${FIXTURES[@]}"; do rm -rf "${FIX:?}/$d"; done
 for d in "${WORK_DIRS[@]}"; do rm -rf "${WORK:?}/$d"; done
 rm -f "$FIX/CHECKS.txt" "$FIX/CHECK_REFERENCE.txt" "$FIX/REFERENCE.json"
@@ -69,7 +69,7 @@ step "stories260K: quantize_dynamic int8"
 step "tiny-llama2: random-weight HF checkpoint"
 "$OPY" "$MODELS/make_tiny_llama.py" "$TOKENIZER_DIR" "$WORK/tiny-llama2-hf"
 
-# 3a. onnxruntime-genai model builder: fp32, int4, fp32 with separate Q/K/V MatMuls.
+# 3a. onnxruntime-genai model builder: fp32, int4, int4 with separate Q/K/V MatMuls (what tract can run).
 build_genai() {  # name precision [extra options...]
     local name="$1" precision="$2"; shift 2
     step "tiny-llama2: onnxruntime-genai builder -> $name"
@@ -89,7 +89,7 @@ build_genai() {  # name precision [extra options...]
 }
 build_genai tiny-llama2-genai-fp32 fp32
 build_genai tiny-llama2-genai-int4 int4
-build_genai tiny-llama2-genai-fp32-unfused fp32 --extra_options fuse_qkv=false
+build_genai tiny-llama2-genai-int4-unfused int4 --extra_options fuse_qkv=false
 
 # 3b. Optimum export of the same checkpoint (fp32).
 step "tiny-llama2: optimum-cli export onnx (fp32)"

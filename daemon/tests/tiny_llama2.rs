@@ -52,7 +52,7 @@ fn layouts_are_recognised_from_files_and_graphs() {
 
 #[test]
 fn onnxruntime_matches_python_on_every_layout() {
-    for f in ["tiny-llama2-genai-fp32", "tiny-llama2-genai-fp32-unfused", "tiny-llama2-genai-int4", "tiny-llama2-optimum-fp32"] {
+    for f in ["tiny-llama2-genai-fp32", "tiny-llama2-genai-int4-unfused", "tiny-llama2-genai-int4", "tiny-llama2-optimum-fp32"] {
         check_against_python(&load(f, BackendKind::Onnxruntime), f, 1e-4);
     }
 }
@@ -97,4 +97,72 @@ fn int4_stays_close_to_fp32() {
     eprintln!("tiny-llama2 int4 vs fp32: max |Δlogit| {worst}, min cosine {min_cos}");
     assert!(worst < 4.0, "{worst}");
     assert!(min_cos > 0.8, "{min_cos}");
+}
+
+/// Logits of `a` and `b` fed the same tokens: the prompt, then `a`'s greedy path.
+fn compare_along_path(a: &Model, b: &Model, prompt: &[u32], steps: usize) -> (f32, usize) {
+    let (path, la) = greedy(a, prompt, steps);
+    let mut s = b.backend.clone().new_sequence().unwrap();
+    let mut lb = vec![];
+    s.forward(prompt, &mut lb).unwrap();
+    let (mut worst, mut top1) = (0.0f32, 0);
+    for (i, &t) in path.iter().enumerate() {
+        worst = worst.max(max_abs_diff(&la[i], &lb));
+        top1 += (llamad::engine::sampler::argmax(&lb) == t) as usize;
+        s.forward(&[t], &mut lb).unwrap();
+    }
+    (worst, top1)
+}
+
+/// A copy of `fixture` whose MatMulNBits nodes compute in float (accuracy_level 0).
+fn with_float_accuracy(fixture_name: &str) -> tempfile::TempDir {
+    use prost::Message;
+    use tract_onnx::prelude::Framework;
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixture(fixture_name)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    let path = tmp.path().join("model.onnx");
+    let mut proto = tract_onnx::onnx().proto_model_for_path(&path).unwrap();
+    let mut patched = 0;
+    for node in &mut proto.graph.as_mut().unwrap().node {
+        for a in node.attribute.iter_mut().filter(|a| node.op_type == "MatMulNBits" && a.name == "accuracy_level") {
+            a.i = 0;
+            patched += 1;
+        }
+    }
+    assert!(patched > 0);
+    std::fs::write(&path, proto.encode_to_vec()).unwrap();
+    tmp
+}
+
+#[test]
+fn tract_runs_the_builders_unfused_int4_output_like_onnxruntime() {
+    let c = case();
+    let f = "tiny-llama2-genai-int4-unfused";
+    // The builder asks onnxruntime for accuracy_level 4 (activations quantized to int8 inside
+    // MatMulNBits); tract computes in float. Against the same file at accuracy_level 0 the two
+    // must agree closely; against the file as built they differ by onnxruntime's int8 noise.
+    let exact = with_float_accuracy(f);
+    let o = Model::load(exact.path(), BackendKind::Onnxruntime, &opts(BackendKind::Onnxruntime), true).unwrap();
+    let t = load(f, BackendKind::Tract);
+    let (worst, top1) = compare_along_path(&o, &t, &c.prompt, c.steps);
+    eprintln!("{f}: max |tract - onnxruntime (accuracy_level 0)| {worst:e}, top-1 {top1}/{}", c.steps);
+    // Measured 3.5e-3 (tract rounds the int4 block scales through f16): bound at 1e-2.
+    assert!(worst < 1e-2, "{worst}");
+    assert_eq!(top1, c.steps);
+    let (worst4, top1_4) = compare_along_path(&load(f, BackendKind::Onnxruntime), &t, &c.prompt, c.steps);
+    eprintln!("{f}: max |tract - onnxruntime (accuracy_level 4, as built)| {worst4:e}, top-1 {top1_4}/{}", c.steps);
+    assert!(worst4 < 0.5, "{worst4}");
+}
+
+#[test]
+fn tract_names_the_builder_option_for_fused_qkv() {
+    for f in ["tiny-llama2-genai-fp32", "tiny-llama2-genai-int4"] {
+        let e = Model::load(&fixture(f), BackendKind::Tract, &opts(BackendKind::Tract), false).err().unwrap();
+        let msg = e.to_string();
+        assert!(msg.contains("GroupQueryAttention") && msg.contains("fuse_qkv=false"), "{f}: {msg}");
+        assert!(msg.contains("onnxruntime backend"), "{msg}");
+    }
 }

@@ -25,11 +25,19 @@ enum Role {
     Ids,
     Mask,
     Positions,
+    /// Explicit KV input: index into the sequence's cache (keys of every layer, then values).
+    Past(usize),
 }
 
 pub struct TractModel {
     plan: Arc<TypedRunnableModel>,
     roles: Vec<Role>,
+    /// Explicit KV mode: output `1 + j` is the present for cache slot `present_slots[j]`.
+    present_slots: Vec<usize>,
+    /// Feed one token per run (graphs whose attention op cannot take a prompt on a cache).
+    one_token: bool,
+    /// Empty-cache shape per slot, for a new sequence in explicit KV mode.
+    empty_kv: Vec<usize>,
     served: Served,
     context: usize,
     executor: Executor,
@@ -74,13 +82,19 @@ impl TractModel {
             graph_fixes::prepare_genai(&mut proto).map_err(unsupported)?;
         }
         let dir_str = dir.path.to_str().ok_or_else(|| load_err("model path is not UTF-8"))?;
+        // The builder's value_info entries disagree with its own constants (a [1] constant
+        // declared as a scalar); tract infers the shapes itself instead.
         let mut model = tract_onnx::onnx()
+            .with_ignore_value_info(dir.layout == Layout::GenAi)
             .parse(&proto, Some(dir_str))
             .map_err(|e| load_err(format!("{e:#}")))?
             .model;
         drop(proto);
 
-        let s = model.symbols.sym("S");
+        // tract's GroupQueryAttention handles a prompt on an empty cache or one token on any
+        // cache, not both under one symbol: builder graphs are planned for one token a step.
+        let one_token = dir.graph.has_op("com.microsoft::GroupQueryAttention");
+        let s = if one_token { 1.to_dim() } else { model.symbols.sym("S").to_dim() };
         let p = model.symbols.sym("P");
         let spec = &dir.spec;
         let io = &dir.io;
@@ -88,9 +102,9 @@ impl TractModel {
         for (ix, outlet) in outlets.iter().enumerate() {
             let name = model.node(outlet.node).name.clone();
             let fact: InferenceFact = if name == io.input_ids || Some(&name) == io.position_ids.as_ref() {
-                i64::fact([1.to_dim(), s.to_dim()]).into()
+                i64::fact([1.to_dim(), s.clone()]).into()
             } else if Some(&name) == io.attention_mask.as_ref() {
-                i64::fact([1.to_dim(), p.to_dim() + s.to_dim()]).into()
+                i64::fact([1.to_dim(), p.to_dim() + s.clone()]).into()
             } else if io.past_key.contains(&name) || io.past_value.contains(&name) {
                 f32::fact([1.to_dim(), spec.kv_heads.to_dim(), p.to_dim(), spec.head_dim.to_dim()]).into()
             } else {
@@ -107,6 +121,9 @@ impl TractModel {
         if opts.tract_block_quant && dir.quantization == Quantization::F32 {
             transform(&mut typed, "block_quant")?;
         }
+        // Inputs left after KV detection: ids, mask, positions, and any past that tract could
+        // not fold into its stateful cache (kept explicit: the sequence feeds it back).
+        let kv_names: Vec<&String> = io.past_key.iter().chain(&io.past_value).collect();
         let mut roles = vec![];
         for outlet in typed.input_outlets().map_err(load_err)? {
             let name = &typed.node(outlet.node).name;
@@ -116,20 +133,39 @@ impl TractModel {
                 Role::Mask
             } else if Some(name) == io.position_ids.as_ref() {
                 Role::Positions
+            } else if let Some(i) = kv_names.iter().position(|n| *n == name) {
+                Role::Past(i)
             } else {
-                return Err(unsupported(format!(
-                    "tract did not recognise the KV-cache pattern for input {name} \
-                     (expected past → Concat → present)"
-                )));
+                return Err(load_err(format!("unexpected input {name} after KV-cache detection")));
             });
         }
-        let logits_ix = typed
-            .output_outlets()
-            .map_err(load_err)?
-            .iter()
-            .position(|o| typed.node(o.node).name == io.logits || typed.outlet_label(*o) == Some(io.logits.as_str()))
-            .unwrap_or(0);
-        typed.select_output_outlets(&[typed.output_outlets().map_err(load_err)?[logits_ix]]).map_err(load_err)?;
+        let explicit_kv = roles.iter().filter(|r| matches!(r, Role::Past(_))).count();
+        let presents: Vec<&String> = io.present_key.iter().chain(&io.present_value).collect();
+        let outlets = typed.output_outlets().map_err(load_err)?.to_vec();
+        let label = |o: &OutletId| {
+            typed.outlet_label(*o).map(str::to_owned).unwrap_or_else(|| typed.node(o.node).name.clone())
+        };
+        let logits = outlets.iter().find(|o| label(o) == io.logits).or(outlets.first()).copied();
+        let mut selected = vec![logits.ok_or_else(|| load_err("the graph has no outputs"))?];
+        let mut present_slots = vec![];
+        if explicit_kv > 0 {
+            if explicit_kv != kv_names.len() {
+                return Err(unsupported(format!(
+                    "tract folded only {} of {} KV-cache inputs into its cache",
+                    kv_names.len() - explicit_kv,
+                    kv_names.len()
+                )));
+            }
+            for (i, name) in presents.iter().enumerate() {
+                let o = outlets
+                    .iter()
+                    .find(|o| label(o) == **name)
+                    .ok_or_else(|| load_err(format!("output {name} disappeared while loading")))?;
+                selected.push(*o);
+                present_slots.push(i);
+            }
+        }
+        typed.select_output_outlets(&selected).map_err(load_err)?;
         let optimized = typed.into_optimized().map_err(|e| load_err(format!("{e:#}")))?;
         let plan = optimized.into_runnable().map_err(load_err)?;
         let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -142,6 +178,9 @@ impl TractModel {
         Ok(TractModel {
             plan,
             roles,
+            present_slots,
+            one_token,
+            empty_kv: vec![1, spec.kv_heads, 0, spec.head_dim],
             served: Served { backend: BackendKind::Tract, provider: runtime, skipped: vec![] },
             context: spec.context_length,
             executor,
@@ -156,13 +195,21 @@ impl LoadedModel for TractModel {
 
     fn new_sequence(self: Arc<Self>) -> Result<Box<dyn Sequence>, BackendError> {
         let state = TypedSimpleState::new(&self.plan).map_err(load_err)?;
-        Ok(Box::new(TractSequence { model: self, state, position: 0 }))
+        let kv = self
+            .present_slots
+            .iter()
+            .map(|_| Tensor::zero::<f32>(&self.empty_kv).map(Tensor::into_tvalue))
+            .collect::<TractResult<Vec<_>>>()
+            .map_err(load_err)?;
+        Ok(Box::new(TractSequence { model: self, state, kv, position: 0 }))
     }
 }
 
 pub struct TractSequence {
     model: Arc<TractModel>,
     state: TypedSimpleState,
+    /// Explicit KV mode only: the cache, fed back each step.
+    kv: Vec<TValue>,
     position: usize,
 }
 
@@ -173,6 +220,23 @@ fn run_err(e: impl std::fmt::Display) -> BackendError {
 impl Sequence for TractSequence {
     fn forward(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), BackendError> {
         check_room(self.position, tokens.len(), self.model.context)?;
+        if self.model.one_token {
+            for t in tokens {
+                self.run(std::slice::from_ref(t), logits)?;
+            }
+            Ok(())
+        } else {
+            self.run(tokens, logits)
+        }
+    }
+
+    fn position(&self) -> usize {
+        self.position
+    }
+}
+
+impl TractSequence {
+    fn run(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), BackendError> {
         let n = tokens.len();
         let start = self.position as i64;
         let mut inputs: TVec<TValue> = tvec![];
@@ -181,13 +245,21 @@ impl Sequence for TractSequence {
                 Role::Ids => tensor1(&tokens.iter().map(|&t| t as i64).collect::<Vec<_>>()),
                 Role::Positions => tensor1(&(start..start + n as i64).collect::<Vec<_>>()),
                 Role::Mask => tensor1(&vec![1i64; self.position + n]),
+                Role::Past(i) => {
+                    inputs.push(self.kv[*i].clone());
+                    continue;
+                }
             };
             let len = t.len();
             inputs.push(t.into_shape(&[1, len]).map_err(run_err)?.into_tvalue());
         }
         let executor = self.model.executor.clone();
         let state = &mut self.state;
-        let outputs = multithread_tract_scope(executor, || state.run(inputs)).map_err(|e| run_err(format!("{e:#}")))?;
+        let mut outputs =
+            multithread_tract_scope(executor, || state.run(inputs)).map_err(|e| run_err(format!("{e:#}")))?;
+        for (j, slot) in self.model.present_slots.iter().enumerate().rev() {
+            self.kv[*slot] = outputs.remove(1 + j);
+        }
         let out = outputs[0].cast_to::<f32>().map_err(run_err)?;
         let view = out.try_as_plain_ram().map_err(run_err)?;
         let all = view.as_slice::<f32>().map_err(run_err)?;
@@ -199,9 +271,5 @@ impl Sequence for TractSequence {
         logits.extend_from_slice(&all[all.len() - vocab..]);
         self.position += n;
         Ok(())
-    }
-
-    fn position(&self) -> usize {
-        self.position
     }
 }

@@ -15,7 +15,8 @@ pub fn prepare_genai(proto: &mut pb::ModelProto) -> Result<(), String> {
                 return Err(format!(
                     "GroupQueryAttention node {} takes packed Q/K/V (the builder's default fusion), \
                      which tract does not implement; rebuild with \
-                     `--extra_options disable_qkv_fusion=true` or use the onnxruntime backend",
+                     `--extra_options fuse_qkv=false` (builders before 0.18: disable_qkv_fusion=true) \
+                     or use the onnxruntime backend",
                     node.name
                 ));
             }
