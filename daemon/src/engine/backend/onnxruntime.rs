@@ -104,6 +104,9 @@ fn run_err(reason: impl std::fmt::Display) -> BackendError {
 
 impl OrtModel {
     pub fn load(dir: &ModelDir, opts: &LoadOptions) -> Result<OrtModel, BackendError> {
+        for p in &opts.providers {
+            p.validate().map_err(load_err)?;
+        }
         let env = environment(opts.ort_library.as_deref())?;
         let mut builder = Session::builder(env).map_err(load_err)?;
         if let Some(n) = opts.threads {
