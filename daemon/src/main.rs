@@ -69,6 +69,9 @@ struct GenerateArgs {
     seed: Option<u64>,
     #[arg(long)]
     stop: Vec<String>,
+    /// Do not stop at end-of-sequence tokens (for benchmarks).
+    #[arg(long)]
+    ignore_eos: bool,
     /// Print the stats as one JSON object on stderr.
     #[arg(long)]
     json: bool,
@@ -119,6 +122,7 @@ fn generate(a: GenerateArgs) -> Result<(), String> {
         seed: a.seed,
         max_tokens: a.max_tokens,
         stop: a.stop.clone(),
+        ignore_eos: a.ignore_eos,
         ..Default::default()
     };
     let cancel = AtomicBool::new(false);

@@ -166,7 +166,7 @@ impl Model {
             }
             let id = sampler.sample(&mut logits, &history);
             first_token_at.get_or_insert_with(|| started.elapsed());
-            if self.eos_ids.contains(&id) {
+            if !params.ignore_eos && self.eos_ids.contains(&id) {
                 finish = FinishReason::Eos;
                 break;
             }

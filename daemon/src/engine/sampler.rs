@@ -25,6 +25,8 @@ pub struct SamplingParams {
     pub max_tokens: u32,
     /// Generation ends before the first occurrence of any of these; it is not emitted.
     pub stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens (benchmarks).
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -38,6 +40,7 @@ impl Default for SamplingParams {
             seed: None,
             max_tokens: 256,
             stop: vec![],
+            ignore_eos: false,
         }
     }
 }
