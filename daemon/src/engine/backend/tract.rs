@@ -166,11 +166,24 @@ impl TractModel {
             }
         }
         typed.select_output_outlets(&selected).map_err(load_err)?;
-        let optimized = typed.into_optimized().map_err(|e| load_err(format!("{e:#}")))?;
+        let block_quant = opts.tract_block_quant && dir.quantization == Quantization::F32;
+        let optimized = typed.into_optimized().map_err(|e| {
+            if block_quant {
+                unsupported(format!(
+                    "block_quant (Q4_0) could not be applied to this graph: {e:#}. tract's Q4_0 needs \
+                     the inner dimension of every constant MatMul to be a multiple of 32, and \
+                     Optimum exports compute the rotary embedding with a small one; convert the \
+                     weights with models/gguf_to_onnx.py (cos/sin tables instead), or load \
+                     without block_quant"
+                ))
+            } else {
+                load_err(format!("{e:#}"))
+            }
+        })?;
         let plan = optimized.into_runnable().map_err(load_err)?;
         let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
-        let runtime = if opts.tract_block_quant && dir.quantization == Quantization::F32 {
+        let runtime = if block_quant {
             format!("cpu ({threads} threads, Q4_0 block_quant)")
         } else {
             format!("cpu ({threads} threads)")
