@@ -510,17 +510,19 @@ class LlamaGraph:
 
         t0 = time.time()
         emb = m.weight("token_embd.weight")  # [vocab, hidden]
-        # A tied float head and the embedding share one initializer, stored transposed
-        # ([hidden, vocab]) so that the head is a MatMul on a constant that runtimes pack
-        # once; the embedding gathers columns from it.
-        shared_head = m.tied and not (self.precision == "int4" and self.int4_lm_head)
-        if shared_head:
-            emb_name = g.init("model.embed_tokens.weight_t", np.ascontiguousarray(emb.T))
-            cols = g.node("Gather", [emb_name, "input_ids"], "/model/embed_tokens/Gather", axis=1)
-            x = g.node("Transpose", [cols], "/model/embed_tokens/Transpose", perm=[1, 2, 0])
+        # int4 output: the embedding rows are stored as float16 and cast after the Gather.
+        half = self.precision == "int4"
+
+        if half:
+            rows = g.init("model.embed_tokens.weight_fp16", emb.astype(np.float16))
+            x = g.node("Gather", [rows, "input_ids"], "/model/embed_tokens/Gather", axis=0)
+            x = g.node("Cast", [x], "/model/embed_tokens/Cast", to=TensorProto.FLOAT)
         else:
-            emb_name = g.init("model.embed_tokens.weight", emb)
-            x = g.node("Gather", [emb_name, "input_ids"], "/model/embed_tokens/Gather", axis=0)
+            rows = g.init("model.embed_tokens.weight", emb)
+            x = g.node("Gather", [rows, "input_ids"], "/model/embed_tokens/Gather", axis=0)
+        # A tied float head gets its own pre-transposed copy ([hidden, vocab]): tract only
+        # reaches its fast MatMul path for a constant that nothing else uses.
+        float_head = m.tied and not (self.precision == "int4" and self.int4_lm_head)
 
         # RoPE: cos/sin tables gathered by position_ids -> [B, 1, S, d]
         cos_t, sin_t = self.rope_tables()
@@ -597,10 +599,12 @@ class LlamaGraph:
         x = self.rms_norm(x, m.weight("output_norm.weight"), "/model/norm")
         if not m.tied:
             logits = self.linear(x, "output.weight", "/lm_head")
-        elif not shared_head:
+        elif not float_head:
             logits = self.linear(x, "token_embd.weight", "/lm_head")
-        else:  # MatMul(x, E^T) on the shared, pre-transposed embedding
-            logits = g.node("MatMul", [x, emb_name], "/lm_head/MatMul")
+        else:  # MatMul(x, E^T) on its own pre-transposed copy
+            # float32 even in int4 output: tract computes a float16-then-Cast head at every step.
+            head = g.init("lm_head.weight_t", np.ascontiguousarray(emb.T))
+            logits = g.node("MatMul", [x, head], "/lm_head/MatMul")
         if self.stats:
             self.log("  int4 linear layers: " + ", ".join(f"{v} {k}" for k, v in sorted(self.stats.items())))
         # name the lm_head's output "logits" (the graph output) instead of adding an Identity
@@ -776,9 +780,9 @@ def convert(gguf_path: str, outdir: str, precision: str, log=print, int4_scheme:
                 and len(t.shape) == 2 and n != "token_embd.weight")
     n_emb = m.vocab * m.hidden
     if precision == "int4":
-        est = n_lin * 0.5 * 1.25 + n_emb * 4 + (n_emb * 0.625 if m.tied and int4_lm_head else 0)
+        est = n_lin * 0.5 * 1.25 + n_emb * 2 + (n_emb * (0.625 if int4_lm_head else 4) if m.tied else 0)
     else:
-        est = n_lin * 4 + n_emb * 4
+        est = n_lin * 4 + n_emb * 4 * (2 if m.tied else 1)
     est += 2 * m.ctx * m.head_dim * 4
     model_path = os.path.join(outdir, "model.onnx")
     data_path = os.path.join(outdir, "model.onnx.data")
@@ -842,8 +846,8 @@ def convert(gguf_path: str, outdir: str, precision: str, log=print, int4_scheme:
             "onnx_precision": precision,
             **({"int4": {"op": "com.microsoft.MatMulNBits", "bits": 4, "block_size": BLOCK,
                          "scheme": INT4_SCHEMES[int4_scheme],
-                         "embedding": "float32",
-                         "lm_head": "int4" if int4_lm_head or not m.tied else "float32 (shares the embedding)"}}
+                         "embedding": "float16 rows, cast to float32 after the Gather",
+                         "lm_head": "int4" if int4_lm_head or not m.tied else "float32"}}
                if precision == "int4" else {}),
             "converter": "llamad models/gguf_to_onnx.py",
         },
