@@ -143,7 +143,7 @@ fn generate(a: GenerateArgs) -> Result<(), String> {
     let rss = peak_rss_kib().unwrap_or(0);
     if a.json {
         let v = serde_json::json!({
-            "backend": served.backend, "provider": served.provider, "load_s": load_time.as_secs_f64(),
+            "backend": served.backend, "provider": served.provider, "kv_cache": served.kv_cache, "load_s": load_time.as_secs_f64(),
             "prompt_tokens": s.prompt_tokens, "generated_tokens": s.generated_tokens,
             "ttft_ms": s.time_to_first_token.as_secs_f64() * 1e3,
             "prompt_tokens_per_s": s.prompt_tokens_per_s(), "decode_tokens_per_s": s.decode_tokens_per_s(),

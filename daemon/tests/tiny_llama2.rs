@@ -51,6 +51,16 @@ fn layouts_are_recognised_from_files_and_graphs() {
 }
 
 #[test]
+fn kv_cache_is_kept_in_place_where_the_graph_allows() {
+    use llamad::engine::backend::KvCache;
+    // The builder's CPU graphs set past_present_share_buffer: one buffer, bound as past and present.
+    assert_eq!(load("tiny-llama2-genai-int4", BackendKind::Onnxruntime).served().kv_cache, KvCache::SharedBuffer);
+    assert_eq!(load("tiny-llama2-optimum-fp32", BackendKind::Onnxruntime).served().kv_cache, KvCache::Moved);
+    assert_eq!(load("tiny-llama2-optimum-fp32", BackendKind::Tract).served().kv_cache, KvCache::Stateful);
+    assert_eq!(load("tiny-llama2-genai-int4-unfused", BackendKind::Tract).served().kv_cache, KvCache::Explicit);
+}
+
+#[test]
 fn onnxruntime_matches_python_on_every_layout() {
     for f in ["tiny-llama2-genai-fp32", "tiny-llama2-genai-int4-unfused", "tiny-llama2-genai-int4", "tiny-llama2-optimum-fp32"] {
         check_against_python(&load(f, BackendKind::Onnxruntime), f, 1e-4);

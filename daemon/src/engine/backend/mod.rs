@@ -78,6 +78,21 @@ pub struct Served {
     pub provider: String,
     /// Providers that were tried first and failed, with the reason.
     pub skipped: Vec<(String, String)>,
+    /// How the KV cache is kept between steps (see each backend's module doc).
+    pub kv_cache: KvCache,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KvCache {
+    /// onnxruntime: one preallocated buffer per layer, bound as past and present.
+    SharedBuffer,
+    /// onnxruntime: present outputs moved into the next step's past inputs.
+    Moved,
+    /// tract: inside tract's stateful KV-cache ops.
+    Stateful,
+    /// tract: explicit past inputs and present outputs, fed back by the sequence.
+    Explicit,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,20 +5,28 @@
 //! through the configured path, `ORT_DYLIB_PATH`, or the search list in
 //! [`SEARCH_DIRS`]. Execution providers are tried in the configured order.
 //!
-//! KV cache: each step's `present.N.*` outputs are moved, as ONNX Runtime
-//! values, into the next step's `past_key_values.N.*` inputs; nothing is
-//! copied through Rust memory between steps.
+//! KV cache, two ways:
+//! - graphs whose attention is onnxruntime's `GroupQueryAttention` and whose
+//!   `genai_config.json` sets `past_present_share_buffer` (the builder's CPU
+//!   output): one buffer per layer and kind, `[1, kv_heads, context, head_dim]`,
+//!   bound with an `IoBinding` as both `past_*` input and `present_*` output,
+//!   so each step writes only the new positions in place (what
+//!   onnxruntime-genai does);
+//! - other graphs (Optimum: `present = Concat(past, new)`): each step's
+//!   `present.N.*` outputs are moved, as ONNX Runtime values, into the next
+//!   step's `past_key_values.N.*` inputs; nothing goes through Rust memory.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use half::f16;
 use ort::environment::Environment;
-use ort::session::{Session, SessionInputValue};
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{IoBinding, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 
 use super::providers::{ProviderName, register};
-use super::{BackendError, BackendKind, LoadOptions, LoadedModel, Sequence, Served, check_room};
+use super::{BackendError, BackendKind, KvCache, LoadOptions, LoadedModel, Sequence, Served, check_room};
 use crate::engine::model_dir::ModelDir;
 use crate::engine::onnx_graph::{ONNX_FLOAT, ONNX_FLOAT16};
 
@@ -92,6 +100,8 @@ pub struct OrtModel {
     dir: ModelDir,
     served: Served,
     past_f16: bool,
+    /// Past and present share one preallocated buffer (IoBinding), see the module doc.
+    share_buffer: bool,
 }
 
 fn load_err(reason: impl std::fmt::Display) -> BackendError {
@@ -155,11 +165,21 @@ impl OrtModel {
                 reason: format!("KV cache element type {} (only float32 and float16 are supported)", i.elem_type),
             });
         }
+        let share_buffer = dir.past_present_share_buffer
+            && !past_f16
+            && dir.graph.has_op("com.microsoft::GroupQueryAttention")
+            && dir.io.position_ids.is_none();
         Ok(OrtModel {
             session: Mutex::new(session),
             dir: dir.clone(),
-            served: Served { backend: BackendKind::Onnxruntime, provider, skipped },
+            served: Served {
+                backend: BackendKind::Onnxruntime,
+                provider,
+                skipped,
+                kv_cache: if share_buffer { KvCache::SharedBuffer } else { KvCache::Moved },
+            },
             past_f16,
+            share_buffer,
         })
     }
 
@@ -180,24 +200,66 @@ impl LoadedModel for OrtModel {
     }
 
     fn new_sequence(self: Arc<Self>) -> Result<Box<dyn Sequence>, BackendError> {
-        let mut past = Vec::with_capacity(self.dir.spec.layers * 2);
-        for _ in 0..self.dir.spec.layers * 2 {
-            past.push(self.empty_past()?);
-        }
-        Ok(Box::new(OrtSequence { model: self, past, position: 0 }))
+        let n = self.dir.spec.layers * 2;
+        let kv = if self.share_buffer {
+            let s = &self.dir.spec;
+            let io = &self.dir.io;
+            let session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+            let mut binding = session.create_binding().map_err(run_err)?;
+            let mut buffers = Vec::with_capacity(n);
+            let names = io.past_key.iter().zip(&io.present_key).chain(io.past_value.iter().zip(&io.present_value));
+            for (past, present) in names {
+                let mut buf = Tensor::<f32>::new(&Allocator::default(), [1usize, s.kv_heads, s.context_length, s.head_dim])
+                    .map_err(run_err)?;
+                buf.extract_tensor_mut().1.fill(0.0);
+                binding.bind_input(past, &buf).map_err(run_err)?;
+                binding.bind_output(present, &mut buf).map_err(run_err)?;
+                buffers.push(buf);
+            }
+            let cpu = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::CPUOutput)
+                .map_err(run_err)?;
+            Kv::Shared { binding, cpu, _buffers: buffers }
+        } else {
+            let mut past = Vec::with_capacity(n);
+            for _ in 0..n {
+                past.push(self.empty_past()?);
+            }
+            Kv::Moved(past)
+        };
+        Ok(Box::new(OrtSequence { model: self, kv, position: 0 }))
     }
 }
 
 pub struct OrtSequence {
     model: Arc<OrtModel>,
-    /// key 0, value 0, key 1, value 1, ...
-    past: Vec<DynValue>,
+    kv: Kv,
     position: usize,
 }
 
-fn i64_tensor(values: Vec<i64>) -> Result<SessionInputValue<'static>, BackendError> {
+enum Kv {
+    /// Key 0, value 0, key 1, value 1, ...: last step's present values.
+    Moved(Vec<DynValue>),
+    /// Keys of every layer, then values; bound as both past and present.
+    Shared { binding: IoBinding, cpu: MemoryInfo<'static>, _buffers: Vec<Tensor<f32>> },
+}
+
+fn i64_tensor(values: Vec<i64>) -> Result<Tensor<i64>, BackendError> {
     let n = values.len();
-    Ok(Tensor::<i64>::from_array(([1usize, n], values)).map_err(run_err)?.into())
+    Tensor::<i64>::from_array(([1usize, n], values)).map_err(run_err)
+}
+
+/// The last position's row of a `[1, S, vocab]` logits value (float32 or float16).
+fn read_logits(out: &DynValue, logits: &mut Vec<f32>) -> Result<(), BackendError> {
+    logits.clear();
+    if let Ok((shape, data)) = out.try_extract_tensor::<f32>() {
+        let vocab = *shape.last().unwrap_or(&0) as usize;
+        logits.extend_from_slice(&data[data.len() - vocab..]);
+    } else {
+        let (shape, data) = out.try_extract_tensor::<f16>().map_err(run_err)?;
+        let vocab = *shape.last().unwrap_or(&0) as usize;
+        logits.extend(data[data.len() - vocab..].iter().map(|x| x.to_f32()));
+    }
+    Ok(())
 }
 
 impl Sequence for OrtSequence {
@@ -207,37 +269,46 @@ impl Sequence for OrtSequence {
         check_room(self.position, tokens.len(), m.dir.spec.context_length)?;
         let n = tokens.len();
         let start = self.position as i64;
-        let mut inputs: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(4 + self.past.len());
-        inputs.push((&io.input_ids, i64_tensor(tokens.iter().map(|&t| t as i64).collect())?));
-        if let Some(name) = &io.attention_mask {
-            inputs.push((name, i64_tensor(vec![1; self.position + n])?));
-        }
-        if let Some(name) = &io.position_ids {
-            inputs.push((name, i64_tensor((start..start + n as i64).collect())?));
-        }
-        if let Some(name) = &io.use_cache_branch {
-            let t = Tensor::<bool>::from_array(([1usize], vec![self.position > 0])).map_err(run_err)?;
-            inputs.push((name, t.into()));
-        }
-        for (layer, (k, v)) in io.past_key.iter().zip(&io.past_value).enumerate() {
-            inputs.push((k, (&self.past[2 * layer]).into()));
-            inputs.push((v, (&self.past[2 * layer + 1]).into()));
-        }
+        let ids = i64_tensor(tokens.iter().map(|&t| t as i64).collect())?;
+        let mask = i64_tensor(vec![1; self.position + n])?;
         let mut session = m.session.lock().unwrap_or_else(|e| e.into_inner());
-        let mut outputs = session.run(inputs).map_err(run_err)?;
-        let out = outputs.remove(&io.logits).ok_or_else(|| run_err("no logits output"))?;
-        logits.clear();
-        if let Ok((shape, data)) = out.try_extract_tensor::<f32>() {
-            let vocab = *shape.last().unwrap_or(&0) as usize;
-            logits.extend_from_slice(&data[data.len() - vocab..]);
-        } else {
-            let (shape, data) = out.try_extract_tensor::<f16>().map_err(run_err)?;
-            let vocab = *shape.last().unwrap_or(&0) as usize;
-            logits.extend(data[data.len() - vocab..].iter().map(|x| x.to_f32()));
-        }
-        for (layer, (k, v)) in io.present_key.iter().zip(&io.present_value).enumerate() {
-            self.past[2 * layer] = outputs.remove(k.as_str()).ok_or_else(|| run_err(format!("no output {k}")))?;
-            self.past[2 * layer + 1] = outputs.remove(v.as_str()).ok_or_else(|| run_err(format!("no output {v}")))?;
+        match &mut self.kv {
+            Kv::Shared { binding, cpu, .. } => {
+                binding.bind_input(&io.input_ids, &ids).map_err(run_err)?;
+                // Rebound every step: a bound output keeps its first shape ([1, S, vocab]).
+                binding.bind_output_to_device(&io.logits, cpu).map_err(run_err)?;
+                if let Some(name) = &io.attention_mask {
+                    binding.bind_input(name, &mask).map_err(run_err)?;
+                }
+                let outputs = session.run_binding(binding).map_err(run_err)?;
+                read_logits(&outputs[io.logits.as_str()], logits)?;
+            }
+            Kv::Moved(past) => {
+                let mut inputs: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(4 + past.len());
+                inputs.push((&io.input_ids, ids.into()));
+                if let Some(name) = &io.attention_mask {
+                    inputs.push((name, mask.into()));
+                }
+                if let Some(name) = &io.position_ids {
+                    inputs.push((name, i64_tensor((start..start + n as i64).collect())?.into()));
+                }
+                if let Some(name) = &io.use_cache_branch {
+                    let t = Tensor::<bool>::from_array(([1usize], vec![self.position > 0])).map_err(run_err)?;
+                    inputs.push((name, t.into()));
+                }
+                for (layer, (k, v)) in io.past_key.iter().zip(&io.past_value).enumerate() {
+                    inputs.push((k, (&past[2 * layer]).into()));
+                    inputs.push((v, (&past[2 * layer + 1]).into()));
+                }
+                let mut outputs = session.run(inputs).map_err(run_err)?;
+                let out = outputs.remove(&io.logits).ok_or_else(|| run_err("no logits output"))?;
+                read_logits(&out, logits)?;
+                for (layer, (k, v)) in io.present_key.iter().zip(&io.present_value).enumerate() {
+                    past[2 * layer] = outputs.remove(k.as_str()).ok_or_else(|| run_err(format!("no output {k}")))?;
+                    past[2 * layer + 1] =
+                        outputs.remove(v.as_str()).ok_or_else(|| run_err(format!("no output {v}")))?;
+                }
+            }
         }
         self.position += n;
         Ok(())

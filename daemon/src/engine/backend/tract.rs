@@ -13,7 +13,7 @@ use tract_linalg::multithread::{Executor, multithread_tract_scope};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::transform::get_transform;
 
-use super::{BackendError, BackendKind, LoadOptions, LoadedModel, Sequence, Served, check_room};
+use super::{BackendError, BackendKind, KvCache, LoadOptions, LoadedModel, Sequence, Served, check_room};
 use crate::engine::model_dir::{Layout, ModelDir, Quantization};
 use crate::engine::onnx_graph::read_proto;
 
@@ -188,13 +188,19 @@ impl TractModel {
         } else {
             format!("cpu ({threads} threads)")
         };
+        let kv_cache = if present_slots.is_empty() { KvCache::Stateful } else { KvCache::Explicit };
         Ok(TractModel {
             plan,
             roles,
             present_slots,
             one_token,
             empty_kv: vec![1, spec.kv_heads, 0, spec.head_dim],
-            served: Served { backend: BackendKind::Tract, provider: runtime, skipped: vec![] },
+            served: Served {
+                backend: BackendKind::Tract,
+                provider: runtime,
+                skipped: vec![],
+                kv_cache,
+            },
             context: spec.context_length,
             executor,
         })
