@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use common::*;
-use llamad::engine::{BackendKind, GenerateError, LayoutError, LoadError, Model, Prompt, SamplingParams, TokenizerError};
+use llamad::engine::{
+    BackendKind, GenerateError, LayoutError, LoadError, Model, Prompt, SamplingParams, TokenizerError,
+};
 
 /// A writable copy of a fixture directory.
 fn copy_fixture(name: &str) -> tempfile::TempDir {
@@ -81,7 +83,9 @@ fn missing_tokenizer() {
     assert!(e.to_string().contains("tokenizer.json"), "{e}");
     // Loaded for token ids only, a text prompt is refused by name.
     let m = load(d.path(), BackendKind::Tract, false).unwrap();
-    let e = m.generate(&Prompt::Text("hi".into()), &SamplingParams::greedy(2), &AtomicBool::new(false), |_| {}).unwrap_err();
+    let e = m
+        .generate(&Prompt::Text("hi".into()), &SamplingParams::greedy(2), &AtomicBool::new(false), |_| {})
+        .unwrap_err();
     assert!(matches!(e, GenerateError::NoTokenizer), "{e}");
 }
 

@@ -31,7 +31,8 @@ fn unavailable_providers_fall_back_to_cpu_with_reasons() {
     assert_eq!(names, ["qnn", "openvino", "acl", "xnnpack"]);
     // The reasons are onnxruntime's own words for this build.
     for (name, reason) in &served.skipped {
-        let expected = if name == "acl" { "OrtSessionOptionsAppendExecutionProvider_ACL" } else { "not supported in this build" };
+        let expected =
+            if name == "acl" { "OrtSessionOptionsAppendExecutionProvider_ACL" } else { "not supported in this build" };
         assert!(reason.contains(expected), "{name}: {reason}");
     }
     // And the model still computes correctly on the provider that serves it.

@@ -10,8 +10,12 @@ use llamad::engine::detok::Detokenizer;
 fn tokenizer(name: &str) -> Tokenizer {
     let d = fixture("tokenizers").join(name);
     let tpl = d.join("chat_template.jinja");
-    Tokenizer::from_files(&d.join("tokenizer.json"), Some(&d.join("tokenizer_config.json")), tpl.is_file().then_some(tpl.as_path()))
-        .unwrap()
+    Tokenizer::from_files(
+        &d.join("tokenizer.json"),
+        Some(&d.join("tokenizer_config.json")),
+        tpl.is_file().then_some(tpl.as_path()),
+    )
+    .unwrap()
 }
 
 const SAMPLES: &[&str] = &[

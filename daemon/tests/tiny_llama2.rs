@@ -62,7 +62,12 @@ fn kv_cache_is_kept_in_place_where_the_graph_allows() {
 
 #[test]
 fn onnxruntime_matches_python_on_every_layout() {
-    for f in ["tiny-llama2-genai-fp32", "tiny-llama2-genai-int4-unfused", "tiny-llama2-genai-int4", "tiny-llama2-optimum-fp32"] {
+    for f in [
+        "tiny-llama2-genai-fp32",
+        "tiny-llama2-genai-int4-unfused",
+        "tiny-llama2-genai-int4",
+        "tiny-llama2-optimum-fp32",
+    ] {
         check_against_python(&load(f, BackendKind::Onnxruntime), f, 1e-4);
     }
 }

@@ -100,9 +100,7 @@ fn render(template: &str, tok: &Tokenizer, messages: &[Message]) -> Result<Strin
         bos_token => tok.bos_token.clone().unwrap_or_default(),
         eos_token => tok.eos_token.clone().unwrap_or_default(),
     };
-    env.get_template("chat")
-        .and_then(|t| t.render(ctx))
-        .map_err(|e| ChatError::Template(format!("{e:#}")))
+    env.get_template("chat").and_then(|t| t.render(ctx)).map_err(|e| ChatError::Template(format!("{e:#}")))
 }
 
 /// Meta's reference format:

@@ -176,7 +176,9 @@ impl Model {
                 && let Some(piece) = d.push(id)?
             {
                 text.push_str(&piece);
-                if let Some((at, _)) = params.stop.iter().filter_map(|s| text[emitted..].find(s.as_str()).map(|i| (i + emitted, s))).min() {
+                if let Some((at, _)) =
+                    params.stop.iter().filter_map(|s| text[emitted..].find(s.as_str()).map(|i| (i + emitted, s))).min()
+                {
                     text.truncate(at);
                     finish = FinishReason::Stop;
                     break;

@@ -44,7 +44,12 @@ pub struct Model {
 impl Model {
     /// Opens `path` and loads it on `kind`. A model without `tokenizer.json`
     /// loads only when `require_tokenizer` is false (token-id use).
-    pub fn load(path: &Path, kind: BackendKind, opts: &LoadOptions, require_tokenizer: bool) -> Result<Model, LoadError> {
+    pub fn load(
+        path: &Path,
+        kind: BackendKind,
+        opts: &LoadOptions,
+        require_tokenizer: bool,
+    ) -> Result<Model, LoadError> {
         let dir = ModelDir::open(path)?;
         let tokenizer = match Tokenizer::for_model(&dir) {
             Ok(t) => Some(t),
@@ -53,7 +58,8 @@ impl Model {
         };
         let backend = backend::load(kind, &dir, opts)?;
         let mut eos_ids = dir.spec.eos_ids.clone();
-        if let Some(id) = tokenizer.as_ref().and_then(|t| t.eos_token.as_deref()).and_then(|e| tokenizer.as_ref()?.token_id(e))
+        if let Some(id) =
+            tokenizer.as_ref().and_then(|t| t.eos_token.as_deref()).and_then(|e| tokenizer.as_ref()?.token_id(e))
             && !eos_ids.contains(&id)
         {
             eos_ids.push(id);

@@ -39,7 +39,9 @@ pub enum Quantization {
     F32,
     F16,
     /// com.microsoft `MatMulNBits` (onnxruntime-genai int4, our converter's int4).
-    Int4 { block_size: u32 },
+    Int4 {
+        block_size: u32,
+    },
     /// onnxruntime `quantize_dynamic`: `DynamicQuantizeLinear` + `MatMulInteger`.
     Int8Dynamic,
 }
@@ -122,10 +124,7 @@ impl ModelDir {
     /// Recognises `dir` and reads everything needed to load it.
     pub fn open(dir: &Path) -> Result<ModelDir, LayoutError> {
         if !dir.is_dir() {
-            return Err(LayoutError::Missing {
-                dir: dir.to_owned(),
-                what: "no such directory".into(),
-            });
+            return Err(LayoutError::Missing { dir: dir.to_owned(), what: "no such directory".into() });
         }
         let genai = dir.join("genai_config.json");
         let hf = dir.join("config.json");
@@ -158,21 +157,13 @@ impl ModelDir {
 }
 
 fn read_json(file: &Path) -> Result<Value, LayoutError> {
-    let text = std::fs::read_to_string(file).map_err(|e| LayoutError::BadConfig {
-        file: file.to_owned(),
-        reason: e.to_string(),
-    })?;
-    serde_json::from_str(&text).map_err(|e| LayoutError::BadConfig {
-        file: file.to_owned(),
-        reason: e.to_string(),
-    })
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| LayoutError::BadConfig { file: file.to_owned(), reason: e.to_string() })?;
+    serde_json::from_str(&text).map_err(|e| LayoutError::BadConfig { file: file.to_owned(), reason: e.to_string() })
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(file: &Path, v: Value) -> Result<T, LayoutError> {
-    serde_json::from_value(v).map_err(|e| LayoutError::BadConfig {
-        file: file.to_owned(),
-        reason: e.to_string(),
-    })
+    serde_json::from_value(v).map_err(|e| LayoutError::BadConfig { file: file.to_owned(), reason: e.to_string() })
 }
 
 /// `eos_token_id` is an integer or a list of them in both config formats.
@@ -251,9 +242,8 @@ fn open_genai(dir: &Path, file: &Path) -> Result<ModelDir, LayoutError> {
     let name = |map: &BTreeMap<String, String>, key: &str, default: &str| {
         map.get(key).cloned().unwrap_or_else(|| default.to_string())
     };
-    let per_layer = |pattern: String| -> Vec<String> {
-        (0..spec.layers).map(|i| pattern.replace("%d", &i.to_string())).collect()
-    };
+    let per_layer =
+        |pattern: String| -> Vec<String> { (0..spec.layers).map(|i| pattern.replace("%d", &i.to_string())).collect() };
     let wanted = IoNames {
         input_ids: name(&d.inputs, "input_ids", "input_ids"),
         attention_mask: Some(name(&d.inputs, "attention_mask", "attention_mask")),
@@ -327,18 +317,15 @@ fn open_optimum(dir: &Path, file: &Path) -> Result<ModelDir, LayoutError> {
         bos_id: generation.bos_token_id.or(cfg.bos_token_id),
         eos_ids,
     };
-    let onnx = ["model.onnx", "decoder_model_merged.onnx"]
-        .iter()
-        .map(|f| dir.join(f))
-        .find(|p| p.is_file())
-        .ok_or_else(|| LayoutError::Missing {
-            dir: dir.to_owned(),
-            what: "config.json is present but neither model.onnx nor decoder_model_merged.onnx is"
-                .into(),
-        })?;
-    let per_layer = |fmt: &str| -> Vec<String> {
-        (0..spec.layers).map(|i| fmt.replace("{}", &i.to_string())).collect()
-    };
+    let onnx =
+        ["model.onnx", "decoder_model_merged.onnx"].iter().map(|f| dir.join(f)).find(|p| p.is_file()).ok_or_else(
+            || LayoutError::Missing {
+                dir: dir.to_owned(),
+                what: "config.json is present but neither model.onnx nor decoder_model_merged.onnx is".into(),
+            },
+        )?;
+    let per_layer =
+        |fmt: &str| -> Vec<String> { (0..spec.layers).map(|i| fmt.replace("{}", &i.to_string())).collect() };
     let wanted = IoNames {
         input_ids: "input_ids".into(),
         attention_mask: Some("attention_mask".into()),
@@ -391,15 +378,8 @@ fn finish(
     }
     if !missing.is_empty() {
         let shown = missing.len().min(4);
-        let more = if missing.len() > shown {
-            format!(" (and {} more)", missing.len() - shown)
-        } else {
-            String::new()
-        };
-        return Err(LayoutError::NotADecoder {
-            file: onnx,
-            missing: format!("{}{more}", missing[..shown].join(", ")),
-        });
+        let more = if missing.len() > shown { format!(" (and {} more)", missing.len() - shown) } else { String::new() };
+        return Err(LayoutError::NotADecoder { file: onnx, missing: format!("{}{more}", missing[..shown].join(", ")) });
     }
     for opt in [&mut io.attention_mask, &mut io.position_ids, &mut io.use_cache_branch] {
         if opt.as_deref().is_some_and(|n| !has_in(n)) {

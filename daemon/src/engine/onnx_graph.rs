@@ -95,9 +95,7 @@ fn value_info(v: &pb::ValueInfoProto) -> ValueInfo {
                         .iter()
                         .map(|d| match &d.value {
                             Some(pb::tensor_shape_proto::dimension::Value::DimValue(x)) => Dim::Fixed(*x),
-                            Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) => {
-                                Dim::Named(p.clone())
-                            }
+                            Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) => Dim::Named(p.clone()),
                             None => Dim::Unknown,
                         })
                         .collect()
@@ -130,11 +128,7 @@ fn summarize(file: &Path, proto: &pb::ModelProto, file_size: u64) -> Result<Grap
             format!("{}::{}", node.domain, node.op_type)
         };
         if node.op_type == "MatMulNBits" && nbits_block_size.is_none() {
-            nbits_block_size = node
-                .attribute
-                .iter()
-                .find(|a| a.name == "block_size")
-                .map(|a| a.i as u32);
+            nbits_block_size = node.attribute.iter().find(|a| a.name == "block_size").map(|a| a.i as u32);
         }
         *ops.entry(key).or_insert(0) += 1;
     }

@@ -39,8 +39,7 @@ pub fn opts(kind: BackendKind) -> LoadOptions {
 }
 
 pub fn load(name: &str, kind: BackendKind) -> Model {
-    Model::load(&fixture(name), kind, &opts(kind), false)
-        .unwrap_or_else(|e| panic!("{name} on {kind}: {e}"))
+    Model::load(&fixture(name), kind, &opts(kind), false).unwrap_or_else(|e| panic!("{name} on {kind}: {e}"))
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

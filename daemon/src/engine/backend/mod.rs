@@ -66,7 +66,12 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { threads: None, providers: vec![ProviderConfig::cpu()], tract_block_quant: false, ort_library: None }
+        LoadOptions {
+            threads: None,
+            providers: vec![ProviderConfig::cpu()],
+            tract_block_quant: false,
+            ort_library: None,
+        }
     }
 }
 

@@ -47,9 +47,7 @@ fn find_in(dir: &Path) -> Option<PathBuf> {
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so."))
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.")))
         .collect();
     versioned.sort();
     versioned.pop()
@@ -58,7 +56,11 @@ fn find_in(dir: &Path) -> Option<PathBuf> {
 /// The library that would be loaded, or why there is none.
 pub fn locate_library(configured: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(p) = configured {
-        return if p.is_file() { Ok(p.to_owned()) } else { Err(format!("configured library {} does not exist", p.display())) };
+        return if p.is_file() {
+            Ok(p.to_owned())
+        } else {
+            Err(format!("configured library {} does not exist", p.display()))
+        };
     }
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         let p = PathBuf::from(p);
@@ -136,14 +138,14 @@ impl OrtModel {
                 skipped.push((p.name.as_str().to_string(), reason));
                 continue;
             }
-            match register(env, builder, p) {
-                Ok(b) => {
-                    builder = b;
+            let (b, result) = register(env, builder, p);
+            builder = b;
+            match result {
+                Ok(()) => {
                     provider = Some(p.name.as_str().to_string());
                     break;
                 }
-                Err((b, reason)) => {
-                    builder = b;
+                Err(reason) => {
                     tracing::warn!(model = %dir.name(), provider = p.name.as_str(), %reason, "execution provider skipped");
                     skipped.push((p.name.as_str().to_string(), reason));
                 }
@@ -152,10 +154,7 @@ impl OrtModel {
         let provider = provider.unwrap_or_else(|| "cpu".to_string());
         tracing::info!(model = %dir.name(), %provider, "ONNX Runtime session");
         let session = builder.commit_from_file(&dir.onnx).map_err(|e| load_err(e.to_string()))?;
-        let past_f16 = dir
-            .graph
-            .input(&dir.io.past_key[0])
-            .is_some_and(|i| i.elem_type == ONNX_FLOAT16);
+        let past_f16 = dir.graph.input(&dir.io.past_key[0]).is_some_and(|i| i.elem_type == ONNX_FLOAT16);
         if let Some(i) = dir.graph.input(&dir.io.past_key[0])
             && i.elem_type != ONNX_FLOAT
             && i.elem_type != ONNX_FLOAT16
@@ -209,8 +208,9 @@ impl LoadedModel for OrtModel {
             let mut buffers = Vec::with_capacity(n);
             let names = io.past_key.iter().zip(&io.present_key).chain(io.past_value.iter().zip(&io.present_value));
             for (past, present) in names {
-                let mut buf = Tensor::<f32>::new(&Allocator::default(), [1usize, s.kv_heads, s.context_length, s.head_dim])
-                    .map_err(run_err)?;
+                let mut buf =
+                    Tensor::<f32>::new(&Allocator::default(), [1usize, s.kv_heads, s.context_length, s.head_dim])
+                        .map_err(run_err)?;
                 buf.extract_tensor_mut().1.fill(0.0);
                 binding.bind_input(past, &buf).map_err(run_err)?;
                 binding.bind_output(present, &mut buf).map_err(run_err)?;
@@ -218,7 +218,7 @@ impl LoadedModel for OrtModel {
             }
             let cpu = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::CPUOutput)
                 .map_err(run_err)?;
-            Kv::Shared { binding, cpu, _buffers: buffers }
+            Kv::Shared { binding: Box::new(binding), cpu, _buffers: buffers }
         } else {
             let mut past = Vec::with_capacity(n);
             for _ in 0..n {
@@ -240,7 +240,7 @@ enum Kv {
     /// Key 0, value 0, key 1, value 1, ...: last step's present values.
     Moved(Vec<DynValue>),
     /// Keys of every layer, then values; bound as both past and present.
-    Shared { binding: IoBinding, cpu: MemoryInfo<'static>, _buffers: Vec<Tensor<f32>> },
+    Shared { binding: Box<IoBinding>, cpu: MemoryInfo<'static>, _buffers: Vec<Tensor<f32>> },
 }
 
 fn i64_tensor(values: Vec<i64>) -> Result<Tensor<i64>, BackendError> {

@@ -127,28 +127,30 @@ impl ProviderConfig {
     }
 }
 
-/// Registers `p` on `builder`. On failure the builder comes back with the reason.
+/// Registers `p` on `builder`; the builder always comes back, with the reason on failure.
 pub(super) fn register(
     env: &ort::environment::Environment,
     builder: SessionBuilder,
     p: &ProviderConfig,
-) -> Result<SessionBuilder, (SessionBuilder, String)> {
-    if p.library.is_some() {
+) -> (SessionBuilder, Result<(), String>) {
+    let result = if p.library.is_some() {
         let options: Vec<(String, String)> =
             p.options.iter().map(|(k, v)| (format!("{}.{k}", p.name.ort_name()), v.clone())).collect();
         let devices: Vec<_> = env.devices().filter(|d| d.ep().is_ok_and(|n| n == p.name.ort_name())).collect();
         if devices.is_empty() {
-            return Err((builder, format!("no device is offered by a registered {} plugin", p.name.ort_name())));
+            return (builder, Err(format!("no device is offered by a registered {} plugin", p.name.ort_name())));
         }
-        return builder.with_devices(devices, Some(&options)).map_err(|e| {
+        builder.with_devices(devices, Some(&options))
+    } else {
+        builder.with_execution_providers([p.dispatch()])
+    };
+    match result {
+        Ok(b) => (b, Ok(())),
+        Err(e) => {
             let msg = e.to_string();
-            (e.recover(), msg)
-        });
+            (e.recover(), Err(msg))
+        }
     }
-    builder.with_execution_providers([p.dispatch()]).map_err(|e| {
-        let msg = e.to_string();
-        (e.recover(), msg)
-    })
 }
 
 impl std::str::FromStr for ProviderName {

@@ -142,9 +142,8 @@ impl TractModel {
         let explicit_kv = roles.iter().filter(|r| matches!(r, Role::Past(_))).count();
         let presents: Vec<&String> = io.present_key.iter().chain(&io.present_value).collect();
         let outlets = typed.output_outlets().map_err(load_err)?.to_vec();
-        let label = |o: &OutletId| {
-            typed.outlet_label(*o).map(str::to_owned).unwrap_or_else(|| typed.node(o.node).name.clone())
-        };
+        let label =
+            |o: &OutletId| typed.outlet_label(*o).map(str::to_owned).unwrap_or_else(|| typed.node(o.node).name.clone());
         let logits = outlets.iter().find(|o| label(o) == io.logits).or(outlets.first()).copied();
         let mut selected = vec![logits.ok_or_else(|| load_err("the graph has no outputs"))?];
         let mut present_slots = vec![];
@@ -195,12 +194,7 @@ impl TractModel {
             present_slots,
             one_token,
             empty_kv: vec![1, spec.kv_heads, 0, spec.head_dim],
-            served: Served {
-                backend: BackendKind::Tract,
-                provider: runtime,
-                skipped: vec![],
-                kv_cache,
-            },
+            served: Served { backend: BackendKind::Tract, provider: runtime, skipped: vec![], kv_cache },
             context: spec.context_length,
             executor,
         })
