@@ -16,6 +16,8 @@ Exit status is non-zero if a check fails.
 """
 import argparse
 import collections
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -36,11 +38,23 @@ TINY_FIXTURES = [
     "tiny-llama2-genai-int4",
     "tiny-llama2-genai-int4-unfused",
     "tiny-llama2-optimum-fp32",
+    "tiny-llama2-gguf-int4",
 ]
+# made by make_tiny_gguf.py from models/work/tiny-llama2-hf, converted by gguf_to_onnx.py
+GGUF_FIXTURE = "tiny-llama2-gguf-int4"
+GGUF_FILE = WORK / "tiny-llama2.Q4_0.gguf"
+# the original Llama 2 tokenizer.json (make_fixtures.sh copies it from the shared data)
+LLAMA2_TOKENIZER = FIX / "tiny-llama2-genai-fp32" / "tokenizer.json"
+GGUF_EXTRA_PROBES = [
+    "The year 2024 had 366 days; pi ~ 3.14159.", "Café déjà vu: naïve façade, Straße, ½ °C",
+    "def f(x):\n    return {'a': [1, 2], \"b\": x ** 2}  # comment\n", "  leading spaces and trailing   ",
+    "Emoji: 😀🎉👍🏽 👨\u200d👩\u200d👧 🇫🇷", "Ελληνικά, русский, עברית, العربية, हिन्दी", "", " "]
 # Pass/fail thresholds (the figures themselves are printed).
 FP32_LAYOUT_TOL = 1e-3  # fp32 export vs fp32 export / vs PyTorch, max |dlogit|
 TOKENIZER_PROBES = ["Hello world", " leading space", "  two spaces", "a\nb\n\nc\t d", "héllo 日本語 😀",
                     "[INST] <<SYS>>\nsys\n<</SYS>>\n\nuser [/INST]", "<s>[INST] hi [/INST] ok </s>"]
+
+GGUF_TOKENIZER_PROBES = TOKENIZER_PROBES + [TINY_PROMPT] + GGUF_EXTRA_PROBES
 
 failures = []
 
@@ -249,7 +263,7 @@ def check_tiny(ref_out):
     prompt = prompts[TINY_FIXTURES[0]]
     print(f"prompt ids (tokenizers, BOS added by tokenizer.json): {prompt}")
     check(prompt[0] == 1 and all(p == prompt for p in prompts.values()),
-          "all four fixtures' tokenizer.json give the same ids, starting with BOS 1")
+          f"all {len(TINY_FIXTURES)} fixtures' tokenizer.json give the same ids, starting with BOS 1")
 
     decs = {name: Decoder(name) for name in TINY_FIXTURES}
     for name, d in decs.items():
@@ -290,7 +304,7 @@ def check_tiny(ref_out):
         print(f"  tiny-llama2-genai-int4 vs PyTorch: max |dlogit| = {maxabs(forced['tiny-llama2-genai-int4'], tl):.4f}")
 
     # Prompt fed one token at a time must match the one-shot prefill.
-    for name in ("tiny-llama2-genai-fp32", "tiny-llama2-optimum-fp32"):
+    for name in ("tiny-llama2-genai-fp32", "tiny-llama2-optimum-fp32", GGUF_FIXTURE):
         d = decs[name]
         d.reset()
         rows = [d.step([t]) for t in prompt]
@@ -313,6 +327,102 @@ def check_tiny(ref_out):
             "max_abs_dlogit_vs_genai_fp32": maxabs(forced[name], forced[base]),
         }
     return prompt, free
+
+
+def check_gguf(prompt, free):
+    """tiny-llama2-gguf-int4 (gguf_to_onnx.py --precision int4 on make_tiny_gguf.py's Q4_0 file)
+    vs transformers loading the same GGUF, and its tokenizer.json vs the original Llama 2 one."""
+    from tokenizers import Tokenizer
+
+    print(f"\n# {GGUF_FIXTURE}: models/gguf_to_onnx.py --precision int4 on {GGUF_FILE.relative_to(HERE.parent)}")
+    src = json.loads((FIX / GGUF_FIXTURE / "config.json").read_text()).get("gguf_source", {})
+    print(f"  GGUF tensor types {src.get('tensor_types')}; int4 {src.get('int4', {}).get('scheme', '?')}")
+    print(f"  embedding: {src.get('int4', {}).get('embedding')}; lm_head: {src.get('int4', {}).get('lm_head')}")
+
+    # (b) tokenizer.json built by the converter from the GGUF metadata vs the original file
+    ours = Tokenizer.from_file(str(FIX / GGUF_FIXTURE / "tokenizer.json"))
+    ref = Tokenizer.from_file(str(LLAMA2_TOKENIZER))
+    diff = []
+    for text in GGUF_TOKENIZER_PROBES:
+        a, b = ours.encode(text).ids, ref.encode(text).ids
+        if a != b or ours.decode(a, skip_special_tokens=False) != ref.decode(b, skip_special_tokens=False):
+            diff.append(text)
+            print(f"  {text!r}: ours {a} vs Llama 2 {b}")
+    check(not diff, f"tokenizer.json from the GGUF vs the original Llama 2 tokenizer.json: "
+                    f"{len(GGUF_TOKENIZER_PROBES) - len(diff)}/{len(GGUF_TOKENIZER_PROBES)} probe strings "
+                    "encode (with BOS) and decode identically")
+    check(ours.get_vocab(with_added_tokens=True) == ref.get_vocab(with_added_tokens=True),
+          f"same vocabulary ({ours.get_vocab_size()} entries)")
+    same_file = (FIX / GGUF_FIXTURE / "tokenizer.json").read_bytes() == LLAMA2_TOKENIZER.read_bytes()
+    print(f"  tokenizer.json byte-identical to the original: {'yes' if same_file else 'no'}")
+
+    # (a) onnxruntime vs transformers' GGUF loader (dequantizes the same file to float32)
+    ids, ort_logits = free[GGUF_FIXTURE]
+    if not GGUF_FILE.exists():
+        print(f"  {GGUF_FILE} missing (make_fixtures.sh writes it): transformers comparison skipped")
+        return
+    try:
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM, LlamaForCausalLM
+    except ImportError:
+        print("  torch/transformers unavailable: transformers comparison skipped")
+        return
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    with contextlib.redirect_stderr(io.StringIO()):  # the GGUF loader's tqdm progress bars
+        hf = AutoModelForCausalLM.from_pretrained(str(GGUF_FILE.parent), gguf_file=GGUF_FILE.name,
+                                                  dtype=torch.float32).eval()
+    seq = torch.tensor([prompt + ids[:-1]])
+    with torch.no_grad():
+        tl = hf(seq).logits[0].numpy()
+    n_pos = tl.shape[0]
+    dd = maxabs(ort_logits, tl)
+    # The graph may store the embedding rows in a narrower type than float32 (the converter's
+    # int4 output keeps them as float16, cast after the Gather). Compare also with a reference
+    # whose input embedding is rounded the same way (the tied head stays float32 as in the graph).
+    m = onnx.load(FIX / GGUF_FIXTURE / "model.onnx", load_external_data=False)
+    inits = {i.name: i for i in m.graph.initializer}
+    gather = next(n for n in m.graph.node if n.op_type == "Gather" and "input_ids" in n.input)
+    emb_type = onnx.TensorProto.DataType.Name(inits[gather.input[0]].data_type).lower()
+    print(f"  embedding Gather reads a {emb_type} initializer {list(inits[gather.input[0]].dims)}")
+    if emb_type == "float":
+        check(dd < FP32_LAYOUT_TOL, f"{GGUF_FIXTURE} vs transformers loading the GGUF (float32 dequantized), "
+                                    f"{n_pos} positions along its greedy path: max |dlogit| = {dd:.2e}")
+        ref = tl
+    else:
+        print(f"  vs transformers loading the GGUF (float32 dequantized), {n_pos} positions along its greedy "
+              f"path: max |dlogit| = {dd:.2e} (the {emb_type} embedding rows)")
+        np_type = onnx.helper.tensor_dtype_to_np_dtype(inits[gather.input[0]].data_type)
+        w = hf.model.embed_tokens.weight.detach().clone()
+        rounded = torch.from_numpy(w.numpy().astype(np_type).astype(np.float32))
+        hf.lm_head.weight = torch.nn.Parameter(w)  # untie: the head keeps the float32 values
+        hf.model.embed_tokens.weight = torch.nn.Parameter(rounded)
+        with torch.no_grad():
+            ref = hf(seq).logits[0].numpy()
+        d2 = maxabs(ort_logits, ref)
+        check(d2 < FP32_LAYOUT_TOL, f"{GGUF_FIXTURE} vs transformers loading the GGUF with its input embedding "
+                                    f"rounded to {emb_type} as in the graph: max |dlogit| = {d2:.2e}")
+    hf_ids = [int(x) for x in ref[len(prompt) - 1:].argmax(1)]
+    check(hf_ids == ids, f"transformers' argmax along that path = onnxruntime's greedy ids {ids}")
+
+    # Orientation of the Q/K row permutation: transformers undoes llama.cpp's permutation when it
+    # loads the GGUF; its weights must then equal the float checkpoint up to Q4_0 rounding.
+    ckpt = WORK / "tiny-llama2-hf"
+    if (ckpt / "config.json").exists():
+        orig = dict(LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32).named_parameters())
+        worst = {}
+        for name, p in hf.named_parameters():
+            if name not in orig:  # an untied lm_head copy, if transformers made one
+                continue
+            o = orig[name].detach()
+            rel = float((p.detach() - o).norm() / o.norm())
+            kind = "q/k" if name.endswith(("q_proj.weight", "k_proj.weight")) else "other"
+            worst[kind] = max(worst.get(kind, 0.0), rel)
+        print(f"  transformers' GGUF weights vs the float checkpoint, max relative error per tensor: "
+              f"q/k {worst['q/k']:.3f}, others {worst['other']:.3f} (Q4_0 / Q8_0 rounding)")
+        check(worst["q/k"] < 0.2, "Q/K permutation round-trips (q/k weights equal the checkpoint's up to "
+                                  "4-bit rounding)")
 
 
 def check_genai_api(prompt, free):
@@ -395,6 +505,7 @@ def main():
                          "see models/README.md. Logits are float32 values from onnxruntime on CPU."}
     check_stories(ref_out)
     prompt, free = check_tiny(ref_out)
+    check_gguf(prompt, free)
     check_genai_api(prompt, free)
     compare_builder_tokenizer()
     for name, g in graphs.items():

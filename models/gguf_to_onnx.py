@@ -658,16 +658,18 @@ def bpe_pre_tokenizer(pre: str | None):
 
 
 def spm_merges(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
-    """BPE merges equivalent to a SentencePiece BPE vocabulary (as transformers' converter)."""
+    """BPE merges equivalent to a SentencePiece BPE vocabulary, ordered as transformers'
+    generate_merges orders them: by the merged piece's score, then the longer left part first
+    (stable in id order). For Llama 2 this reproduces its tokenizer.json byte for byte."""
     vocab = {t: i for i, t in enumerate(tokens) if types[i] in (TT_NORMAL, TT_USER_DEFINED)}
     merges = []
     for piece, pid in vocab.items():
         for cut in range(1, len(piece)):
             a, b = piece[:cut], piece[cut:]
             if a in vocab and b in vocab:
-                merges.append((scores[pid], vocab[a], vocab[b], a, b))
-    merges.sort(key=lambda t: (-t[0], t[1], t[2]))
-    return [(a, b) for _, _, _, a, b in merges]
+                merges.append((scores[pid], a, b))
+    merges.sort(key=lambda t: (-t[0], -len(t[1]), -len(t[2])))
+    return [(a, b) for _, a, b in merges]
 
 
 def build_tokenizer(reader: GGUFReader):

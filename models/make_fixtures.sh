@@ -29,7 +29,7 @@ export TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0
 STORIES_BIN="$SHARED/models/stories260K/stories260K.bin"
 TOKENIZER_DIR="$SHARED/tokenizers/llama2"
 TOKENIZER_FILES=(tokenizer.json tokenizer_config.json special_tokens_map.json)
-for f in "$STORIES_BIN" "${TOKENIZER_FILES[@]/#/$TOKENIZER_DIR/}"; do
+for f in "$STORIES_BIN" "${TOKENIZER_FILES[@]/#/$TOKENIZER_DIR/}" "$TOKENIZER_DIR/tokenizer.model"; do
     [[ -f "$f" ]] || { echo "missing $f (set SHARED=...)" >&2; exit 1; }
 done
 for py in "$OPY" "$GPY"; do
@@ -40,11 +40,12 @@ step() { printf '\n=== %s\n' "$*"; }
 
 # Remove only what this script makes: models/ and models/fixtures/ may hold other files.
 FIXTURES=(stories260k-optimum-fp32 stories260k-optimum-int8 tiny-llama2-genai-fp32 tiny-llama2-genai-int4
-          tiny-llama2-genai-int4-unfused tiny-llama2-optimum-fp32)
+          tiny-llama2-genai-int4-unfused tiny-llama2-optimum-fp32 tiny-llama2-gguf-int4)
 WORK_DIRS=(stories260k-hf stories260k-optimum-fp32 tiny-llama2-hf tiny-llama2-genai-fp32 tiny-llama2-genai-int4
            tiny-llama2-genai-int4-unfused tiny-llama2-optimum-fp32 genai-cache)
 for d in "${FIXTURES[@]}"; do rm -rf "${FIX:?}/$d"; done
 for d in "${WORK_DIRS[@]}"; do rm -rf "${WORK:?}/$d"; done
+rm -f "$WORK/tiny-llama2.Q4_0.gguf"
 rm -f "$FIX/CHECKS.txt" "$FIX/CHECK_REFERENCE.txt" "$FIX/REFERENCE.json"
 mkdir -p "$WORK" "$FIX"
 
@@ -100,10 +101,20 @@ for f in model.onnx config.json generation_config.json "${TOKENIZER_FILES[@]}"; 
     cp "$WORK/tiny-llama2-optimum-fp32/$f" "$FIX/tiny-llama2-optimum-fp32/$f"
 done
 
+# 3c. The same checkpoint as a llama.cpp-style GGUF (Q4_0 linear layers, Q8_0 embedding, F32
+# norms, llama.cpp's Q/K row order, Llama 2 SentencePiece vocabulary) -> gguf_to_onnx.py int4
+# (default transcode: the Q4_0 codes and scales are carried over as they are). The GGUF stays in
+# models/work/. The genai venv pins the same numpy/gguf/onnx/tokenizers versions as
+# models/requirements-convert.txt, the converter's own venv.
+step "tiny-llama2: GGUF (make_tiny_gguf.py) -> gguf_to_onnx.py --precision int4"
+"$GPY" "$MODELS/make_tiny_gguf.py" "$WORK/tiny-llama2-hf" "$TOKENIZER_DIR/tokenizer.model" \
+    "$WORK/tiny-llama2.Q4_0.gguf"
+"$GPY" "$MODELS/gguf_to_onnx.py" "$WORK/tiny-llama2.Q4_0.gguf" "$FIX/tiny-llama2-gguf-int4" --precision int4
+
 # Files copied from the read-only shared folder keep their mode; make them writable.
 for d in "${FIXTURES[@]}"; do chmod -R u+w "$FIX/$d"; done
 
-# --- 3c/4. onnxruntime + onnxruntime-genai checks; writes REFERENCE.json
+# --- 4. onnxruntime + onnxruntime-genai checks; writes REFERENCE.json
 step "checks (onnxruntime, onnxruntime-genai) -> fixtures/CHECKS.txt, fixtures/REFERENCE.json"
 "$GPY" "$MODELS/check_fixtures.py" --write-reference 2>&1 | tee "$FIX/CHECKS.txt"
 
