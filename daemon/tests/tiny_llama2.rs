@@ -181,3 +181,27 @@ fn tract_names_the_builder_option_for_fused_qkv() {
         assert!(msg.contains("onnxruntime backend"), "{msg}");
     }
 }
+
+#[test]
+fn the_converters_int4_output_runs_on_both_backends() {
+    // models/gguf_to_onnx.py on a Q4_0 GGUF of the same tiny Llama: MatMulNBits in the
+    // Optimum layout, float16 embedding rows, float head. Both backends against
+    // onnxruntime's Python run of the same file.
+    let f = "tiny-llama2-gguf-int4";
+    check_against_python(&load(f, BackendKind::Onnxruntime), f, 1e-4);
+    let t = load(f, BackendKind::Tract);
+    assert_eq!(t.served().kv_cache, llamad::engine::backend::KvCache::Stateful);
+    check_against_python(&t, f, 1e-2);
+    let c = case();
+    let (worst, top1) = compare_along_path(&load(f, BackendKind::Onnxruntime), &t, &c.prompt, c.steps);
+    eprintln!("{f}: max |tract - onnxruntime| {worst:e}, top-1 {top1}/{}", c.steps);
+    assert!(worst < 1e-2, "{worst}");
+}
+
+#[test]
+fn block_quant_on_an_optimum_export_explains_itself() {
+    let opts = llamad::engine::LoadOptions { tract_block_quant: true, ..opts(BackendKind::Tract) };
+    let e = Model::load(&fixture("tiny-llama2-optimum-fp32"), BackendKind::Tract, &opts, false).err().unwrap();
+    let msg = e.to_string();
+    assert!(msg.contains("block_quant") && msg.contains("gguf_to_onnx.py"), "{msg}");
+}
