@@ -1,5 +1,5 @@
-//! `llamad`: the daemon binary. For now it runs the inference core directly
-//! (`generate`, `inspect`) for development and benchmarks.
+//! `llamad`: the daemon binary. `serve` runs the D-Bus service; `generate`
+//! and `inspect` run the inference core directly (development, benchmarks).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand};
 use llamad::engine::backend::ProviderConfig;
 use llamad::engine::backend::providers::ProviderName;
 use llamad::engine::chat::{Message, Role};
+use llamad::config::Config;
 use llamad::engine::{BackendKind, LoadOptions, Model, ModelDir, Prompt, SamplingParams};
+use llamad::service::Bus;
 
 #[derive(Parser)]
 #[command(name = "llamad", version, about = "On-device Llama inference daemon")]
@@ -21,10 +23,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: serve org.llamad.Llama1 on D-Bus.
+    Serve(ServeArgs),
     /// Generate text with a model directly (no D-Bus): streams the text, then prints timings.
     Generate(GenerateArgs),
     /// Print what llamad recognises in a model directory, as JSON.
     Inspect { model: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Configuration file (default /etc/llamad/llamad.toml, if present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Serve on the session bus (development) instead of the system bus.
+    #[arg(long, conflicts_with = "address")]
+    session: bool,
+    /// Serve on the bus at this D-Bus address.
+    #[arg(long)]
+    address: Option<String>,
+    /// Models directory (overrides the configuration's models_dir).
+    #[arg(long)]
+    models_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -169,13 +189,45 @@ fn generate(a: GenerateArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn main() -> ExitCode {
+fn serve(a: ServeArgs) -> Result<(), String> {
+    let mut config = Config::load(a.config.as_deref()).map_err(|e| e.to_string())?;
+    if let Some(d) = a.models_dir {
+        config.models_dir = d;
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    let bus = match (a.session, a.address) {
+        (_, Some(addr)) => Bus::Address(addr),
+        (true, None) => Bus::Session,
+        (false, None) => Bus::System,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(llamad::service::run(config, bus)).map_err(|e| format!("{e:#}"))
+}
+
+/// Under systemd (stderr connected to the journal) log to the journal; otherwise to stderr.
+fn init_logging(default: &str) {
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journal) = systemd_journal_logger::JournalLog::new()
+        && journal.install().is_ok()
+    {
+        log::set_max_level(log::LevelFilter::Info);
+        return;
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LLAMAD_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LLAMAD_LOG").unwrap_or_else(|_| default.into()))
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(if matches!(cli.command, Command::Serve(_)) { "info,ort=warn" } else { "warn" });
     let result = match cli.command {
+        Command::Serve(a) => serve(a),
         Command::Generate(a) => generate(a),
         Command::Inspect { model } => ModelDir::open(&model).map_err(|e| e.to_string()).map(|d| {
             let v = serde_json::json!({

@@ -1,0 +1,31 @@
+//! Typed D-Bus errors, named `org.llamad.Llama1.Error.<Name>`. Append-only:
+//! a name, once released, is never removed or renamed. The message says what
+//! went wrong with the numbers a client needs (context sizes, queue bounds).
+
+use zbus::DBusError;
+
+#[derive(Debug, DBusError, PartialEq)]
+#[zbus(prefix = "org.llamad.Llama1.Error")]
+pub enum Error {
+    /// Transport-level failure (not sent by the daemon).
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// No model of that name in the models directory.
+    UnknownModel(String),
+    /// The model exists but could not be loaded (the reason follows).
+    ModelLoadFailed(String),
+    /// The prompt (plus what must be generated) does not fit the context.
+    ContextOverflow(String),
+    /// The request queue is full; retry later.
+    Busy(String),
+    /// An argument or option is invalid; the message names the field.
+    InvalidArgs(String),
+    /// The caller may not do this.
+    PermissionDenied(String),
+    /// No such request (finished, cancelled or never existed), or not the caller's.
+    UnknownRequest(String),
+    /// A bug or an unexpected failure inside the daemon.
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,45 @@
+//! The client proxy of `org.llamad.Llama1.Manager` (what `llamactl` uses).
+
+use std::collections::HashMap;
+
+use zbus::proxy;
+use zbus::zvariant::Value;
+
+use crate::types::{FinishStats, ModelInfo, WireMessage};
+
+#[proxy(
+    interface = "org.llamad.Llama1.Manager",
+    default_service = "org.llamad.Llama1",
+    default_path = "/org/llamad/Llama1"
+)]
+pub trait Manager {
+    /// Every model of the models directory, loaded or not.
+    fn list_models(&self) -> zbus::Result<Vec<ModelInfo>>;
+    /// Loads a model now (instead of on first use). Options: `backend` (s).
+    fn load_model(&self, name: &str, options: HashMap<&str, Value<'_>>) -> zbus::Result<()>;
+    fn unload_model(&self, name: &str) -> zbus::Result<()>;
+    /// Starts a completion of `prompt`; returns the request id. The text
+    /// arrives as `Token` signals sent to the caller only, then `Finished`.
+    fn generate(&self, model: &str, prompt: &str, options: HashMap<&str, Value<'_>>) -> zbus::Result<u64>;
+    /// Like `Generate`, from `(role, content)` messages through the model's chat template.
+    fn chat(&self, model: &str, messages: &[WireMessage], options: HashMap<&str, Value<'_>>) -> zbus::Result<u64>;
+    /// Cancels one of the caller's requests.
+    fn cancel(&self, request: u64) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    fn token(&self, request: u64, text: &str) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn finished(&self, request: u64, stats: FinishStats) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+    /// Backends this daemon can use (`tract`, `onnxruntime`).
+    #[zbus(property)]
+    fn backends(&self) -> zbus::Result<Vec<String>>;
+    #[zbus(property)]
+    fn loaded_models(&self) -> zbus::Result<Vec<String>>;
+    #[zbus(property)]
+    fn requests_running(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn requests_queued(&self) -> zbus::Result<u32>;
+}

@@ -1,0 +1,76 @@
+//! Wire types. Results that may grow are `a{sv}` dictionaries
+//! (`SerializeDict`): new keys can be added without breaking clients, and
+//! every field is optional on the receiving side.
+
+use serde::{Deserialize, Serialize};
+use zbus::zvariant::{DeserializeDict, SerializeDict, Type};
+
+/// One model of the models directory (`ListModels`).
+#[derive(Debug, Clone, Default, PartialEq, SerializeDict, DeserializeDict, Type)]
+#[zvariant(signature = "a{sv}")]
+pub struct ModelInfo {
+    pub name: String,
+    /// `onnxruntime-genai` or `optimum`.
+    pub layout: Option<String>,
+    /// `fp32`, `int4 (MatMulNBits, block 32)`, `int8 (dynamic)`, ...
+    pub quantization: Option<String>,
+    pub parameters: Option<u64>,
+    pub context_length: Option<u32>,
+    pub vocab_size: Option<u32>,
+    /// Bytes of the graph and its external data.
+    pub file_size: Option<u64>,
+    pub loaded: Option<bool>,
+    /// When loaded: `tract` or `onnxruntime`, and the execution provider / runtime.
+    pub backend: Option<String>,
+    pub provider: Option<String>,
+    /// When loaded: seconds since the model last served a request.
+    pub idle_seconds: Option<u64>,
+    /// Requests running on this model now.
+    pub running: Option<u32>,
+    /// When the directory is not a usable model: why.
+    pub error: Option<String>,
+}
+
+/// The final message of a request (the `Finished` signal).
+#[derive(Debug, Clone, Default, PartialEq, SerializeDict, DeserializeDict, Type)]
+#[zvariant(signature = "a{sv}")]
+pub struct FinishStats {
+    /// `eos`, `length`, `stop`, `cancelled` or `error`.
+    pub finish_reason: String,
+    pub prompt_tokens: Option<u32>,
+    pub generated_tokens: Option<u32>,
+    pub time_to_first_token_ms: Option<f64>,
+    pub prompt_tokens_per_s: Option<f64>,
+    pub decode_tokens_per_s: Option<f64>,
+    pub seed: Option<u64>,
+    pub backend: Option<String>,
+    pub provider: Option<String>,
+    /// With `finish_reason` = `error`: the D-Bus error name and message.
+    pub error_name: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A chat message on the wire: `(role, content)`, role `system`, `user` or `assistant`.
+pub type WireMessage = (String, String);
+
+/// Finish reasons as they appear in [`FinishStats::finish_reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub enum FinishReason {
+    Eos,
+    Length,
+    Stop,
+    Cancelled,
+    Error,
+}
+
+/// Keys accepted in the `a{sv}` options of `Generate` and `Chat`, with their D-Bus types.
+pub const REQUEST_OPTIONS: &[(&str, &str)] = &[
+    ("temperature", "d"),
+    ("top_k", "u"),
+    ("top_p", "d"),
+    ("repetition_penalty", "d"),
+    ("repeat_last_n", "u"),
+    ("seed", "t"),
+    ("max_tokens", "u"),
+    ("stop", "as"),
+];

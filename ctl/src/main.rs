@@ -1,0 +1,417 @@
+//! `llamactl`: drives llamad over D-Bus only (through `llamad-api`; no
+//! inference code is compiled in). System bus by default; `--session` or
+//! `--address` for others. Every command that prints data takes `--json`.
+//!
+//! Exit codes (stable, for scripts): 0 success; 1 other error; 2 usage;
+//! 3 the daemon is not reachable; 4 unknown model; 5 invalid arguments;
+//! 6 busy; 7 context overflow; 8 model failed to load; 9 cancelled;
+//! 10 generation failed.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use futures_util::StreamExt;
+use llamad_api::{Error, FinishStats, MANAGER_INTERFACE, MANAGER_PATH, ManagerProxy, ModelInfo};
+use zbus::zvariant::Value;
+use zbus::{MatchRule, MessageStream, message::Type as MsgType};
+
+#[derive(Parser)]
+#[command(name = "llamactl", version, about = "Control llamad, the on-device LLM daemon, over D-Bus")]
+struct Cli {
+    /// Use the session bus instead of the system bus.
+    #[arg(long, global = true, conflicts_with = "address")]
+    session: bool,
+    /// Use the bus at this D-Bus address.
+    #[arg(long, global = true)]
+    address: Option<String>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct Sampling {
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// 0 = greedy.
+    #[arg(long)]
+    temperature: Option<f64>,
+    #[arg(long)]
+    top_k: Option<u32>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long)]
+    repetition_penalty: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop before this text (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Daemon version, backends, loaded models, requests.
+    Status,
+    /// Models in the daemon's models directory.
+    Models,
+    /// Load a model now.
+    Load {
+        model: String,
+        /// tract or onnxruntime (default: the daemon's choice).
+        #[arg(long)]
+        backend: Option<String>,
+    },
+    /// Unload a model.
+    Unload { model: String },
+    /// Loaded models: backend, provider, idle time, running requests.
+    Ps,
+    /// Complete a prompt, streaming the text (the prompt is read from stdin when not given).
+    Run {
+        model: String,
+        prompt: Option<String>,
+        #[command(flatten)]
+        sampling: Sampling,
+        /// Print the final statistics on stderr.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Chat interactively (one line per user turn; an empty line or end of input quits).
+    Chat {
+        model: String,
+        /// System prompt.
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        sampling: Sampling,
+    },
+    /// Cancel one of this client's requests.
+    Cancel { request: u64 },
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
+}
+
+/// A failure with the exit code scripts see.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<zbus::Error> for Failure {
+    fn from(e: zbus::Error) -> Self {
+        Failure::from(Error::from(e))
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::ZBus(zbus::Error::MethodError(name, _, _)) if name.as_str().starts_with("org.freedesktop.DBus.Error.ServiceUnknown") => 3,
+            Error::ZBus(zbus::Error::InputOutput(_)) | Error::ZBus(zbus::Error::Address(_)) => 3,
+            Error::ZBus(_) => 1,
+            Error::UnknownModel(_) => 4,
+            Error::InvalidArgs(_) | Error::UnknownRequest(_) => 5,
+            Error::Busy(_) => 6,
+            Error::ContextOverflow(_) => 7,
+            Error::ModelLoadFailed(_) => 8,
+            Error::PermissionDenied(_) | Error::Internal(_) => 1,
+        };
+        Failure { code, message: e.to_string() }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure { code: 1, message: e.to_string() }
+    }
+}
+
+fn options(s: &Sampling) -> HashMap<&'static str, Value<'static>> {
+    let mut o: HashMap<&'static str, Value<'static>> = HashMap::new();
+    if let Some(v) = s.max_tokens {
+        o.insert("max_tokens", v.into());
+    }
+    if let Some(v) = s.temperature {
+        o.insert("temperature", v.into());
+    }
+    if let Some(v) = s.top_k {
+        o.insert("top_k", v.into());
+    }
+    if let Some(v) = s.top_p {
+        o.insert("top_p", v.into());
+    }
+    if let Some(v) = s.repetition_penalty {
+        o.insert("repetition_penalty", v.into());
+    }
+    if let Some(v) = s.seed {
+        o.insert("seed", v.into());
+    }
+    if !s.stop.is_empty() {
+        o.insert("stop", s.stop.clone().into());
+    }
+    o
+}
+
+async fn connect(cli: &Cli) -> Result<(zbus::Connection, ManagerProxy<'static>), Failure> {
+    let unreachable = |e: zbus::Error| Failure { code: 3, message: format!("cannot reach the bus: {e}") };
+    let conn = match (&cli.address, cli.session) {
+        (Some(a), _) => zbus::connection::Builder::address(a.as_str()).map_err(unreachable)?.build().await,
+        (None, true) => zbus::Connection::session().await,
+        (None, false) => zbus::Connection::system().await,
+    }
+    .map_err(unreachable)?;
+    let proxy = ManagerProxy::new(&conn).await?;
+    Ok((conn, proxy))
+}
+
+/// What one request produced.
+struct Outcome {
+    text: String,
+    stats: FinishStats,
+}
+
+/// Starts a request with `start` and streams its text to `out` until it finishes; Ctrl-C cancels it.
+async fn stream<F, Fut>(conn: &zbus::Connection, proxy: &ManagerProxy<'_>, start: F, echo: bool) -> Result<Outcome, Failure>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = zbus::Result<u64>>,
+{
+    // Subscribe before starting, so no token can arrive before we listen.
+    let rule = MatchRule::builder()
+        .msg_type(MsgType::Signal)
+        .interface(MANAGER_INTERFACE)?
+        .path(MANAGER_PATH)?
+        .build();
+    let mut signals = MessageStream::for_match_rule(rule, conn, Some(1024)).await?;
+    let id = start().await?;
+    let mut text = String::new();
+    let mut cancelled = false;
+    let mut stdout = std::io::stdout();
+    loop {
+        tokio::select! {
+            msg = signals.next() => {
+                let Some(msg) = msg else { return Err(Failure { code: 1, message: "the bus connection closed".into() }) };
+                let msg = msg?;
+                let header = msg.header();
+                match header.member().map(|m| m.as_str()) {
+                    Some("Token") => {
+                        let (rid, piece): (u64, String) = msg.body().deserialize()?;
+                        if rid == id {
+                            if echo {
+                                stdout.write_all(piece.as_bytes())?;
+                                stdout.flush()?;
+                            }
+                            text.push_str(&piece);
+                        }
+                    }
+                    Some("Finished") => {
+                        let (rid, stats): (u64, FinishStats) = msg.body().deserialize()?;
+                        if rid == id {
+                            return Ok(Outcome { text, stats });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ = tokio::signal::ctrl_c(), if !cancelled => {
+                cancelled = true;
+                let _ = proxy.cancel(id).await;
+            }
+        }
+    }
+}
+
+fn finish_code(stats: &FinishStats) -> Result<(), Failure> {
+    match stats.finish_reason.as_str() {
+        "cancelled" => Err(Failure { code: 9, message: "cancelled".into() }),
+        "error" => Err(Failure { code: 10, message: stats.error.clone().unwrap_or_else(|| "generation failed".into()) }),
+        _ => Ok(()),
+    }
+}
+
+fn print_stats(stats: &FinishStats) {
+    eprintln!(
+        "[{} / {}] prompt {} tok, {:.1} tok/s | ttft {:.1} ms | generated {} tok, {:.1} tok/s | finish {}",
+        stats.backend.as_deref().unwrap_or("?"),
+        stats.provider.as_deref().unwrap_or("?"),
+        stats.prompt_tokens.unwrap_or(0),
+        stats.prompt_tokens_per_s.unwrap_or(0.0),
+        stats.time_to_first_token_ms.unwrap_or(0.0),
+        stats.generated_tokens.unwrap_or(0),
+        stats.decode_tokens_per_s.unwrap_or(0.0),
+        stats.finish_reason
+    );
+}
+
+fn json_stats(s: &FinishStats) -> serde_json::Value {
+    serde_json::json!({
+        "finish_reason": s.finish_reason, "prompt_tokens": s.prompt_tokens, "generated_tokens": s.generated_tokens,
+        "time_to_first_token_ms": s.time_to_first_token_ms, "prompt_tokens_per_s": s.prompt_tokens_per_s,
+        "decode_tokens_per_s": s.decode_tokens_per_s, "seed": s.seed, "backend": s.backend,
+        "provider": s.provider, "error": s.error,
+    })
+}
+
+fn model_json(m: &ModelInfo) -> serde_json::Value {
+    serde_json::json!({
+        "name": m.name, "layout": m.layout, "quantization": m.quantization, "parameters": m.parameters,
+        "context_length": m.context_length, "vocab_size": m.vocab_size, "file_size": m.file_size,
+        "loaded": m.loaded, "backend": m.backend, "provider": m.provider, "idle_seconds": m.idle_seconds,
+        "running": m.running, "error": m.error,
+    })
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "llamactl", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(());
+        }
+        _ => {}
+    }
+    let (conn, proxy) = connect(&cli).await?;
+    match &cli.command {
+        Command::Status => {
+            let version = proxy.version().await?;
+            let backends = proxy.backends().await?;
+            let loaded = proxy.loaded_models().await?;
+            let running = proxy.requests_running().await?;
+            let queued = proxy.requests_queued().await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"version": version, "backends": backends, "loaded_models": loaded,
+                        "requests_running": running, "requests_queued": queued})
+                );
+            } else {
+                println!("llamad {version}");
+                println!("backends:       {}", backends.join(", "));
+                println!("loaded models:  {}", if loaded.is_empty() { "-".into() } else { loaded.join(", ") });
+                println!("requests:       {running} running, {queued} queued");
+            }
+        }
+        Command::Models | Command::Ps => {
+            let mut models = proxy.list_models().await?;
+            if matches!(cli.command, Command::Ps) {
+                models.retain(|m| m.loaded == Some(true));
+            }
+            if cli.json {
+                println!("{}", serde_json::Value::Array(models.iter().map(model_json).collect()));
+            } else if matches!(cli.command, Command::Ps) {
+                println!("{:<32} {:<12} {:<28} {:>8} {:>8}", "NAME", "BACKEND", "PROVIDER", "IDLE", "RUNNING");
+                for m in &models {
+                    println!(
+                        "{:<32} {:<12} {:<28} {:>7}s {:>8}",
+                        m.name,
+                        m.backend.as_deref().unwrap_or("-"),
+                        m.provider.as_deref().unwrap_or("-"),
+                        m.idle_seconds.unwrap_or(0),
+                        m.running.unwrap_or(0)
+                    );
+                }
+            } else {
+                println!("{:<32} {:<18} {:<30} {:>9} {:>8} {:>9} {}", "NAME", "LAYOUT", "QUANTIZATION", "PARAMS", "CONTEXT", "SIZE", "LOADED");
+                for m in &models {
+                    if let Some(e) = &m.error {
+                        println!("{:<32} unusable: {e}", m.name);
+                        continue;
+                    }
+                    println!(
+                        "{:<32} {:<18} {:<30} {:>8.1}M {:>8} {:>8.1}M {}",
+                        m.name,
+                        m.layout.as_deref().unwrap_or("-"),
+                        m.quantization.as_deref().unwrap_or("-"),
+                        m.parameters.unwrap_or(0) as f64 / 1e6,
+                        m.context_length.unwrap_or(0),
+                        m.file_size.unwrap_or(0) as f64 / 1048576.0,
+                        if m.loaded == Some(true) { m.backend.as_deref().unwrap_or("yes") } else { "no" }
+                    );
+                }
+            }
+        }
+        Command::Load { model, backend } => {
+            let mut o: HashMap<&str, Value<'_>> = HashMap::new();
+            if let Some(b) = backend {
+                o.insert("backend", b.as_str().into());
+            }
+            proxy.load_model(model, o).await?;
+        }
+        Command::Unload { model } => proxy.unload_model(model).await?,
+        Command::Cancel { request } => proxy.cancel(*request).await?,
+        Command::Run { model, prompt, sampling, verbose } => {
+            let prompt = match prompt {
+                Some(p) => p.clone(),
+                None => std::io::read_to_string(std::io::stdin())?,
+            };
+            let opts = options(sampling);
+            let out = stream(&conn, &proxy, || proxy.generate(model, &prompt, opts), !cli.json).await?;
+            if cli.json {
+                println!("{}", serde_json::json!({"text": out.text, "stats": json_stats(&out.stats)}));
+            } else {
+                println!();
+            }
+            if *verbose {
+                print_stats(&out.stats);
+            }
+            finish_code(&out.stats)?;
+        }
+        Command::Chat { model, system, sampling } => {
+            let mut history: Vec<(String, String)> = vec![];
+            if let Some(s) = system {
+                history.push(("system".into(), s.clone()));
+            }
+            let stdin = std::io::stdin();
+            let interactive = !cli.json;
+            loop {
+                if interactive {
+                    eprint!(">>> ");
+                }
+                let mut line = String::new();
+                if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+                    break;
+                }
+                history.push(("user".into(), line.trim_end().to_string()));
+                let opts = options(sampling);
+                let messages = history.clone();
+                let out = stream(&conn, &proxy, || proxy.chat(model, &messages, opts), interactive).await?;
+                if cli.json {
+                    println!("{}", serde_json::json!({"text": out.text, "stats": json_stats(&out.stats)}));
+                } else {
+                    println!();
+                }
+                finish_code(&out.stats)?;
+                history.push(("assistant".into(), out.text));
+            }
+        }
+        Command::Completions { .. } | Command::Man => unreachable!("handled before connecting"),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("llamactl: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("llamactl: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

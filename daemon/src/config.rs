@@ -1,0 +1,161 @@
+//! The daemon's configuration: TOML with every field defaulted, read from
+//! `/etc/llamad/llamad.toml` (or `--config`), checked by [`Config::validate`]
+//! before anything starts. A bad file is an error message, never a panic.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::engine::BackendKind;
+use crate::engine::backend::ProviderConfig;
+
+pub const DEFAULT_PATH: &str = "/etc/llamad/llamad.toml";
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// One subdirectory per model; the subdirectory's name is the model's name.
+    pub models_dir: PathBuf,
+    /// Models loaded at start, before READY is signalled.
+    pub preload: Vec<String>,
+    /// `tract`, `onnxruntime`, or none for: ONNX Runtime when its library is found, else tract.
+    pub backend: Option<BackendKind>,
+    /// Compute threads per model; 0 = one per core.
+    pub threads: usize,
+    /// Requests waiting for a worker beyond which new ones get `Busy`.
+    pub max_queue: usize,
+    /// Requests computed at the same time.
+    pub max_parallel: usize,
+    /// Upper bound on a request's `max_tokens`.
+    pub max_tokens_limit: u32,
+    pub onnxruntime: OnnxRuntime,
+    pub tract: Tract,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OnnxRuntime {
+    /// `libonnxruntime.so` to load; empty = `ORT_DYLIB_PATH`, then the search list.
+    pub library: Option<PathBuf>,
+    /// Execution providers in order of preference.
+    pub providers: Vec<ProviderConfig>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tract {
+    /// Re-quantize float weights to Q4_0 at load.
+    pub block_quant: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            models_dir: PathBuf::from("/var/lib/llamad/models"),
+            preload: vec![],
+            backend: None,
+            threads: 0,
+            max_queue: 16,
+            max_parallel: 1,
+            max_tokens_limit: 4096,
+            onnxruntime: OnnxRuntime::default(),
+            tract: Tract::default(),
+        }
+    }
+}
+
+impl Default for OnnxRuntime {
+    fn default() -> Self {
+        OnnxRuntime { library: None, providers: vec![ProviderConfig::cpu()] }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads `path`; a missing file at the default path means the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_owned(), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(ConfigError::File { path: path.display().to_string(), reason: e.to_string() }),
+        };
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::File { path: path.display().to_string(), reason: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.models_dir.as_os_str().is_empty() {
+            return bad("models_dir is empty".into());
+        }
+        if self.max_queue == 0 || self.max_queue > 4096 {
+            return bad(format!("max_queue = {} (1 to 4096)", self.max_queue));
+        }
+        if self.max_parallel == 0 || self.max_parallel > 64 {
+            return bad(format!("max_parallel = {} (1 to 64)", self.max_parallel));
+        }
+        if self.max_tokens_limit == 0 {
+            return bad("max_tokens_limit = 0".into());
+        }
+        if self.threads > 1024 {
+            return bad(format!("threads = {}", self.threads));
+        }
+        for p in &self.onnxruntime.providers {
+            p.validate().map_err(ConfigError::Invalid)?;
+        }
+        for name in &self.preload {
+            if !crate::service::valid_model_name(name) {
+                return bad(format!("preload: \"{name}\" is not a model name"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_files_override_them() {
+        Config::default().validate().unwrap();
+        let c: Config = toml::from_str(
+            "models_dir = \"/m\"\nmax_parallel = 2\nbackend = \"tract\"\n[[onnxruntime.providers]]\nname = \"qnn\"\n\
+             options = { backend_path = \"libQnnHtp.so\" }\n[[onnxruntime.providers]]\nname = \"cpu\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.max_parallel, 2);
+        assert_eq!(c.max_queue, 16);
+        assert_eq!(c.onnxruntime.providers.len(), 2);
+    }
+
+    #[test]
+    fn bad_files_are_errors_not_panics() {
+        for text in [
+            "max_queue = 0",
+            "max_parallel = -1",
+            "unknown_key = 1",
+            "backend = \"gpu\"",
+            "[[onnxruntime.providers]]\nname = \"qnn\"\noptions = { htp_performance_mode = \"warp\" }",
+            "preload = [\"../etc\"]",
+            "models_dir = ",
+        ] {
+            let r = toml::from_str::<Config>(text).map_err(|e| e.to_string()).and_then(|c| c.validate().map_err(|e| e.to_string()));
+            assert!(r.is_err(), "{text:?} was accepted");
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! Models and requests: the catalog of the models directory, loaded models
+//! (on first use or at start), the bounded request queue and the worker
+//! threads that run generations off the async runtime. Results leave as
+//! [`Event`]s on a channel; the D-Bus layer turns them into signals.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use llamad_api::{Error, FinishStats, ModelInfo};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::config::Config;
+use crate::engine::backend::onnxruntime::locate_library;
+use crate::engine::{BackendKind, GenerateError, LoadError, LoadOptions, Model, ModelDir, Prompt, SamplingParams};
+
+/// What the workers report.
+#[derive(Debug)]
+pub enum Event {
+    Started,
+    Token { id: u64, owner: String, text: String },
+    Finished { id: u64, owner: String, stats: FinishStats },
+    ModelsChanged,
+}
+
+struct Loaded {
+    model: Arc<Model>,
+    last_used: Instant,
+    running: u32,
+}
+
+struct Job {
+    id: u64,
+    owner: String,
+    model_name: String,
+    model: Arc<Model>,
+    prompt_ids: Vec<u32>,
+    params: SamplingParams,
+    cancel: Arc<AtomicBool>,
+}
+
+struct RequestEntry {
+    owner: String,
+    cancel: Arc<AtomicBool>,
+}
+
+pub struct Scheduler {
+    pub config: Config,
+    loaded: Mutex<HashMap<String, Loaded>>,
+    requests: Mutex<HashMap<u64, RequestEntry>>,
+    queue: SyncSender<Job>,
+    next_id: AtomicU64,
+    pub running: AtomicU32,
+    pub queued: AtomicU32,
+    events: UnboundedSender<Event>,
+    /// Serialises loads so one model is never loaded twice at once.
+    load_lock: Mutex<()>,
+}
+
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::Internal(e.to_string())
+}
+
+/// D-Bus error for a generation error found before the request is queued.
+pub fn request_error(e: GenerateError) -> Error {
+    match e {
+        GenerateError::ContextOverflow { .. } => Error::ContextOverflow(e.to_string()),
+        GenerateError::EmptyPrompt | GenerateError::BadToken { .. } | GenerateError::InvalidOption(_) => {
+            Error::InvalidArgs(e.to_string())
+        }
+        GenerateError::Chat(_) | GenerateError::NoTokenizer => Error::InvalidArgs(e.to_string()),
+        other => Error::Internal(other.to_string()),
+    }
+}
+
+impl Scheduler {
+    /// Starts `config.max_parallel` workers.
+    pub fn start(config: Config, events: UnboundedSender<Event>) -> Arc<Scheduler> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(config.max_queue);
+        let rx = Arc::new(Mutex::new(rx));
+        let s = Arc::new(Scheduler {
+            loaded: Mutex::new(HashMap::new()),
+            requests: Mutex::new(HashMap::new()),
+            queue: tx,
+            next_id: AtomicU64::new(1),
+            running: AtomicU32::new(0),
+            queued: AtomicU32::new(0),
+            events,
+            load_lock: Mutex::new(()),
+            config,
+        });
+        for i in 0..s.config.max_parallel {
+            let (s, rx) = (s.clone(), rx.clone());
+            std::thread::Builder::new()
+                .name(format!("llamad-worker-{i}"))
+                .spawn(move || s.worker(rx))
+                .expect("spawning a worker thread");
+        }
+        s
+    }
+
+    pub fn backends(&self) -> Vec<String> {
+        let mut b = vec!["tract".to_string()];
+        if locate_library(self.config.onnxruntime.library.as_deref()).is_ok() {
+            b.insert(0, "onnxruntime".into());
+        }
+        b
+    }
+
+    fn model_path(&self, name: &str) -> Result<PathBuf, Error> {
+        let path = self.config.models_dir.join(name);
+        if !crate::service::valid_model_name(name) || !path.is_dir() {
+            return Err(Error::UnknownModel(format!("no model \"{name}\" in {}", self.config.models_dir.display())));
+        }
+        Ok(path)
+    }
+
+    pub fn list_models(&self) -> Vec<ModelInfo> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.config.models_dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .filter(|n| crate::service::valid_model_name(n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        names
+            .into_iter()
+            .map(|name| {
+                let mut info = ModelInfo { name: name.clone(), ..Default::default() };
+                let dir = match loaded.get(&name) {
+                    Some(l) => Ok(l.model.dir.clone()),
+                    None => ModelDir::open(&self.config.models_dir.join(&name)),
+                };
+                match dir {
+                    Ok(d) => {
+                        info.layout = Some(d.layout.to_string());
+                        info.quantization = Some(d.quantization.to_string());
+                        info.parameters = Some(d.parameters());
+                        info.context_length = Some(d.spec.context_length as u32);
+                        info.vocab_size = Some(d.spec.vocab_size as u32);
+                        info.file_size = Some(d.file_size);
+                    }
+                    Err(e) => info.error = Some(e.to_string()),
+                }
+                info.loaded = Some(loaded.contains_key(&name));
+                if let Some(l) = loaded.get(&name) {
+                    let served = l.model.served();
+                    info.backend = Some(served.backend.to_string());
+                    info.provider = Some(served.provider.clone());
+                    info.idle_seconds = Some(l.last_used.elapsed().as_secs());
+                    info.running = Some(l.running);
+                }
+                info
+            })
+            .collect()
+    }
+
+    pub fn loaded_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn default_backend(&self) -> BackendKind {
+        self.config.backend.unwrap_or_else(|| {
+            if locate_library(self.config.onnxruntime.library.as_deref()).is_ok() {
+                BackendKind::Onnxruntime
+            } else {
+                BackendKind::Tract
+            }
+        })
+    }
+
+    /// The loaded model `name`, loading it first if needed (blocking: call off the runtime).
+    pub fn get_or_load(&self, name: &str, backend: Option<BackendKind>) -> Result<Arc<Model>, Error> {
+        let path = self.model_path(name)?;
+        let _guard = self.load_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
+            l.last_used = Instant::now();
+            return Ok(l.model.clone());
+        }
+        let kind = backend.unwrap_or_else(|| self.default_backend());
+        let opts = LoadOptions {
+            threads: (self.config.threads > 0).then_some(self.config.threads),
+            providers: self.config.onnxruntime.providers.clone(),
+            tract_block_quant: self.config.tract.block_quant,
+            ort_library: self.config.onnxruntime.library.clone(),
+        };
+        let started = Instant::now();
+        let model = Model::load(&path, kind, &opts, true).map_err(|e| match e {
+            LoadError::Layout(_) | LoadError::Tokenizer(_) | LoadError::Backend(_) => {
+                Error::ModelLoadFailed(format!("{name}: {e}"))
+            }
+        })?;
+        let served = model.served();
+        tracing::info!(model = name, backend = %served.backend, provider = %served.provider,
+            seconds = started.elapsed().as_secs_f64(), "model loaded");
+        for (p, reason) in &served.skipped {
+            tracing::warn!(model = name, provider = %p, %reason, "execution provider not used");
+        }
+        let model = Arc::new(model);
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), Loaded { model: model.clone(), last_used: Instant::now(), running: 0 });
+        let _ = self.events.send(Event::ModelsChanged);
+        Ok(model)
+    }
+
+    pub fn unload(&self, name: &str) -> Result<(), Error> {
+        self.model_path(name)?;
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        match loaded.get(name) {
+            None => return Err(Error::InvalidArgs(format!("model \"{name}\" is not loaded"))),
+            Some(l) if l.running > 0 => {
+                return Err(Error::Busy(format!("model \"{name}\" is serving {} request(s)", l.running)));
+            }
+            Some(_) => {}
+        }
+        loaded.remove(name);
+        drop(loaded);
+        tracing::info!(model = name, "model unloaded");
+        let _ = self.events.send(Event::ModelsChanged);
+        Ok(())
+    }
+
+    /// Queues a request whose prompt was already checked against the model.
+    pub fn submit(
+        &self,
+        owner: &str,
+        model_name: &str,
+        model: Arc<Model>,
+        prompt_ids: Vec<u32>,
+        mut params: SamplingParams,
+    ) -> Result<u64, Error> {
+        params.max_tokens = params.max_tokens.min(self.config.max_tokens_limit);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, RequestEntry { owner: owner.to_string(), cancel: cancel.clone() });
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let job = Job {
+            id,
+            owner: owner.to_string(),
+            model_name: model_name.to_string(),
+            model,
+            prompt_ids,
+            params,
+            cancel,
+        };
+        match self.queue.try_send(job) {
+            Ok(()) => {
+                let _ = self.events.send(Event::Started);
+                Ok(id)
+            }
+            Err(e) => {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                Err(match e {
+                    TrySendError::Full(_) => {
+                        Error::Busy(format!("{} requests are queued already (max_queue)", self.config.max_queue))
+                    }
+                    TrySendError::Disconnected(_) => internal("the workers are gone"),
+                })
+            }
+        }
+    }
+
+    /// Cancels request `id` if `caller` owns it.
+    pub fn cancel(&self, caller: &str, id: u64) -> Result<(), Error> {
+        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        match requests.get(&id) {
+            Some(r) if r.owner == caller => {
+                r.cancel.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            _ => Err(Error::UnknownRequest(format!("no request {id} of this client is running or queued"))),
+        }
+    }
+
+    /// Cancels every request of `owner` (a client that left the bus). Returns how many.
+    pub fn cancel_owner(&self, owner: &str) -> usize {
+        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        for r in requests.values().filter(|r| r.owner == owner) {
+            r.cancel.store(true, Ordering::Relaxed);
+            n += 1;
+        }
+        n
+    }
+
+    /// Cancels everything (shutdown).
+    pub fn cancel_all(&self) {
+        for r in self.requests.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            r.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests not finished yet (queued or running).
+    pub fn outstanding(&self) -> usize {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn set_running(&self, name: &str, delta: i32) {
+        if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
+            l.running = l.running.saturating_add_signed(delta);
+            l.last_used = Instant::now();
+        }
+    }
+
+    fn worker(&self, rx: Arc<Mutex<Receiver<Job>>>) {
+        loop {
+            let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            };
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            self.running.fetch_add(1, Ordering::SeqCst);
+            self.set_running(&job.model_name, 1);
+            let _ = self.events.send(Event::Started);
+            let stats = self.run(&job);
+            tracing::info!(request = job.id, client = %job.owner, model = %job.model_name,
+                finish = %stats.finish_reason, generated = stats.generated_tokens.unwrap_or(0), "request finished");
+            self.set_running(&job.model_name, -1);
+            self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            let _ = self.events.send(Event::Finished { id: job.id, owner: job.owner.clone(), stats });
+        }
+    }
+
+    fn run(&self, job: &Job) -> FinishStats {
+        let served = job.model.served();
+        let mut stats = FinishStats {
+            backend: Some(served.backend.to_string()),
+            provider: Some(served.provider.clone()),
+            ..Default::default()
+        };
+        let prompt = Prompt::Tokens(job.prompt_ids.clone());
+        let events = &self.events;
+        let result = job.model.generate(&prompt, &job.params, &job.cancel, |text| {
+            let _ = events.send(Event::Token { id: job.id, owner: job.owner.clone(), text: text.to_string() });
+        });
+        match result {
+            Ok(out) => {
+                let s = out.stats;
+                stats.finish_reason = s.finish.as_str().to_string();
+                stats.prompt_tokens = Some(s.prompt_tokens as u32);
+                stats.generated_tokens = Some(s.generated_tokens as u32);
+                stats.time_to_first_token_ms = Some(s.time_to_first_token.as_secs_f64() * 1e3);
+                stats.prompt_tokens_per_s = Some(s.prompt_tokens_per_s());
+                stats.decode_tokens_per_s = Some(s.decode_tokens_per_s());
+                stats.seed = Some(s.seed);
+            }
+            Err(e) => {
+                tracing::error!(request = job.id, error = %e, "generation failed");
+                stats.finish_reason = "error".into();
+                stats.error_name = Some(format!("{}.Internal", llamad_api::ERROR_PREFIX));
+                stats.error = Some(e.to_string());
+            }
+        }
+        stats
+    }
+}

@@ -1,0 +1,176 @@
+//! `org.llamad.Llama1.Manager`: thin D-Bus methods. Each checks its arguments,
+//! hands the work to the scheduler (blocking parts on the blocking pool, so
+//! the bus stays responsive) and returns; text and results come back as
+//! signals addressed to the calling client only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use llamad_api::{Error, FinishStats, ModelInfo, WireMessage};
+use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::OwnedValue;
+use zbus::interface;
+
+use super::options;
+use crate::engine::BackendKind;
+use crate::engine::chat::{Message, Role};
+use crate::engine::{Model, Prompt};
+use crate::scheduler::{Scheduler, request_error};
+
+pub struct Manager {
+    pub scheduler: Arc<Scheduler>,
+}
+
+fn caller(header: &Header<'_>) -> Result<String, Error> {
+    header.sender().map(|s| s.to_string()).ok_or_else(|| Error::PermissionDenied("message without a sender".into()))
+}
+
+fn check_name(name: &str) -> Result<(), Error> {
+    if super::valid_model_name(name) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgs(format!("model name {name:?}: 1 to 128 of [A-Za-z0-9._-], not starting with '.'")))
+    }
+}
+
+impl Manager {
+    /// Loads the model if needed and tokenizes the prompt against it (off the runtime).
+    async fn prepare(&self, model: &str, prompt: Prompt) -> Result<(Arc<Model>, Vec<u32>), Error> {
+        check_name(model)?;
+        let (s, name) = (self.scheduler.clone(), model.to_string());
+        tokio::task::spawn_blocking(move || {
+            let m = s.get_or_load(&name, None)?;
+            let ids = m.prompt_ids(&prompt).map_err(request_error)?;
+            Ok((m, ids))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
+    async fn start(
+        &self,
+        header: Header<'_>,
+        model: &str,
+        prompt: Prompt,
+        opts: HashMap<String, OwnedValue>,
+    ) -> Result<u64, Error> {
+        let owner = caller(&header)?;
+        let params = options::sampling(&opts)?;
+        let (m, ids) = self.prepare(model, prompt).await?;
+        let context = m.dir.spec.context_length;
+        if ids.len() >= context {
+            return Err(Error::ContextOverflow(format!(
+                "the prompt has {} tokens but the model's context holds {context}",
+                ids.len()
+            )));
+        }
+        self.scheduler.submit(&owner, model, m, ids, params)
+    }
+}
+
+#[interface(name = "org.llamad.Llama1.Manager")]
+impl Manager {
+    async fn list_models(&self) -> Vec<ModelInfo> {
+        let s = self.scheduler.clone();
+        tokio::task::spawn_blocking(move || s.list_models()).await.unwrap_or_default()
+    }
+
+    async fn load_model(&self, name: &str, options: HashMap<String, OwnedValue>) -> Result<(), Error> {
+        check_name(name)?;
+        let mut backend = None;
+        for (k, v) in &options {
+            match k.as_str() {
+                "backend" => {
+                    let s: &str = v.downcast_ref().map_err(|_| Error::InvalidArgs("option backend: expected s".into()))?;
+                    backend = Some(s.parse::<BackendKind>().map_err(Error::InvalidArgs)?);
+                }
+                other => return Err(Error::InvalidArgs(format!("unknown option {other} (known: backend)"))),
+            }
+        }
+        let (s, name) = (self.scheduler.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || s.get_or_load(&name, backend).map(|_| ()))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
+    async fn unload_model(&self, name: &str) -> Result<(), Error> {
+        check_name(name)?;
+        self.scheduler.unload(name)
+    }
+
+    async fn generate(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        model: &str,
+        prompt: &str,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<u64, Error> {
+        if prompt.is_empty() {
+            return Err(Error::InvalidArgs("prompt: empty".into()));
+        }
+        self.start(header, model, Prompt::Text(prompt.to_string()), options).await
+    }
+
+    async fn chat(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        model: &str,
+        messages: Vec<WireMessage>,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<u64, Error> {
+        let mut msgs = Vec::with_capacity(messages.len());
+        for (i, (role, content)) in messages.into_iter().enumerate() {
+            let role = match role.as_str() {
+                "system" => Role::System,
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                other => {
+                    return Err(Error::InvalidArgs(format!(
+                        "messages[{i}]: role {other:?} (system, user or assistant)"
+                    )));
+                }
+            };
+            msgs.push(Message { role, content });
+        }
+        crate::engine::chat::validate(&msgs).map_err(|e| Error::InvalidArgs(e.to_string()))?;
+        self.start(header, model, Prompt::Chat(msgs), options).await
+    }
+
+    async fn cancel(&self, #[zbus(header)] header: Header<'_>, request: u64) -> Result<(), Error> {
+        let owner = caller(&header)?;
+        self.scheduler.cancel(&owner, request)
+    }
+
+    #[zbus(signal)]
+    pub async fn token(emitter: &SignalEmitter<'_>, request: u64, text: &str) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    pub async fn finished(emitter: &SignalEmitter<'_>, request: u64, stats: FinishStats) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").to_string()
+    }
+
+    #[zbus(property)]
+    fn backends(&self) -> Vec<String> {
+        self.scheduler.backends()
+    }
+
+    #[zbus(property)]
+    fn loaded_models(&self) -> Vec<String> {
+        self.scheduler.loaded_names()
+    }
+
+    #[zbus(property)]
+    fn requests_running(&self) -> u32 {
+        self.scheduler.running.load(Ordering::SeqCst)
+    }
+
+    #[zbus(property)]
+    fn requests_queued(&self) -> u32 {
+        self.scheduler.queued.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,150 @@
+//! The D-Bus service: owns the bus connection, serves the manager object,
+//! turns worker events into signals addressed to the requesting client,
+//! cancels the requests of clients that leave the bus, and talks to systemd
+//! (READY/STATUS/STOPPING, watchdog pings). Shuts down cleanly on SIGTERM.
+
+mod manager;
+mod options;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use llamad_api::{BUS_NAME, MANAGER_PATH};
+use sd_notify::NotifyState;
+use tokio::sync::mpsc::UnboundedReceiver;
+use zbus::names::BusName;
+use zbus::object_server::SignalEmitter;
+
+use crate::config::Config;
+use crate::scheduler::{Event, Scheduler};
+pub use manager::Manager;
+
+/// Which bus to serve on.
+#[derive(Clone, Debug)]
+pub enum Bus {
+    System,
+    Session,
+    Address(String),
+}
+
+/// Model names are directory names under `models_dir`: no paths, no hidden files.
+pub fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn notify(state: &[NotifyState<'_>]) {
+    // Not under systemd: NOTIFY_SOCKET is unset and this does nothing.
+    let _ = sd_notify::notify(state);
+}
+
+pub async fn run(config: Config, bus: Bus) -> anyhow::Result<()> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let scheduler = Scheduler::start(config.clone(), tx);
+    let builder = match &bus {
+        Bus::System => zbus::connection::Builder::system()?,
+        Bus::Session => zbus::connection::Builder::session()?,
+        Bus::Address(a) => zbus::connection::Builder::address(a.as_str())?,
+    };
+    let conn = builder.serve_at(MANAGER_PATH, Manager { scheduler: scheduler.clone() })?.build().await?;
+
+    for name in &config.preload {
+        notify(&[NotifyState::Status(&format!("loading {name}"))]);
+        let (s, n) = (scheduler.clone(), name.clone());
+        tokio::task::spawn_blocking(move || s.get_or_load(&n, None))
+            .await?
+            .map_err(|e| anyhow::anyhow!("preloading {name}: {e}"))?;
+    }
+
+    let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+    let mut owners = dbus.receive_name_owner_changed().await?;
+    conn.request_name(BUS_NAME).await?;
+    tracing::info!(name = BUS_NAME, models_dir = %config.models_dir.display(), "serving");
+    notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+
+    let events = tokio::spawn(forward_events(conn.clone(), rx));
+    let s = scheduler.clone();
+    tokio::spawn(async move {
+        while let Some(signal) = owners.next().await {
+            let Ok(args) = signal.args() else { continue };
+            if args.new_owner().is_none() && args.name().starts_with(':') {
+                let n = s.cancel_owner(args.name());
+                if n > 0 {
+                    tracing::info!(client = %args.name(), requests = n, "client left the bus: its requests are cancelled");
+                }
+            }
+        }
+    });
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        let period = interval / 2;
+        tokio::spawn(async move {
+            loop {
+                notify(&[NotifyState::Watchdog]);
+                tokio::time::sleep(period).await;
+            }
+        });
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping: cancelling running requests");
+    notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    scheduler.cancel_all();
+    // Cancelled requests stop within a token and send their final message.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while scheduler.outstanding() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the last Finished signals reach the bus.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    events.abort();
+    Ok(())
+}
+
+/// Worker events → signals (to the request's owner only) and property changes.
+async fn forward_events(conn: zbus::Connection, mut rx: UnboundedReceiver<Event>) {
+    let iface = match conn.object_server().interface::<_, Manager>(MANAGER_PATH).await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!(error = %e, "manager interface missing");
+            return;
+        }
+    };
+    let to = |owner: String| -> Option<SignalEmitter<'static>> {
+        let dest = BusName::try_from(owner).ok()?;
+        Some(SignalEmitter::new(&conn, MANAGER_PATH).ok()?.set_destination(dest))
+    };
+    while let Some(ev) = rx.recv().await {
+        let result = match ev {
+            Event::Token { id, owner, text } => match to(owner) {
+                Some(e) => Manager::token(&e, id, &text).await,
+                None => Ok(()),
+            },
+            Event::Finished { id, owner, stats } => {
+                let r = match to(owner) {
+                    Some(e) => Manager::finished(&e, id, stats).await,
+                    None => Ok(()),
+                };
+                let m = iface.get().await;
+                let _ = m.requests_running_changed(iface.signal_emitter()).await;
+                let _ = m.requests_queued_changed(iface.signal_emitter()).await;
+                r
+            }
+            Event::Started => {
+                let m = iface.get().await;
+                let _ = m.requests_running_changed(iface.signal_emitter()).await;
+                m.requests_queued_changed(iface.signal_emitter()).await
+            }
+            Event::ModelsChanged => iface.get().await.loaded_models_changed(iface.signal_emitter()).await,
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "signal not sent");
+        }
+    }
+}
+
