@@ -72,6 +72,7 @@ impl Manager {
 
 #[interface(name = "org.llamad.Llama1.Manager")]
 impl Manager {
+    #[zbus(out_args("models"))]
     async fn list_models(&self) -> Vec<ModelInfo> {
         let s = self.scheduler.clone();
         tokio::task::spawn_blocking(move || s.list_models()).await.unwrap_or_default()
@@ -100,6 +101,7 @@ impl Manager {
         self.scheduler.unload(name)
     }
 
+    #[zbus(out_args("request"))]
     async fn generate(
         &self,
         #[zbus(header)] header: Header<'_>,
@@ -113,6 +115,7 @@ impl Manager {
         self.start(header, model, Prompt::Text(prompt.to_string()), options).await
     }
 
+    #[zbus(out_args("request"))]
     async fn chat(
         &self,
         #[zbus(header)] header: Header<'_>,

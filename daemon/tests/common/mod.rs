@@ -2,6 +2,8 @@
 //! each backend, reference data written when the fixtures were made.
 #![allow(dead_code)]
 
+pub mod bus;
+
 use std::path::PathBuf;
 
 use llamad::engine::backend::onnxruntime::locate_library;

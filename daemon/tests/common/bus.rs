@@ -1,0 +1,160 @@
+//! A private `dbus-daemon` and a real `llamad serve` on it, per test, with the
+//! fixture models in a models directory of symlinks. Both die with the guard.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use llamad_api::ManagerProxy;
+
+use super::{fixture, repo};
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub address: String,
+    pub bus: Child,
+    pub llamad: Option<Child>,
+}
+
+/// Models offered by every test daemon: name → fixture directory.
+pub const MODELS: &[(&str, &str)] = &[
+    ("tiny", "tiny-llama2-optimum-fp32"),
+    ("tiny-genai", "tiny-llama2-genai-int4"),
+    ("stories", "stories260k-optimum-fp32"),
+];
+
+pub fn target_bin(name: &str) -> PathBuf {
+    // tests run from target/<profile>/deps/
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(path.exists(), "{} is not built: run the suite with `cargo test --workspace` (tests/run)", path.display());
+    path
+}
+
+impl Daemon {
+    /// Starts a bus and llamad with `extra_config` appended to the test configuration.
+    pub async fn start(extra_config: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("bus");
+        let conf = dir.path().join("bus.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>"#,
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let bus = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", conf.display()))
+            .arg("--nofork")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon (Debian package dbus-daemon) must be installed: tests/run installs it");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "dbus-daemon did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let models = dir.path().join("models");
+        std::fs::create_dir(&models).unwrap();
+        for (name, fixture_name) in MODELS {
+            std::os::unix::fs::symlink(fixture(fixture_name), models.join(name)).unwrap();
+        }
+        let config = dir.path().join("llamad.toml");
+        std::fs::write(
+            &config,
+            format!("models_dir = \"{}\"\nbackend = \"tract\"\nthreads = 1\n{extra_config}\n", models.display()),
+        )
+        .unwrap();
+        let address = format!("unix:path={}", socket.display());
+        let mut d = Daemon { dir, address, bus, llamad: None };
+        d.spawn_llamad(&config).await;
+        d
+    }
+
+    async fn spawn_llamad(&mut self, config: &Path) {
+        let log = std::fs::File::create(self.dir.path().join("llamad.log")).unwrap();
+        let child = Command::new(target_bin("llamad"))
+            .args(["serve", "--address", &self.address, "--config"])
+            .arg(config)
+            .env("LLAMAD_LOG", "info,ort=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.llamad = Some(child);
+        // Ready when the name is owned.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let conn = self.connect().await;
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
+        loop {
+            if dbus.name_has_owner(llamad_api::BUS_NAME.try_into().unwrap()).await.unwrap() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "llamad did not take its name: {}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn connect(&self) -> zbus::Connection {
+        zbus::connection::Builder::address(self.address.as_str()).unwrap().build().await.unwrap()
+    }
+
+    pub async fn proxy(&self) -> (zbus::Connection, ManagerProxy<'static>) {
+        let conn = self.connect().await;
+        let proxy = ManagerProxy::new(&conn).await.unwrap();
+        (conn, proxy)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("llamad.log")).unwrap_or_default()
+    }
+
+    pub fn llamactl(&self) -> Command {
+        let mut c = Command::new(target_bin("llamactl"));
+        c.args(["--address", &self.address]);
+        c
+    }
+
+    /// Sends SIGTERM to llamad and waits for it (returns its exit status).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let child = self.llamad.as_mut().unwrap();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "llamad did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = self.llamad.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = self.bus.kill();
+        let _ = self.bus.wait();
+    }
+}
+
+pub fn python_client() -> PathBuf {
+    repo().join("tests/clients/stream_completion.py")
+}

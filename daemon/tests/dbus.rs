@@ -1,0 +1,317 @@
+//! llamad on a private D-Bus, driven the ways clients drive it: the Rust
+//! proxy, `llamactl` as a process, `busctl`, and a Python client with no
+//! llamad code. Streamed text must equal the core's own result for the same
+//! seed; every error is a typed `org.llamad.Llama1.Error.*`.
+
+mod common;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use common::bus::{Daemon, python_client};
+use common::*;
+use futures_util::StreamExt;
+use llamad::engine::{BackendKind, Model, Prompt, SamplingParams};
+use llamad_api::{Error, FinishStats, MANAGER_INTERFACE, MANAGER_PATH, ManagerProxy};
+use zbus::zvariant::Value;
+use zbus::{MatchRule, MessageStream, message::Type as MsgType};
+
+const PROMPT: &str = "Once upon a time";
+
+fn opts(seed: u64, max_tokens: u32) -> HashMap<&'static str, Value<'static>> {
+    HashMap::from([
+        ("seed", Value::from(seed)),
+        ("max_tokens", Value::from(max_tokens)),
+        ("temperature", Value::from(0.8f64)),
+    ])
+}
+
+/// What the core itself produces for `tiny` with the same options (no D-Bus).
+fn core_text(seed: u64, max_tokens: u32) -> String {
+    let m = Model::load(&fixture("tiny-llama2-optimum-fp32"), BackendKind::Tract, &common::opts(BackendKind::Tract), true)
+        .unwrap();
+    let p = SamplingParams { seed: Some(seed), max_tokens, temperature: 0.8, ..Default::default() };
+    m.generate(&Prompt::Text(PROMPT.into()), &p, &AtomicBool::new(false), |_| {}).unwrap().text
+}
+
+/// Starts a request through `proxy` and collects its stream until `Finished`.
+async fn run(conn: &zbus::Connection, proxy: &ManagerProxy<'_>, seed: u64, max_tokens: u32) -> (String, FinishStats, usize) {
+    let rule = MatchRule::builder().msg_type(MsgType::Signal).interface(MANAGER_INTERFACE).unwrap().path(MANAGER_PATH).unwrap().build();
+    let mut signals = MessageStream::for_match_rule(rule, conn, Some(10_000)).await.unwrap();
+    let id = proxy.generate("tiny", PROMPT, opts(seed, max_tokens)).await.unwrap();
+    let (mut text, mut pieces) = (String::new(), 0);
+    while let Some(msg) = signals.next().await {
+        let msg = msg.unwrap();
+        let header = msg.header();
+        match header.member().map(|m| m.as_str()) {
+            Some("Token") => {
+                let (rid, piece): (u64, String) = msg.body().deserialize().unwrap();
+                assert_eq!(rid, id, "a token of another request reached this client");
+                text.push_str(&piece);
+                pieces += 1;
+            }
+            Some("Finished") => {
+                let (rid, stats): (u64, FinishStats) = msg.body().deserialize().unwrap();
+                assert_eq!(rid, id, "another request's final message reached this client");
+                return (text, stats, pieces);
+            }
+            _ => {}
+        }
+    }
+    panic!("stream ended")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn introspection_matches_the_installed_xml() {
+    let d = Daemon::start("").await;
+    let conn = d.connect().await;
+    let intro = zbus::fdo::IntrospectableProxy::builder(&conn)
+        .destination(llamad_api::BUS_NAME)
+        .unwrap()
+        .path(MANAGER_PATH)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let served = zbus_xml::Node::from_reader(intro.introspect().await.unwrap().as_bytes()).unwrap();
+    let file = std::fs::read_to_string(repo().join("systemd/org.llamad.Llama1.Manager.xml")).unwrap();
+    let installed = zbus_xml::Node::from_reader(file.as_bytes()).unwrap();
+    let pick = |n: &zbus_xml::Node<'_>| {
+        let i = n.interfaces().iter().find(|i| i.name() == MANAGER_INTERFACE).expect("Manager interface").clone();
+        format!("{i:?}")
+    };
+    assert_eq!(pick(&served), pick(&installed), "systemd/org.llamad.Llama1.Manager.xml is out of date");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_models_and_streamed_text_equal_to_the_core() {
+    let d = Daemon::start("").await;
+    let (conn, proxy) = d.proxy().await;
+    assert_eq!(proxy.version().await.unwrap(), env!("CARGO_PKG_VERSION"));
+    assert!(proxy.backends().await.unwrap().contains(&"tract".to_string()));
+    let models = proxy.list_models().await.unwrap();
+    let tiny = models.iter().find(|m| m.name == "tiny").unwrap();
+    assert_eq!(tiny.layout.as_deref(), Some("optimum"));
+    assert_eq!(tiny.context_length, Some(256));
+    assert_eq!(tiny.loaded, Some(false));
+    let genai = models.iter().find(|m| m.name == "tiny-genai").unwrap();
+    assert_eq!(genai.quantization.as_deref(), Some("int4 (MatMulNBits, block 32)"));
+
+    let (text, stats, pieces) = run(&conn, &proxy, 7, 40).await;
+    assert_eq!(text, core_text(7, 40));
+    assert!(pieces > 1, "the text came in one piece: not streamed");
+    assert_eq!(stats.finish_reason, "length");
+    assert_eq!(stats.generated_tokens, Some(40));
+    assert_eq!(stats.seed, Some(7));
+    assert_eq!(stats.backend.as_deref(), Some("tract"));
+    assert_eq!(proxy.loaded_models().await.unwrap(), vec!["tiny".to_string()]);
+    // Same seed, same text; another seed, another text.
+    assert_eq!(run(&conn, &proxy, 7, 40).await.0, text);
+    assert_ne!(run(&conn, &proxy, 8, 40).await.0, text);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_clients_get_complete_uninterleaved_streams() {
+    let d = Daemon::start("max_parallel = 3").await;
+    let mut tasks = vec![];
+    for seed in 1..=5u64 {
+        let (conn, proxy) = d.proxy().await;
+        tasks.push(tokio::spawn(async move { (seed, run(&conn, &proxy, seed, 30).await) }));
+    }
+    for t in tasks {
+        let (seed, (text, stats, _)) = t.await.unwrap();
+        assert_eq!(stats.finish_reason, "length");
+        assert_eq!(text, core_text(seed, 30), "client with seed {seed}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn llamactl_busctl_and_a_python_client() {
+    let d = Daemon::start("").await;
+    let expected = core_text(3, 25);
+    // llamactl as a process.
+    let out = d
+        .llamactl()
+        .args(["--json", "run", "tiny", PROMPT, "--seed", "3", "--max-tokens", "25", "--temperature", "0.8"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["text"], expected);
+    assert_eq!(v["stats"]["generated_tokens"], 25);
+    let out = d.llamactl().args(["--json", "models"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v.as_array().unwrap().iter().any(|m| m["name"] == "tiny-genai"));
+    let out = d.llamactl().args(["run", "nope", "hi"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "unknown model exit code");
+    let out = d.llamactl().args(["run", "tiny", "hi", "--top-p", "3"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "invalid argument exit code");
+    // llamactl chat, reading turns from stdin.
+    let mut chat = d
+        .llamactl()
+        .args(["--json", "chat", "tiny", "--max-tokens", "5", "--temperature", "0"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    chat.stdin.take().unwrap().write_all(b"Hello there\nAnd again\n").unwrap();
+    let out = chat.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let turns: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(turns.len(), 2);
+    assert!(turns.iter().all(|t| t["stats"]["generated_tokens"].as_u64().unwrap() >= 1));
+
+    // busctl: a plain method call and a property.
+    let out = std::process::Command::new("busctl")
+        .args(["--address", &d.address, "call", llamad_api::BUS_NAME, MANAGER_PATH, MANAGER_INTERFACE, "ListModels"])
+        .output()
+        .expect("busctl (systemd) must be installed");
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && s.contains("\"tiny-genai\""), "{s}");
+    let out = std::process::Command::new("busctl")
+        .args(["--address", &d.address, "call", llamad_api::BUS_NAME, MANAGER_PATH, MANAGER_INTERFACE])
+        .args(["Generate", "ssa{sv}", "nope", "hi", "0"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Python with jeepney streams the same text.
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(python_client())
+        .args([&d.address, "tiny", PROMPT, "3", "25"])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["text"], expected);
+    assert_eq!(v["finish_reason"], "length");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_are_typed() {
+    let d = Daemon::start("").await;
+    std::fs::create_dir(d.dir.path().join("models/broken")).unwrap();
+    std::fs::write(d.dir.path().join("models/broken/config.json"), "{ not json").unwrap();
+    let (_conn, proxy) = d.proxy().await;
+    let err = |r: zbus::Result<u64>| Error::from(r.unwrap_err());
+    assert!(matches!(err(proxy.generate("nope", "hi", opts(1, 5)).await), Error::UnknownModel(_)));
+    assert!(matches!(err(proxy.generate("../etc", "hi", opts(1, 5)).await), Error::InvalidArgs(_)));
+    assert!(matches!(err(proxy.generate("tiny", "", opts(1, 5)).await), Error::InvalidArgs(_)));
+    match err(proxy.generate("tiny", "hi", HashMap::from([("top_p", Value::from(2.0f64))])).await) {
+        Error::InvalidArgs(m) => assert!(m.contains("top_p"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    match err(proxy.generate("tiny", "hi", HashMap::from([("max_tokens", Value::from("ten"))])).await) {
+        Error::InvalidArgs(m) => assert!(m.contains("max_tokens"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    match err(proxy.generate("tiny", "hi", HashMap::from([("temprature", Value::from(1.0f64))])).await) {
+        Error::InvalidArgs(m) => assert!(m.contains("temprature"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    match err(proxy.generate("tiny", &"word ".repeat(400), opts(1, 5)).await) {
+        Error::ContextOverflow(m) => assert!(m.contains("256"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    match err(proxy.generate("broken", "hi", opts(1, 5)).await) {
+        Error::ModelLoadFailed(m) => assert!(m.contains("config.json"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    assert!(matches!(err(proxy.chat("tiny", &[("robot".into(), "hi".into())], opts(1, 5)).await), Error::InvalidArgs(_)));
+    assert!(matches!(err(proxy.chat("tiny", &[("assistant".into(), "hi".into())], opts(1, 5)).await), Error::InvalidArgs(_)));
+    // The stories model has no tokenizer: the daemon, which serves text, cannot load it.
+    match err(proxy.generate("stories", "hi", opts(1, 5)).await) {
+        Error::ModelLoadFailed(m) => assert!(m.contains("tokenizer.json"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    assert!(matches!(Error::from(proxy.cancel(12345).await.unwrap_err()), Error::UnknownRequest(_)));
+    assert!(matches!(Error::from(proxy.unload_model("tiny-genai").await.unwrap_err()), Error::InvalidArgs(_)));
+    let e = Error::from(proxy.load_model("tiny", HashMap::from([("backend", Value::from("gpu"))])).await.unwrap_err());
+    assert!(matches!(e, Error::InvalidArgs(_)), "{e:?}");
+    proxy.load_model("tiny-genai", HashMap::from([("backend", Value::from("onnxruntime"))])).await.unwrap();
+    let m = proxy.list_models().await.unwrap().into_iter().find(|m| m.name == "tiny-genai").unwrap();
+    assert_eq!(m.backend.as_deref(), Some("onnxruntime"));
+    proxy.unload_model("tiny-genai").await.unwrap();
+    // Error names on the wire are the documented ones.
+    let conn = d.connect().await;
+    let reply = conn
+        .call_method(Some(llamad_api::BUS_NAME), MANAGER_PATH, Some(MANAGER_INTERFACE), "Generate", &("nope", "hi", HashMap::<&str, Value<'_>>::new()))
+        .await
+        .unwrap_err();
+    match reply {
+        zbus::Error::MethodError(name, _, _) => assert_eq!(name.as_str(), "org.llamad.Llama1.Error.UnknownModel"),
+        e => panic!("{e:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_answers_busy() {
+    let d = Daemon::start("max_queue = 1\nmax_parallel = 1").await;
+    let (_c, proxy) = d.proxy().await;
+    let mut busy = 0;
+    let mut accepted = 0;
+    for _ in 0..12 {
+        match proxy.generate("tiny", PROMPT, opts(1, 200)).await {
+            Ok(_) => accepted += 1,
+            Err(e) => match Error::from(e) {
+                Error::Busy(m) => {
+                    assert!(m.contains("max_queue"), "{m}");
+                    busy += 1
+                }
+                other => panic!("{other:?}"),
+            },
+        }
+    }
+    assert!(accepted >= 2 && busy >= 1, "accepted {accepted}, busy {busy}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_cancels_its_requests() {
+    let d = Daemon::start("max_parallel = 1\nmax_queue = 16").await;
+    {
+        let (conn, proxy) = d.proxy().await;
+        for _ in 0..16 {
+            let _ = proxy.generate("tiny", PROMPT, opts(1, 250)).await;
+        }
+        drop(proxy);
+        conn.graceful_shutdown().await;
+    }
+    // Another client sees the queue drain long before 16 × 250 tokens could be computed.
+    let (_c, proxy) = d.proxy().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while proxy.requests_running().await.unwrap() + proxy.requests_queued().await.unwrap() > 0 {
+        assert!(std::time::Instant::now() < deadline, "requests still running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = d.log();
+    let cancelled = log.lines().filter(|l| l.contains("request finished") && l.contains("cancelled")).count();
+    assert!(log.contains("client left the bus"), "{log}");
+    assert!(cancelled >= 8, "only {cancelled} of 16 requests were cancelled:\n{log}");
+    // A cancelled request stops at the next token: none of them ran to max_tokens.
+    let full = log.lines().filter(|l| l.contains("cancelled") && l.contains("generated=250")).count();
+    assert_eq!(full, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_sends_final_messages_and_exits_cleanly() {
+    let mut d = Daemon::start("max_parallel = 1").await;
+    let (conn, proxy) = d.proxy().await;
+    let rule = MatchRule::builder().msg_type(MsgType::Signal).interface(MANAGER_INTERFACE).unwrap().member("Finished").unwrap().build();
+    let mut finished = MessageStream::for_match_rule(rule, &conn, Some(100)).await.unwrap();
+    let mut ids = vec![];
+    for _ in 0..4 {
+        ids.push(proxy.generate("tiny", PROMPT, opts(1, 250)).await.unwrap());
+    }
+    let status = tokio::task::block_in_place(|| d.terminate());
+    assert!(status.success(), "llamad exited with {status}: {}", d.log());
+    let mut reasons = HashMap::new();
+    while reasons.len() < ids.len() {
+        let msg = tokio::time::timeout(Duration::from_secs(5), finished.next()).await.expect("a final message per request").unwrap().unwrap();
+        let (rid, stats): (u64, FinishStats) = msg.body().deserialize().unwrap();
+        reasons.insert(rid, stats.finish_reason);
+    }
+    assert!(reasons.values().any(|r| r == "cancelled"), "{reasons:?}");
+    assert!(reasons.values().all(|r| r == "cancelled" || r == "length"), "{reasons:?}");
+}
