@@ -28,6 +28,9 @@ pub struct Config {
     pub max_parallel: usize,
     /// Upper bound on a request's `max_tokens`.
     pub max_tokens_limit: u32,
+    /// Users (uids) allowed to load and unload models, besides root and the daemon's own
+    /// user. Everyone may generate (loading on first use) and list.
+    pub admin_uids: Vec<u32>,
     pub onnxruntime: OnnxRuntime,
     pub tract: Tract,
 }
@@ -58,6 +61,7 @@ impl Default for Config {
             max_queue: 16,
             max_parallel: 1,
             max_tokens_limit: 4096,
+            admin_uids: vec![],
             onnxruntime: OnnxRuntime::default(),
             tract: Tract::default(),
         }

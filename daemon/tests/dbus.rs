@@ -315,3 +315,29 @@ async fn sigterm_sends_final_messages_and_exits_cleanly() {
     assert!(reasons.values().any(|r| r == "cancelled"), "{reasons:?}");
     assert!(reasons.values().all(|r| r == "cancelled" || r == "length"), "{reasons:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loading_and_unloading_are_for_admins() {
+    // The tests run as root; another user (nobody) may generate but not unload.
+    let d = Daemon::start("").await;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (_c, proxy) = d.proxy().await;
+    proxy.load_model("tiny", HashMap::new()).await.unwrap();
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "busctl", "--address", &d.address, "call"])
+            .args([llamad_api::BUS_NAME, MANAGER_PATH, MANAGER_INTERFACE])
+            .args(args)
+            .output()
+            .expect("setpriv (util-linux)")
+    };
+    let out = as_nobody(&["UnloadModel", "s", "tiny"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "nobody unloaded a model");
+    assert!(stderr.contains("uid 65534 may not load or unload"), "{stderr}");
+    let out = as_nobody(&["ListModels"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(proxy.loaded_models().await.unwrap(), vec!["tiny".to_string()]);
+    proxy.unload_model("tiny").await.unwrap();
+}

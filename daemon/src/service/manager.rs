@@ -36,6 +36,23 @@ fn check_name(name: &str) -> Result<(), Error> {
 }
 
 impl Manager {
+    /// Loading and unloading are for root, the daemon's own user and `admin_uids`.
+    async fn check_admin(&self, conn: &zbus::Connection, header: &Header<'_>) -> Result<(), Error> {
+        let sender = header.sender().ok_or_else(|| Error::PermissionDenied("message without a sender".into()))?;
+        let dbus = zbus::fdo::DBusProxy::new(conn).await.map_err(|e| Error::Internal(e.to_string()))?;
+        let uid = dbus
+            .get_connection_unix_user(sender.clone().into())
+            .await
+            .map_err(|e| Error::PermissionDenied(format!("cannot tell who the caller is: {e}")))?;
+        // The daemon's own uid: the owner of its /proc entry.
+        let own = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").map_err(|e| Error::Internal(e.to_string()))?);
+        if uid == 0 || uid == own || self.scheduler.config.admin_uids.contains(&uid) {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!("uid {uid} may not load or unload models (admin_uids in the configuration)")))
+        }
+    }
+
     /// Loads the model if needed and tokenizes the prompt against it (off the runtime).
     async fn prepare(&self, model: &str, prompt: Prompt) -> Result<(Arc<Model>, Vec<u32>), Error> {
         check_name(model)?;
@@ -78,8 +95,15 @@ impl Manager {
         tokio::task::spawn_blocking(move || s.list_models()).await.unwrap_or_default()
     }
 
-    async fn load_model(&self, name: &str, options: HashMap<String, OwnedValue>) -> Result<(), Error> {
+    async fn load_model(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+        name: &str,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<(), Error> {
         check_name(name)?;
+        self.check_admin(conn, &header).await?;
         let mut backend = None;
         for (k, v) in &options {
             match k.as_str() {
@@ -96,8 +120,14 @@ impl Manager {
             .map_err(|e| Error::Internal(e.to_string()))?
     }
 
-    async fn unload_model(&self, name: &str) -> Result<(), Error> {
+    async fn unload_model(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+        name: &str,
+    ) -> Result<(), Error> {
         check_name(name)?;
+        self.check_admin(conn, &header).await?;
         self.scheduler.unload(name)
     }
 
