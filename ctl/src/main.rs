@@ -112,7 +112,11 @@ impl From<zbus::Error> for Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let code = match &e {
-            Error::ZBus(zbus::Error::MethodError(name, _, _)) if name.as_str().starts_with("org.freedesktop.DBus.Error.ServiceUnknown") => 3,
+            Error::ZBus(zbus::Error::MethodError(name, _, _))
+                if name.as_str().starts_with("org.freedesktop.DBus.Error.ServiceUnknown") =>
+            {
+                3
+            }
             Error::ZBus(zbus::Error::InputOutput(_)) | Error::ZBus(zbus::Error::Address(_)) => 3,
             Error::ZBus(_) => 1,
             Error::UnknownModel(_) => 4,
@@ -177,17 +181,18 @@ struct Outcome {
 }
 
 /// Starts a request with `start` and streams its text to `out` until it finishes; Ctrl-C cancels it.
-async fn stream<F, Fut>(conn: &zbus::Connection, proxy: &ManagerProxy<'_>, start: F, echo: bool) -> Result<Outcome, Failure>
+async fn stream<F, Fut>(
+    conn: &zbus::Connection,
+    proxy: &ManagerProxy<'_>,
+    start: F,
+    echo: bool,
+) -> Result<Outcome, Failure>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = zbus::Result<u64>>,
 {
     // Subscribe before starting, so no token can arrive before we listen.
-    let rule = MatchRule::builder()
-        .msg_type(MsgType::Signal)
-        .interface(MANAGER_INTERFACE)?
-        .path(MANAGER_PATH)?
-        .build();
+    let rule = MatchRule::builder().msg_type(MsgType::Signal).interface(MANAGER_INTERFACE)?.path(MANAGER_PATH)?.build();
     let mut signals = MessageStream::for_match_rule(rule, conn, Some(1024)).await?;
     let id = start().await?;
     let mut text = String::new();
@@ -230,7 +235,9 @@ where
 fn finish_code(stats: &FinishStats) -> Result<(), Failure> {
     match stats.finish_reason.as_str() {
         "cancelled" => Err(Failure { code: 9, message: "cancelled".into() }),
-        "error" => Err(Failure { code: 10, message: stats.error.clone().unwrap_or_else(|| "generation failed".into()) }),
+        "error" => {
+            Err(Failure { code: 10, message: stats.error.clone().unwrap_or_else(|| "generation failed".into()) })
+        }
         _ => Ok(()),
     }
 }
@@ -320,7 +327,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     );
                 }
             } else {
-                println!("{:<32} {:<18} {:<30} {:>9} {:>8} {:>9} {}", "NAME", "LAYOUT", "QUANTIZATION", "PARAMS", "CONTEXT", "SIZE", "LOADED");
+                println!(
+                    "{:<32} {:<18} {:<30} {:>9} {:>8} {:>9} LOADED",
+                    "NAME", "LAYOUT", "QUANTIZATION", "PARAMS", "CONTEXT", "SIZE"
+                );
                 for m in &models {
                     if let Some(e) = &m.error {
                         println!("{:<32} unusable: {e}", m.name);
@@ -371,7 +381,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 history.push(("system".into(), s.clone()));
             }
             let stdin = std::io::stdin();
-            let interactive = !cli.json;
+            let interactive = !cli.json && std::io::IsTerminal::is_terminal(&stdin);
             loop {
                 if interactive {
                     eprint!(">>> ");
@@ -383,7 +393,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 history.push(("user".into(), line.trim_end().to_string()));
                 let opts = options(sampling);
                 let messages = history.clone();
-                let out = stream(&conn, &proxy, || proxy.chat(model, &messages, opts), interactive).await?;
+                let out = stream(&conn, &proxy, || proxy.chat(model, &messages, opts), !cli.json).await?;
                 if cli.json {
                     println!("{}", serde_json::json!({"text": out.text, "stats": json_stats(&out.stats)}));
                 } else {

@@ -158,7 +158,9 @@ mod tests {
             "preload = [\"../etc\"]",
             "models_dir = ",
         ] {
-            let r = toml::from_str::<Config>(text).map_err(|e| e.to_string()).and_then(|c| c.validate().map_err(|e| e.to_string()));
+            let r = toml::from_str::<Config>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map_err(|e| e.to_string()));
             assert!(r.is_err(), "{text:?} was accepted");
         }
     }

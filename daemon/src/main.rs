@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand};
+use llamad::config::Config;
 use llamad::engine::backend::ProviderConfig;
 use llamad::engine::backend::providers::ProviderName;
 use llamad::engine::chat::{Message, Role};
-use llamad::config::Config;
 use llamad::engine::{BackendKind, LoadOptions, Model, ModelDir, Prompt, SamplingParams};
 use llamad::service::Bus;
 

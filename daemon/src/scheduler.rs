@@ -248,15 +248,8 @@ impl Scheduler {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, RequestEntry { owner: owner.to_string(), cancel: cancel.clone() });
         self.queued.fetch_add(1, Ordering::SeqCst);
-        let job = Job {
-            id,
-            owner: owner.to_string(),
-            model_name: model_name.to_string(),
-            model,
-            prompt_ids,
-            params,
-            cancel,
-        };
+        let job =
+            Job { id, owner: owner.to_string(), model_name: model_name.to_string(), model, prompt_ids, params, cancel };
         match self.queue.try_send(job) {
             Ok(()) => {
                 let _ = self.events.send(Event::Started);

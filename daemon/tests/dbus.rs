@@ -28,15 +28,27 @@ fn opts(seed: u64, max_tokens: u32) -> HashMap<&'static str, Value<'static>> {
 
 /// What the core itself produces for `tiny` with the same options (no D-Bus).
 fn core_text(seed: u64, max_tokens: u32) -> String {
-    let m = Model::load(&fixture("tiny-llama2-optimum-fp32"), BackendKind::Tract, &common::opts(BackendKind::Tract), true)
-        .unwrap();
+    let m =
+        Model::load(&fixture("tiny-llama2-optimum-fp32"), BackendKind::Tract, &common::opts(BackendKind::Tract), true)
+            .unwrap();
     let p = SamplingParams { seed: Some(seed), max_tokens, temperature: 0.8, ..Default::default() };
     m.generate(&Prompt::Text(PROMPT.into()), &p, &AtomicBool::new(false), |_| {}).unwrap().text
 }
 
 /// Starts a request through `proxy` and collects its stream until `Finished`.
-async fn run(conn: &zbus::Connection, proxy: &ManagerProxy<'_>, seed: u64, max_tokens: u32) -> (String, FinishStats, usize) {
-    let rule = MatchRule::builder().msg_type(MsgType::Signal).interface(MANAGER_INTERFACE).unwrap().path(MANAGER_PATH).unwrap().build();
+async fn run(
+    conn: &zbus::Connection,
+    proxy: &ManagerProxy<'_>,
+    seed: u64,
+    max_tokens: u32,
+) -> (String, FinishStats, usize) {
+    let rule = MatchRule::builder()
+        .msg_type(MsgType::Signal)
+        .interface(MANAGER_INTERFACE)
+        .unwrap()
+        .path(MANAGER_PATH)
+        .unwrap()
+        .build();
     let mut signals = MessageStream::for_match_rule(rule, conn, Some(10_000)).await.unwrap();
     let id = proxy.generate("tiny", PROMPT, opts(seed, max_tokens)).await.unwrap();
     let (mut text, mut pieces) = (String::new(), 0);
@@ -219,8 +231,14 @@ async fn errors_are_typed() {
         Error::ModelLoadFailed(m) => assert!(m.contains("config.json"), "{m}"),
         e => panic!("{e:?}"),
     }
-    assert!(matches!(err(proxy.chat("tiny", &[("robot".into(), "hi".into())], opts(1, 5)).await), Error::InvalidArgs(_)));
-    assert!(matches!(err(proxy.chat("tiny", &[("assistant".into(), "hi".into())], opts(1, 5)).await), Error::InvalidArgs(_)));
+    assert!(matches!(
+        err(proxy.chat("tiny", &[("robot".into(), "hi".into())], opts(1, 5)).await),
+        Error::InvalidArgs(_)
+    ));
+    assert!(matches!(
+        err(proxy.chat("tiny", &[("assistant".into(), "hi".into())], opts(1, 5)).await),
+        Error::InvalidArgs(_)
+    ));
     // The stories model has no tokenizer: the daemon, which serves text, cannot load it.
     match err(proxy.generate("stories", "hi", opts(1, 5)).await) {
         Error::ModelLoadFailed(m) => assert!(m.contains("tokenizer.json"), "{m}"),
@@ -237,7 +255,13 @@ async fn errors_are_typed() {
     // Error names on the wire are the documented ones.
     let conn = d.connect().await;
     let reply = conn
-        .call_method(Some(llamad_api::BUS_NAME), MANAGER_PATH, Some(MANAGER_INTERFACE), "Generate", &("nope", "hi", HashMap::<&str, Value<'_>>::new()))
+        .call_method(
+            Some(llamad_api::BUS_NAME),
+            MANAGER_PATH,
+            Some(MANAGER_INTERFACE),
+            "Generate",
+            &("nope", "hi", HashMap::<&str, Value<'_>>::new()),
+        )
         .await
         .unwrap_err();
     match reply {
@@ -298,7 +322,13 @@ async fn a_client_that_leaves_cancels_its_requests() {
 async fn sigterm_sends_final_messages_and_exits_cleanly() {
     let mut d = Daemon::start("max_parallel = 1").await;
     let (conn, proxy) = d.proxy().await;
-    let rule = MatchRule::builder().msg_type(MsgType::Signal).interface(MANAGER_INTERFACE).unwrap().member("Finished").unwrap().build();
+    let rule = MatchRule::builder()
+        .msg_type(MsgType::Signal)
+        .interface(MANAGER_INTERFACE)
+        .unwrap()
+        .member("Finished")
+        .unwrap()
+        .build();
     let mut finished = MessageStream::for_match_rule(rule, &conn, Some(100)).await.unwrap();
     let mut ids = vec![];
     for _ in 0..4 {
@@ -308,7 +338,11 @@ async fn sigterm_sends_final_messages_and_exits_cleanly() {
     assert!(status.success(), "llamad exited with {status}: {}", d.log());
     let mut reasons = HashMap::new();
     while reasons.len() < ids.len() {
-        let msg = tokio::time::timeout(Duration::from_secs(5), finished.next()).await.expect("a final message per request").unwrap().unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(5), finished.next())
+            .await
+            .expect("a final message per request")
+            .unwrap()
+            .unwrap();
         let (rid, stats): (u64, FinishStats) = msg.body().deserialize().unwrap();
         reasons.insert(rid, stats.finish_reason);
     }

@@ -28,7 +28,8 @@ fn unit_verifies_and_is_hardened() {
     assert!(out.status.success(), "systemd-analyze verify: {stderr}");
     assert!(!stderr.contains("llamad.service:"), "warnings about the unit: {stderr}");
 
-    let out = Command::new("systemd-analyze").args(["security", "--offline=true", "--no-pager"]).arg(&unit).output().unwrap();
+    let out =
+        Command::new("systemd-analyze").args(["security", "--offline=true", "--no-pager"]).arg(&unit).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_else(|| panic!("{text}"));
     eprintln!("{line}");
@@ -56,7 +57,8 @@ fn bus_policy_and_activation_files_load() {
         ),
     )
     .unwrap();
-    let mut bus = Command::new("dbus-daemon").arg(format!("--config-file={}", conf.display())).arg("--nofork").spawn().unwrap();
+    let mut bus =
+        Command::new("dbus-daemon").arg(format!("--config-file={}", conf.display())).arg("--nofork").spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !socket.exists() {
         if let Some(status) = bus.try_wait().unwrap() {

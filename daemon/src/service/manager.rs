@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use llamad_api::{Error, FinishStats, ModelInfo, WireMessage};
+use zbus::interface;
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedValue;
-use zbus::interface;
 
 use super::options;
 use crate::engine::BackendKind;
@@ -45,11 +45,15 @@ impl Manager {
             .await
             .map_err(|e| Error::PermissionDenied(format!("cannot tell who the caller is: {e}")))?;
         // The daemon's own uid: the owner of its /proc entry.
-        let own = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").map_err(|e| Error::Internal(e.to_string()))?);
+        let own = std::os::unix::fs::MetadataExt::uid(
+            &std::fs::metadata("/proc/self").map_err(|e| Error::Internal(e.to_string()))?,
+        );
         if uid == 0 || uid == own || self.scheduler.config.admin_uids.contains(&uid) {
             Ok(())
         } else {
-            Err(Error::PermissionDenied(format!("uid {uid} may not load or unload models (admin_uids in the configuration)")))
+            Err(Error::PermissionDenied(format!(
+                "uid {uid} may not load or unload models (admin_uids in the configuration)"
+            )))
         }
     }
 
@@ -108,7 +112,8 @@ impl Manager {
         for (k, v) in &options {
             match k.as_str() {
                 "backend" => {
-                    let s: &str = v.downcast_ref().map_err(|_| Error::InvalidArgs("option backend: expected s".into()))?;
+                    let s: &str =
+                        v.downcast_ref().map_err(|_| Error::InvalidArgs("option backend: expected s".into()))?;
                     backend = Some(s.parse::<BackendKind>().map_err(Error::InvalidArgs)?);
                 }
                 other => return Err(Error::InvalidArgs(format!("unknown option {other} (known: backend)"))),

@@ -147,4 +147,3 @@ async fn forward_events(conn: zbus::Connection, mut rx: UnboundedReceiver<Event>
         }
     }
 }
-
