@@ -36,6 +36,9 @@ pub trait Manager {
     /// Backends this daemon can use (`tract`, `onnxruntime`).
     #[zbus(property)]
     fn backends(&self) -> zbus::Result<Vec<String>>;
+    /// ONNX Runtime execution providers available in the loaded library.
+    #[zbus(property)]
+    fn providers(&self) -> zbus::Result<Vec<String>>;
     #[zbus(property)]
     fn loaded_models(&self) -> zbus::Result<Vec<String>>;
     #[zbus(property)]

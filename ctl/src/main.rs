@@ -291,18 +291,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status => {
             let version = proxy.version().await?;
             let backends = proxy.backends().await?;
+            let providers = proxy.providers().await?;
             let loaded = proxy.loaded_models().await?;
             let running = proxy.requests_running().await?;
             let queued = proxy.requests_queued().await?;
             if cli.json {
                 println!(
                     "{}",
-                    serde_json::json!({"version": version, "backends": backends, "loaded_models": loaded,
+                    serde_json::json!({"version": version, "backends": backends, "providers": providers, "loaded_models": loaded,
                         "requests_running": running, "requests_queued": queued})
                 );
             } else {
                 println!("llamad {version}");
                 println!("backends:       {}", backends.join(", "));
+                println!("providers:      {}", if providers.is_empty() { "-".into() } else { providers.join(", ") });
                 println!("loaded models:  {}", if loaded.is_empty() { "-".into() } else { loaded.join(", ") });
                 println!("requests:       {running} running, {queued} queued");
             }

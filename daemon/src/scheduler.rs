@@ -110,6 +110,10 @@ impl Scheduler {
         b
     }
 
+    pub fn providers(&self) -> Vec<String> {
+        crate::engine::backend::onnxruntime::available_providers(self.config.onnxruntime.library.as_deref())
+    }
+
     fn model_path(&self, name: &str) -> Result<PathBuf, Error> {
         let path = self.config.models_dir.join(name);
         if !crate::service::valid_model_name(name) || !path.is_dir() {

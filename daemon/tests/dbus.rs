@@ -101,6 +101,8 @@ async fn status_models_and_streamed_text_equal_to_the_core() {
     let (conn, proxy) = d.proxy().await;
     assert_eq!(proxy.version().await.unwrap(), env!("CARGO_PKG_VERSION"));
     assert!(proxy.backends().await.unwrap().contains(&"tract".to_string()));
+    // The CPU-only onnxruntime wheel the tests use offers the CPU provider only.
+    assert_eq!(proxy.providers().await.unwrap(), vec!["cpu".to_string()]);
     let models = proxy.list_models().await.unwrap();
     let tiny = models.iter().find(|m| m.name == "tiny").unwrap();
     assert_eq!(tiny.layout.as_deref(), Some("optimum"));
@@ -374,4 +376,12 @@ async fn loading_and_unloading_are_for_admins() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(proxy.loaded_models().await.unwrap(), vec!["tiny".to_string()]);
     proxy.unload_model("tiny").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_models_are_loaded_before_the_name_is_taken() {
+    let d = Daemon::start("preload = [\"tiny\"]").await;
+    let (_c, proxy) = d.proxy().await;
+    // The name is only owned after preloading, so the model is there at once.
+    assert_eq!(proxy.loaded_models().await.unwrap(), vec!["tiny".to_string()]);
 }

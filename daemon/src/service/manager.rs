@@ -197,6 +197,12 @@ impl Manager {
         self.scheduler.backends()
     }
 
+    /// ONNX Runtime execution providers available in the loaded library (`cpu`, `qnn`, ...).
+    #[zbus(property)]
+    fn providers(&self) -> Vec<String> {
+        self.scheduler.providers()
+    }
+
     #[zbus(property)]
     fn loaded_models(&self) -> Vec<String> {
         self.scheduler.loaded_names()

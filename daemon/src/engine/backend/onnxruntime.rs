@@ -86,6 +86,23 @@ pub fn environment(configured: Option<&Path>) -> Result<&'static Environment, Ba
     env.as_ref().map_err(|e| BackendError::RuntimeMissing(e.clone()))
 }
 
+/// Execution providers compiled into the loaded ONNX Runtime library (empty without one).
+/// Plugin providers registered from a library are not listed here.
+pub fn available_providers(configured: Option<&Path>) -> Vec<String> {
+    use ort::ep::ExecutionProvider;
+    if environment(configured).is_err() {
+        return vec![];
+    }
+    let checks: [(ProviderName, fn() -> ort::Result<bool>); 5] = [
+        (ProviderName::Qnn, ort::ep::QNN::is_available),
+        (ProviderName::Openvino, ort::ep::OpenVINO::is_available),
+        (ProviderName::Acl, ort::ep::ACL::is_available),
+        (ProviderName::Xnnpack, ort::ep::XNNPACK::is_available),
+        (ProviderName::Cpu, ort::ep::CPU::is_available),
+    ];
+    checks.iter().filter(|(_, available)| available().unwrap_or(false)).map(|(n, _)| n.as_str().to_string()).collect()
+}
+
 fn register_plugin(env: &Environment, name: ProviderName, lib: &Path) -> Result<(), String> {
     let mut done = PLUGINS.lock().unwrap_or_else(|e| e.into_inner());
     if done.iter().any(|(n, p)| n == name.as_str() && p == lib) {
