@@ -93,7 +93,8 @@ pub fn available_providers(configured: Option<&Path>) -> Vec<String> {
     if environment(configured).is_err() {
         return vec![];
     }
-    let checks: [(ProviderName, fn() -> ort::Result<bool>); 5] = [
+    type Check = fn() -> ort::Result<bool>;
+    let checks: [(ProviderName, Check); 5] = [
         (ProviderName::Qnn, ort::ep::QNN::is_available),
         (ProviderName::Openvino, ort::ep::OpenVINO::is_available),
         (ProviderName::Acl, ort::ep::ACL::is_available),
