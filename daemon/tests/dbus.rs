@@ -385,3 +385,44 @@ async fn configured_models_are_loaded_before_the_name_is_taken() {
     // The name is only owned after preloading, so the model is there at once.
     assert_eq!(proxy.loaded_models().await.unwrap(), vec!["tiny".to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn property_changes_are_announced() {
+    let d = Daemon::start("").await;
+    let (conn, proxy) = d.proxy().await;
+    let mut loaded = proxy.receive_loaded_models_changed().await;
+    let mut running = proxy.receive_requests_running_changed().await;
+    // The first item of each stream is the current value.
+    assert_eq!(loaded.next().await.unwrap().get().await.unwrap(), Vec::<String>::new());
+    assert_eq!(running.next().await.unwrap().get().await.unwrap(), 0);
+    let (_, stats, _) = run(&conn, &proxy, 5, 200).await;
+    assert_eq!(stats.finish_reason, "length");
+    let v = tokio::time::timeout(Duration::from_secs(5), loaded.next())
+        .await
+        .expect("LoadedModels change announced")
+        .unwrap();
+    assert_eq!(v.get().await.unwrap(), vec!["tiny".to_string()]);
+    let mut seen_running = false;
+    while let Ok(Some(c)) = tokio::time::timeout(Duration::from_secs(5), running.next()).await {
+        let n = c.get().await.unwrap();
+        seen_running |= n == 1;
+        if n == 0 && seen_running {
+            break;
+        }
+    }
+    assert!(seen_running, "RequestsRunning never announced 1");
+}
+
+#[test]
+fn llamactl_makes_its_man_page_and_completions() {
+    let ctl = common::bus::target_bin("llamactl");
+    let man = std::process::Command::new(&ctl).arg("man").output().unwrap();
+    let text = String::from_utf8_lossy(&man.stdout);
+    assert!(man.status.success() && text.contains(".TH llamactl") && text.contains("chat"), "{text}");
+    let bash = std::process::Command::new(&ctl).args(["completions", "bash"]).output().unwrap();
+    assert!(bash.status.success() && String::from_utf8_lossy(&bash.stdout).contains("llamactl"));
+    // No daemon on this address: exit code 3.
+    let out =
+        std::process::Command::new(&ctl).args(["--address", "unix:path=/nonexistent/bus", "status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+}
