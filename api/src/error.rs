@@ -26,6 +26,9 @@ pub enum Error {
     UnknownRequest(String),
     /// A bug or an unexpected failure inside the daemon.
     Internal(String),
+    /// The model or the request's KV cache does not fit the memory budget, even after
+    /// unloading idle models (the message has the numbers).
+    OutOfBudget(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use zbus::proxy;
 use zbus::zvariant::Value;
 
-use crate::types::{FinishStats, ModelInfo, WireMessage};
+use crate::types::{FinishStats, MemoryStatus, ModelInfo, WireMessage};
 
 #[proxy(
     interface = "org.llamad.Llama1.Manager",
@@ -45,4 +45,7 @@ pub trait Manager {
     fn requests_running(&self) -> zbus::Result<u32>;
     #[zbus(property)]
     fn requests_queued(&self) -> zbus::Result<u32>;
+    /// The memory budget, where it comes from, and what is in use.
+    #[zbus(property)]
+    fn memory(&self) -> zbus::Result<MemoryStatus>;
 }

@@ -3,7 +3,7 @@
 //! every field is optional on the receiving side.
 
 use serde::{Deserialize, Serialize};
-use zbus::zvariant::{DeserializeDict, SerializeDict, Type};
+use zbus::zvariant::{DeserializeDict, OwnedValue, SerializeDict, Type, Value};
 
 /// One model of the models directory (`ListModels`).
 #[derive(Debug, Clone, Default, PartialEq, SerializeDict, DeserializeDict, Type)]
@@ -29,6 +29,32 @@ pub struct ModelInfo {
     pub running: Option<u32>,
     /// When the directory is not a usable model: why.
     pub error: Option<String>,
+    /// Estimated resident bytes once loaded (weights + scratch), on the backend it would use.
+    pub estimated_bytes: Option<u64>,
+    /// When loaded: the daemon's resident-memory growth measured over the load.
+    pub measured_bytes: Option<u64>,
+    /// KV-cache bytes per token of context.
+    pub kv_bytes_per_token: Option<u64>,
+    /// KV cache reserved by this model's running requests.
+    pub kv_reserved_bytes: Option<u64>,
+}
+
+/// The memory budget and its use (`Memory` property).
+#[derive(Debug, Clone, Default, PartialEq, SerializeDict, DeserializeDict, Type, Value, OwnedValue)]
+#[zvariant(signature = "a{sv}")]
+pub struct MemoryStatus {
+    /// min(config, cgroup, physical) − reserve.
+    pub budget: u64,
+    pub config: Option<u64>,
+    pub cgroup: Option<u64>,
+    pub cgroup_source: Option<String>,
+    pub physical: Option<u64>,
+    pub reserve: Option<u64>,
+    /// Loaded models (max of estimate and measurement each) plus reserved KV caches.
+    pub used: Option<u64>,
+    pub kv_reserved: Option<u64>,
+    /// The daemon's resident memory now.
+    pub rss: Option<u64>,
 }
 
 /// The final message of a request (the `Finished` signal).

@@ -5,7 +5,7 @@
 //! Exit codes (stable, for scripts): 0 success; 1 other error; 2 usage;
 //! 3 the daemon is not reachable; 4 unknown model; 5 invalid arguments;
 //! 6 busy; 7 context overflow; 8 model failed to load; 9 cancelled;
-//! 10 generation failed.
+//! 10 generation failed; 11 out of memory budget.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -125,6 +125,7 @@ impl From<Error> for Failure {
             Error::ContextOverflow(_) => 7,
             Error::ModelLoadFailed(_) => 8,
             Error::PermissionDenied(_) | Error::Internal(_) => 1,
+            Error::OutOfBudget(_) => 11,
         };
         Failure { code, message: e.to_string() }
     }
@@ -270,7 +271,9 @@ fn model_json(m: &ModelInfo) -> serde_json::Value {
         "name": m.name, "layout": m.layout, "quantization": m.quantization, "parameters": m.parameters,
         "context_length": m.context_length, "vocab_size": m.vocab_size, "file_size": m.file_size,
         "loaded": m.loaded, "backend": m.backend, "provider": m.provider, "idle_seconds": m.idle_seconds,
-        "running": m.running, "error": m.error,
+        "running": m.running, "error": m.error, "estimated_bytes": m.estimated_bytes,
+        "measured_bytes": m.measured_bytes, "kv_bytes_per_token": m.kv_bytes_per_token,
+        "kv_reserved_bytes": m.kv_reserved_bytes,
     })
 }
 
@@ -295,11 +298,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let loaded = proxy.loaded_models().await?;
             let running = proxy.requests_running().await?;
             let queued = proxy.requests_queued().await?;
+            let mem = proxy.memory().await?;
             if cli.json {
                 println!(
                     "{}",
                     serde_json::json!({"version": version, "backends": backends, "providers": providers, "loaded_models": loaded,
-                        "requests_running": running, "requests_queued": queued})
+                        "requests_running": running, "requests_queued": queued,
+                        "memory": {"budget": mem.budget, "config": mem.config, "cgroup": mem.cgroup,
+                            "cgroup_source": mem.cgroup_source, "physical": mem.physical, "reserve": mem.reserve,
+                            "used": mem.used, "kv_reserved": mem.kv_reserved, "rss": mem.rss}})
                 );
             } else {
                 println!("llamad {version}");
@@ -307,6 +314,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 println!("providers:      {}", if providers.is_empty() { "-".into() } else { providers.join(", ") });
                 println!("loaded models:  {}", if loaded.is_empty() { "-".into() } else { loaded.join(", ") });
                 println!("requests:       {running} running, {queued} queued");
+                let m = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
+                println!(
+                    "memory budget:  {} = min(config {}, cgroup {}{}, physical {}) - reserve {}",
+                    m(Some(mem.budget)),
+                    m(mem.config),
+                    m(mem.cgroup),
+                    mem.cgroup_source.as_deref().map(|s| format!(" from {s}")).unwrap_or_default(),
+                    m(mem.physical),
+                    m(mem.reserve)
+                );
+                println!(
+                    "memory in use:  {} (KV reserved {}), daemon RSS {}",
+                    m(mem.used),
+                    m(mem.kv_reserved),
+                    m(mem.rss)
+                );
             }
         }
         Command::Models | Command::Ps => {
@@ -317,15 +340,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if cli.json {
                 println!("{}", serde_json::Value::Array(models.iter().map(model_json).collect()));
             } else if matches!(cli.command, Command::Ps) {
-                println!("{:<32} {:<12} {:<28} {:>8} {:>8}", "NAME", "BACKEND", "PROVIDER", "IDLE", "RUNNING");
+                println!(
+                    "{:<24} {:<12} {:<24} {:>6} {:>8} {:>11} {:>11} {:>9}",
+                    "NAME", "BACKEND", "PROVIDER", "IDLE", "ACTIVE", "ESTIMATED", "MEASURED", "KV"
+                );
+                let mb = |b: Option<u64>| format!("{:.1}M", b.unwrap_or(0) as f64 / 1048576.0);
                 for m in &models {
                     println!(
-                        "{:<32} {:<12} {:<28} {:>7}s {:>8}",
+                        "{:<24} {:<12} {:<24} {:>5}s {:>8} {:>11} {:>11} {:>9}",
                         m.name,
                         m.backend.as_deref().unwrap_or("-"),
                         m.provider.as_deref().unwrap_or("-"),
                         m.idle_seconds.unwrap_or(0),
-                        m.running.unwrap_or(0)
+                        m.running.unwrap_or(0),
+                        mb(m.estimated_bytes),
+                        mb(m.measured_bytes),
+                        mb(m.kv_reserved_bytes)
                     );
                 }
             } else {

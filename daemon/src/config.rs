@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::engine::BackendKind;
 use crate::engine::backend::ProviderConfig;
+use crate::memory::budget::Size;
 
 pub const DEFAULT_PATH: &str = "/etc/llamad/llamad.toml";
 
@@ -33,6 +34,23 @@ pub struct Config {
     pub admin_uids: Vec<u32>,
     pub onnxruntime: OnnxRuntime,
     pub tract: Tract,
+    pub memory: Memory,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Memory {
+    /// What llamad may use: bytes, "2GiB", or "75%" of RAM; unset = all of RAM. The cgroup
+    /// limit (the unit's MemoryMax) and physical RAM cap it too.
+    pub budget: Option<Size>,
+    /// Left for the rest of the system out of the budget.
+    pub reserve: Size,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory { budget: None, reserve: Size::Percent(5.0) }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -64,6 +82,7 @@ impl Default for Config {
             admin_uids: vec![],
             onnxruntime: OnnxRuntime::default(),
             tract: Tract::default(),
+            memory: Memory::default(),
         }
     }
 }

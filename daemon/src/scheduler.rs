@@ -2,6 +2,13 @@
 //! (on first use or at start), the bounded request queue and the worker
 //! threads that run generations off the async runtime. Results leave as
 //! [`Event`]s on a channel; the D-Bus layer turns them into signals.
+//!
+//! Memory: a load is admitted only if the model's estimate fits the budget
+//! next to what is in use (each loaded model counts the larger of its estimate
+//! and its measured growth), after unloading idle models least recently used
+//! first when that makes it fit; a request reserves its KV cache (prompt +
+//! `max_tokens`) before it is queued. What does not fit is refused with
+//! `OutOfBudget` and the numbers.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,6 +23,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::config::Config;
 use crate::engine::backend::onnxruntime::locate_library;
 use crate::engine::{BackendKind, GenerateError, LoadError, LoadOptions, Model, ModelDir, Prompt, SamplingParams};
+use crate::memory::budget::Budget;
+use crate::memory::estimate::Estimate;
+use crate::memory::{measure, mib};
 
 /// What the workers report.
 #[derive(Debug)]
@@ -29,7 +39,22 @@ pub enum Event {
 struct Loaded {
     model: Arc<Model>,
     last_used: Instant,
-    running: u32,
+    /// Requests queued or running on this model (pinned: never evicted while > 0).
+    active: u32,
+    estimate: Estimate,
+    /// Resident growth of the daemon over the load.
+    measured: u64,
+    kv_reserved: u64,
+}
+
+impl Loaded {
+    fn held(&self) -> u64 {
+        self.estimate.resident().max(self.measured) + self.kv_reserved
+    }
+}
+
+fn used(loaded: &HashMap<String, Loaded>) -> u64 {
+    loaded.values().map(Loaded::held).sum()
 }
 
 struct Job {
@@ -40,6 +65,7 @@ struct Job {
     prompt_ids: Vec<u32>,
     params: SamplingParams,
     cancel: Arc<AtomicBool>,
+    kv: u64,
 }
 
 struct RequestEntry {
@@ -49,6 +75,7 @@ struct RequestEntry {
 
 pub struct Scheduler {
     pub config: Config,
+    pub budget: Budget,
     loaded: Mutex<HashMap<String, Loaded>>,
     requests: Mutex<HashMap<u64, RequestEntry>>,
     queue: SyncSender<Job>,
@@ -90,8 +117,11 @@ impl Scheduler {
             queued: AtomicU32::new(0),
             events,
             load_lock: Mutex::new(()),
+            budget: Budget::detect(config.memory.budget, config.memory.reserve),
             config,
         });
+        tracing::info!(budget = %mib(s.budget.effective), physical = %mib(s.budget.physical),
+            cgroup = ?s.budget.cgroup_source, "memory budget");
         for i in 0..s.config.max_parallel {
             let (s, rx) = (s.clone(), rx.clone());
             std::thread::Builder::new()
@@ -144,6 +174,9 @@ impl Scheduler {
                 };
                 match dir {
                     Ok(d) => {
+                        let est = Estimate::for_model(&d, self.default_backend());
+                        info.estimated_bytes = Some(est.resident());
+                        info.kv_bytes_per_token = Some(est.kv_per_token);
                         info.layout = Some(d.layout.to_string());
                         info.quantization = Some(d.quantization.to_string());
                         info.parameters = Some(d.parameters());
@@ -159,7 +192,10 @@ impl Scheduler {
                     info.backend = Some(served.backend.to_string());
                     info.provider = Some(served.provider.clone());
                     info.idle_seconds = Some(l.last_used.elapsed().as_secs());
-                    info.running = Some(l.running);
+                    info.running = Some(l.active);
+                    info.estimated_bytes = Some(l.estimate.resident());
+                    info.measured_bytes = Some(l.measured);
+                    info.kv_reserved_bytes = Some(l.kv_reserved);
                 }
                 info
             })
@@ -182,15 +218,105 @@ impl Scheduler {
         })
     }
 
+    /// The memory budget and its use now.
+    pub fn memory_status(&self) -> llamad_api::MemoryStatus {
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let b = &self.budget;
+        llamad_api::MemoryStatus {
+            budget: b.effective,
+            config: b.config,
+            cgroup: b.cgroup,
+            cgroup_source: b.cgroup_source.clone(),
+            physical: Some(b.physical),
+            reserve: Some(b.reserve),
+            used: Some(used(&loaded)),
+            kv_reserved: Some(loaded.values().map(|l| l.kv_reserved).sum()),
+            rss: Some(measure::rss().total),
+        }
+    }
+
+    /// Makes room for `need` more bytes: unloads idle models (least recently used first)
+    /// if, and only if, that makes it fit. Returns the names unloaded.
+    fn make_room(&self, loaded: &mut HashMap<String, Loaded>, need: u64, what: &str) -> Result<Vec<String>, Error> {
+        let budget = self.budget.effective;
+        let in_use = used(loaded);
+        if in_use + need <= budget {
+            return Ok(vec![]);
+        }
+        let mut idle: Vec<(&String, &Loaded)> = loaded.iter().filter(|(_, l)| l.active == 0).collect();
+        idle.sort_by_key(|(_, l)| l.last_used);
+        let mut freed = 0;
+        let mut victims = vec![];
+        for (name, l) in idle {
+            if in_use - freed + need <= budget {
+                break;
+            }
+            freed += l.held();
+            victims.push(name.clone());
+        }
+        if in_use - freed + need > budget {
+            let busy: Vec<String> =
+                loaded.iter().filter(|(_, l)| l.active > 0).map(|(n, l)| format!("{n} {}", mib(l.held()))).collect();
+            return Err(Error::OutOfBudget(format!(
+                "{what} needs {}; the budget is {} and {} is in use ({} by models serving requests: {}); \
+                 unloading every idle model would free only {}",
+                mib(need),
+                mib(budget),
+                mib(in_use),
+                mib(in_use - loaded.values().filter(|l| l.active == 0).map(Loaded::held).sum::<u64>()),
+                if busy.is_empty() { "none".into() } else { busy.join(", ") },
+                mib(freed)
+            )));
+        }
+        for v in &victims {
+            loaded.remove(v);
+            tracing::info!(model = %v, reason = "evicted", "model unloaded to make room");
+        }
+        if !victims.is_empty() {
+            let _ = self.events.send(Event::ModelsChanged);
+        }
+        Ok(victims)
+    }
+
     /// The loaded model `name`, loading it first if needed (blocking: call off the runtime).
+    /// With `pin`, the model is marked active until [`Scheduler::unpin`] or the request ends.
     pub fn get_or_load(&self, name: &str, backend: Option<BackendKind>) -> Result<Arc<Model>, Error> {
+        self.load(name, backend, false)
+    }
+
+    pub fn acquire(&self, name: &str) -> Result<Arc<Model>, Error> {
+        self.load(name, None, true)
+    }
+
+    pub fn unpin(&self, name: &str) {
+        if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
+            l.active = l.active.saturating_sub(1);
+        }
+    }
+
+    fn load(&self, name: &str, backend: Option<BackendKind>, pin: bool) -> Result<Arc<Model>, Error> {
         let path = self.model_path(name)?;
         let _guard = self.load_lock.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
             l.last_used = Instant::now();
+            l.active += pin as u32;
             return Ok(l.model.clone());
         }
         let kind = backend.unwrap_or_else(|| self.default_backend());
+        let dir = ModelDir::open(&path).map_err(|e| Error::ModelLoadFailed(format!("{name}: {e}")))?;
+        let estimate = Estimate::for_model(&dir, kind);
+        {
+            let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            let what = format!(
+                "loading {name} ({} weights + {} scratch, estimated)",
+                mib(estimate.weights),
+                mib(estimate.scratch)
+            );
+            let evicted = self.make_room(&mut loaded, estimate.resident(), &what)?;
+            if !evicted.is_empty() {
+                tracing::info!(model = name, evicted = ?evicted, "made room");
+            }
+        }
         let opts = LoadOptions {
             threads: (self.config.threads > 0).then_some(self.config.threads),
             providers: self.config.onnxruntime.providers.clone(),
@@ -198,22 +324,34 @@ impl Scheduler {
             ort_library: self.config.onnxruntime.library.clone(),
         };
         let started = Instant::now();
-        let model = Model::load(&path, kind, &opts, true).map_err(|e| match e {
+        let before = measure::rss();
+        let model = Model::from_dir(dir, kind, &opts, true).map_err(|e| match e {
             LoadError::Layout(_) | LoadError::Tokenizer(_) | LoadError::Backend(_) => {
                 Error::ModelLoadFailed(format!("{name}: {e}"))
             }
         })?;
+        let after = measure::rss();
+        let measured = after.total.saturating_sub(before.total);
         let served = model.served();
         tracing::info!(model = name, backend = %served.backend, provider = %served.provider,
-            seconds = started.elapsed().as_secs_f64(), "model loaded");
+            seconds = started.elapsed().as_secs_f64(), estimated = %mib(estimate.resident()),
+            measured = %mib(measured), anon = %mib(after.anon.saturating_sub(before.anon)),
+            file = %mib(after.file.saturating_sub(before.file)), "model loaded");
         for (p, reason) in &served.skipped {
             tracing::warn!(model = name, provider = %p, %reason, "execution provider not used");
         }
         let model = Arc::new(model);
-        self.loaded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), Loaded { model: model.clone(), last_used: Instant::now(), running: 0 });
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            name.to_string(),
+            Loaded {
+                model: model.clone(),
+                last_used: Instant::now(),
+                active: pin as u32,
+                estimate,
+                measured,
+                kv_reserved: 0,
+            },
+        );
         let _ = self.events.send(Event::ModelsChanged);
         Ok(model)
     }
@@ -223,8 +361,8 @@ impl Scheduler {
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         match loaded.get(name) {
             None => return Err(Error::InvalidArgs(format!("model \"{name}\" is not loaded"))),
-            Some(l) if l.running > 0 => {
-                return Err(Error::Busy(format!("model \"{name}\" is serving {} request(s)", l.running)));
+            Some(l) if l.active > 0 => {
+                return Err(Error::Busy(format!("model \"{name}\" is serving {} request(s)", l.active)));
             }
             Some(_) => {}
         }
@@ -235,7 +373,8 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Queues a request whose prompt was already checked against the model.
+    /// Queues a request whose prompt was already checked against the model, which the
+    /// caller pinned with [`Scheduler::acquire`] (the pin passes to the request).
     pub fn submit(
         &self,
         owner: &str,
@@ -245,6 +384,21 @@ impl Scheduler {
         mut params: SamplingParams,
     ) -> Result<u64, Error> {
         params.max_tokens = params.max_tokens.min(self.config.max_tokens_limit);
+        let tokens = prompt_ids.len() as u64 + params.max_tokens as u64;
+        let kv = {
+            let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            let kv = loaded.get(model_name).map(|l| l.estimate.request(prompt_ids.len() as u64, tokens)).unwrap_or(0);
+            let what = format!("the KV cache of this request ({tokens} tokens: prompt + max_tokens)");
+            if let Err(e) = self.make_room(&mut loaded, kv, &what) {
+                drop(loaded);
+                self.unpin(model_name);
+                return Err(e);
+            }
+            if let Some(l) = loaded.get_mut(model_name) {
+                l.kv_reserved += kv;
+            }
+            kv
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = Arc::new(AtomicBool::new(false));
         self.requests
@@ -252,8 +406,16 @@ impl Scheduler {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, RequestEntry { owner: owner.to_string(), cancel: cancel.clone() });
         self.queued.fetch_add(1, Ordering::SeqCst);
-        let job =
-            Job { id, owner: owner.to_string(), model_name: model_name.to_string(), model, prompt_ids, params, cancel };
+        let job = Job {
+            id,
+            owner: owner.to_string(),
+            model_name: model_name.to_string(),
+            model,
+            prompt_ids,
+            params,
+            cancel,
+            kv,
+        };
         match self.queue.try_send(job) {
             Ok(()) => {
                 let _ = self.events.send(Event::Started);
@@ -262,6 +424,7 @@ impl Scheduler {
             Err(e) => {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
                 self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                self.release(model_name, kv);
                 Err(match e {
                     TrySendError::Full(_) => {
                         Error::Busy(format!("{} requests are queued already (max_queue)", self.config.max_queue))
@@ -307,9 +470,11 @@ impl Scheduler {
         self.requests.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    fn set_running(&self, name: &str, delta: i32) {
+    /// A request ends: its KV reservation and its pin on the model go.
+    fn release(&self, name: &str, kv: u64) {
         if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
-            l.running = l.running.saturating_add_signed(delta);
+            l.active = l.active.saturating_sub(1);
+            l.kv_reserved = l.kv_reserved.saturating_sub(kv);
             l.last_used = Instant::now();
         }
     }
@@ -322,12 +487,11 @@ impl Scheduler {
             };
             self.queued.fetch_sub(1, Ordering::SeqCst);
             self.running.fetch_add(1, Ordering::SeqCst);
-            self.set_running(&job.model_name, 1);
             let _ = self.events.send(Event::Started);
             let stats = self.run(&job);
             tracing::info!(request = job.id, client = %job.owner, model = %job.model_name,
                 finish = %stats.finish_reason, generated = stats.generated_tokens.unwrap_or(0), "request finished");
-            self.set_running(&job.model_name, -1);
+            self.release(&job.model_name, job.kv);
             self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
             self.running.fetch_sub(1, Ordering::SeqCst);
             let _ = self.events.send(Event::Finished { id: job.id, owner: job.owner.clone(), stats });

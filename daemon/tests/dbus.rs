@@ -278,7 +278,9 @@ async fn a_full_queue_answers_busy() {
     let (_c, proxy) = d.proxy().await;
     let mut busy = 0;
     let mut accepted = 0;
-    for _ in 0..12 {
+    // One running and one queued at most: submissions every 5 ms outpace 200-token requests.
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
         match proxy.generate("tiny", PROMPT, opts(1, 200)).await {
             Ok(_) => accepted += 1,
             Err(e) => match Error::from(e) {
@@ -390,27 +392,31 @@ async fn configured_models_are_loaded_before_the_name_is_taken() {
 async fn property_changes_are_announced() {
     let d = Daemon::start("").await;
     let (conn, proxy) = d.proxy().await;
-    let mut loaded = proxy.receive_loaded_models_changed().await;
-    let mut running = proxy.receive_requests_running_changed().await;
-    // The first item of each stream is the current value.
-    assert_eq!(loaded.next().await.unwrap().get().await.unwrap(), Vec::<String>::new());
-    assert_eq!(running.next().await.unwrap().get().await.unwrap(), 0);
-    let (_, stats, _) = run(&conn, &proxy, 5, 200).await;
+    let rule = MatchRule::builder()
+        .msg_type(MsgType::Signal)
+        .interface("org.freedesktop.DBus.Properties")
+        .unwrap()
+        .member("PropertiesChanged")
+        .unwrap()
+        .path(MANAGER_PATH)
+        .unwrap()
+        .build();
+    let mut changes = MessageStream::for_match_rule(rule, &conn, Some(1000)).await.unwrap();
+    let (_, stats, _) = run(&conn, &proxy, 5, 20).await;
     assert_eq!(stats.finish_reason, "length");
-    let v = tokio::time::timeout(Duration::from_secs(5), loaded.next())
-        .await
-        .expect("LoadedModels change announced")
-        .unwrap();
-    assert_eq!(v.get().await.unwrap(), vec!["tiny".to_string()]);
-    let mut seen_running = false;
-    while let Ok(Some(c)) = tokio::time::timeout(Duration::from_secs(5), running.next()).await {
-        let n = c.get().await.unwrap();
-        seen_running |= n == 1;
-        if n == 0 && seen_running {
-            break;
-        }
+    let mut announced = std::collections::BTreeSet::new();
+    while !(announced.contains("LoadedModels") && announced.contains("RequestsRunning")) {
+        let msg = tokio::time::timeout(Duration::from_secs(5), changes.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {announced:?} were announced"))
+            .unwrap()
+            .unwrap();
+        let (iface, changed, _): (String, HashMap<String, zbus::zvariant::OwnedValue>, Vec<String>) =
+            msg.body().deserialize().unwrap();
+        assert_eq!(iface, MANAGER_INTERFACE);
+        announced.extend(changed.into_keys());
     }
-    assert!(seen_running, "RequestsRunning never announced 1");
+    assert_eq!(proxy.loaded_models().await.unwrap(), vec!["tiny".to_string()]);
 }
 
 #[test]
@@ -425,4 +431,56 @@ fn llamactl_makes_its_man_page_and_completions() {
     let out =
         std::process::Command::new(&ctl).args(["--address", "unix:path=/nonexistent/bus", "status"]).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_memory_budget_refuses_what_does_not_fit() {
+    let d = Daemon::start("[memory]\nbudget = \"20MiB\"\nreserve = 0").await;
+    let (_c, proxy) = d.proxy().await;
+    let mem = proxy.memory().await.unwrap();
+    assert_eq!(mem.budget, 20 << 20);
+    assert_eq!(mem.config, Some(20 << 20));
+    match Error::from(proxy.generate("tiny", PROMPT, opts(1, 5)).await.unwrap_err()) {
+        Error::OutOfBudget(m) => assert!(m.contains("loading tiny") && m.contains("budget is 20.0 MiB"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    assert!(proxy.loaded_models().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_models_make_room_least_recently_used_first_busy_ones_never() {
+    // Room for one tiny model (about 58 MiB estimated) but not two.
+    let d = Daemon::start("max_parallel = 1\nmax_queue = 16\n[memory]\nbudget = \"90MiB\"\nreserve = 0").await;
+    let (_c, proxy) = d.proxy().await;
+    proxy.load_model("tiny", HashMap::new()).await.unwrap();
+    proxy.load_model("tiny-gguf", HashMap::new()).await.unwrap();
+    assert_eq!(proxy.loaded_models().await.unwrap(), vec!["tiny-gguf".to_string()], "tiny was idle: evicted");
+    assert!(d.log().contains("evicted"), "{}", d.log());
+    // While tiny-gguf has requests queued or running it is not evicted: loading tiny is refused.
+    for _ in 0..8 {
+        proxy.generate("tiny-gguf", PROMPT, opts(1, 250)).await.unwrap();
+    }
+    match Error::from(proxy.load_model("tiny", HashMap::new()).await.unwrap_err()) {
+        Error::OutOfBudget(m) => assert!(m.contains("tiny-gguf"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(proxy.loaded_models().await.unwrap(), vec!["tiny-gguf".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_reserves_its_kv_cache_first() {
+    let d = Daemon::start("[memory]\nbudget = \"80MiB\"\nreserve = 0").await;
+    let (conn, proxy) = d.proxy().await;
+    // A short prompt fits next to the loaded model; the logits of a 200-token prompt
+    // (200 × 32000 floats, 24 MiB) and its KV cache do not.
+    let (_, stats, _) = run(&conn, &proxy, 1, 20).await;
+    assert_eq!(stats.finish_reason, "length");
+    match Error::from(proxy.generate("tiny", &"word ".repeat(200), opts(1, 20)).await.unwrap_err()) {
+        Error::OutOfBudget(m) => assert!(m.contains("KV cache"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    let m = proxy.list_models().await.unwrap().into_iter().find(|m| m.name == "tiny").unwrap();
+    eprintln!("tiny on tract: estimated {:?}, measured {:?}", m.estimated_bytes, m.measured_bytes);
+    assert_eq!(m.kv_reserved_bytes, Some(0), "reservations are released");
+    assert!(m.measured_bytes.unwrap() > 0);
 }

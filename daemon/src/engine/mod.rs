@@ -50,7 +50,16 @@ impl Model {
         opts: &LoadOptions,
         require_tokenizer: bool,
     ) -> Result<Model, LoadError> {
-        let dir = ModelDir::open(path)?;
+        Model::from_dir(ModelDir::open(path)?, kind, opts, require_tokenizer)
+    }
+
+    /// Loads an already opened directory.
+    pub fn from_dir(
+        dir: ModelDir,
+        kind: BackendKind,
+        opts: &LoadOptions,
+        require_tokenizer: bool,
+    ) -> Result<Model, LoadError> {
         let tokenizer = match Tokenizer::for_model(&dir) {
             Ok(t) => Some(t),
             Err(TokenizerError::Missing(_)) if !require_tokenizer => None,

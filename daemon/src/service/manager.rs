@@ -62,9 +62,22 @@ impl Manager {
         check_name(model)?;
         let (s, name) = (self.scheduler.clone(), model.to_string());
         tokio::task::spawn_blocking(move || {
-            let m = s.get_or_load(&name, None)?;
-            let ids = m.prompt_ids(&prompt).map_err(request_error)?;
-            Ok((m, ids))
+            let m = s.acquire(&name)?;
+            match m.prompt_ids(&prompt) {
+                Ok(ids) if ids.len() < m.dir.spec.context_length => Ok((m, ids)),
+                Ok(ids) => {
+                    s.unpin(&name);
+                    Err(Error::ContextOverflow(format!(
+                        "the prompt has {} tokens but the model's context holds {}",
+                        ids.len(),
+                        m.dir.spec.context_length
+                    )))
+                }
+                Err(e) => {
+                    s.unpin(&name);
+                    Err(request_error(e))
+                }
+            }
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))?
@@ -80,13 +93,6 @@ impl Manager {
         let owner = caller(&header)?;
         let params = options::sampling(&opts)?;
         let (m, ids) = self.prepare(model, prompt).await?;
-        let context = m.dir.spec.context_length;
-        if ids.len() >= context {
-            return Err(Error::ContextOverflow(format!(
-                "the prompt has {} tokens but the model's context holds {context}",
-                ids.len()
-            )));
-        }
         self.scheduler.submit(&owner, model, m, ids, params)
     }
 }
@@ -216,5 +222,11 @@ impl Manager {
     #[zbus(property)]
     fn requests_queued(&self) -> u32 {
         self.scheduler.queued.load(Ordering::SeqCst)
+    }
+
+    /// The memory budget, where its parts come from, and what is in use.
+    #[zbus(property)]
+    fn memory(&self) -> llamad_api::MemoryStatus {
+        self.scheduler.memory_status()
     }
 }

@@ -21,6 +21,7 @@ pub const MODELS: &[(&str, &str)] = &[
     ("tiny", "tiny-llama2-optimum-fp32"),
     ("tiny-genai", "tiny-llama2-genai-int4"),
     ("stories", "stories260k-optimum-fp32"),
+    ("tiny-gguf", "tiny-llama2-gguf-int4"),
 ];
 
 pub fn target_bin(name: &str) -> PathBuf {
@@ -111,7 +112,16 @@ impl Daemon {
     }
 
     pub async fn connect(&self) -> zbus::Connection {
-        zbus::connection::Builder::address(self.address.as_str()).unwrap().build().await.unwrap()
+        // A loaded machine occasionally refuses a connection attempt: retry a few times.
+        let mut last = None;
+        for _ in 0..5 {
+            match zbus::connection::Builder::address(self.address.as_str()).unwrap().build().await {
+                Ok(c) => return c,
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cannot connect to the test bus: {last:?}")
     }
 
     pub async fn proxy(&self) -> (zbus::Connection, ManagerProxy<'static>) {
