@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use zbus::proxy;
 use zbus::zvariant::Value;
 
-use crate::types::{FinishStats, MemoryStatus, ModelInfo, WireMessage};
+use crate::types::{EstimateInfo, FinishStats, MemoryStatus, ModelInfo, WireMessage};
 
 #[proxy(
     interface = "org.llamad.Llama1.Manager",
@@ -25,11 +25,19 @@ pub trait Manager {
     fn chat(&self, model: &str, messages: &[WireMessage], options: HashMap<&str, Value<'_>>) -> zbus::Result<u64>;
     /// Cancels one of the caller's requests.
     fn cancel(&self, request: u64) -> zbus::Result<()>;
+    /// Dry run of loading `model`: options `context` (u), `parallel` (u), `backend` (s).
+    fn estimate(&self, model: &str, options: HashMap<&str, Value<'_>>) -> zbus::Result<EstimateInfo>;
 
     #[zbus(signal)]
     fn token(&self, request: u64, text: &str) -> zbus::Result<()>;
     #[zbus(signal)]
     fn finished(&self, request: u64, stats: FinishStats) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn model_loaded(&self, model: &str, reason: &str) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn model_unloaded(&self, model: &str, reason: &str) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn memory_pressure(&self, active: bool, reason: &str) -> zbus::Result<()>;
 
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
@@ -48,4 +56,6 @@ pub trait Manager {
     /// The memory budget, where it comes from, and what is in use.
     #[zbus(property)]
     fn memory(&self) -> zbus::Result<MemoryStatus>;
+    #[zbus(property)]
+    fn under_memory_pressure(&self) -> zbus::Result<bool>;
 }

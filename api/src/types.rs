@@ -99,4 +99,27 @@ pub const REQUEST_OPTIONS: &[(&str, &str)] = &[
     ("seed", "t"),
     ("max_tokens", "u"),
     ("stop", "as"),
+    ("keep_alive", "x"),
 ];
+
+/// A dry run of loading a model (`Estimate`).
+#[derive(Debug, Clone, Default, PartialEq, SerializeDict, DeserializeDict, Type)]
+#[zvariant(signature = "a{sv}")]
+pub struct EstimateInfo {
+    pub backend: String,
+    pub weights: u64,
+    pub scratch: u64,
+    /// KV cache of one sequence of `context` tokens.
+    pub kv_per_sequence: u64,
+    pub context: u32,
+    pub parallel: u32,
+    /// weights + scratch + parallel × kv_per_sequence.
+    pub total: u64,
+    pub budget: u64,
+    /// What is in use now (loaded models and reservations).
+    pub in_use: u64,
+    /// Whether `total` fits next to what is in use now (without unloading anything).
+    pub fits_now: bool,
+    /// Whether it would fit after unloading every idle model.
+    pub fits_after_eviction: bool,
+}

@@ -91,6 +91,18 @@ enum Command {
     },
     /// Cancel one of this client's requests.
     Cancel { request: u64 },
+    /// Dry run: what loading a model would take, and whether it fits now.
+    Estimate {
+        model: String,
+        /// Context tokens per sequence (default: the model's context).
+        #[arg(long)]
+        ctx: Option<u32>,
+        /// Sequences at once.
+        #[arg(long, default_value_t = 1)]
+        parallel: u32,
+        #[arg(long)]
+        backend: Option<String>,
+    },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -390,6 +402,43 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Unload { model } => proxy.unload_model(model).await?,
         Command::Cancel { request } => proxy.cancel(*request).await?,
+        Command::Estimate { model, ctx, parallel, backend } => {
+            let mut o: HashMap<&str, Value<'_>> = HashMap::from([("parallel", Value::from(*parallel))]);
+            if let Some(c) = ctx {
+                o.insert("context", Value::from(*c));
+            }
+            if let Some(b) = backend {
+                o.insert("backend", b.as_str().into());
+            }
+            let e = proxy.estimate(model, o).await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"backend": e.backend, "weights": e.weights, "scratch": e.scratch,
+                        "kv_per_sequence": e.kv_per_sequence, "context": e.context, "parallel": e.parallel,
+                        "total": e.total, "budget": e.budget, "in_use": e.in_use, "fits_now": e.fits_now,
+                        "fits_after_eviction": e.fits_after_eviction})
+                );
+            } else {
+                let m = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
+                println!("{model} on {}:", e.backend);
+                println!("  weights              {}", m(e.weights));
+                println!("  scratch              {}", m(e.scratch));
+                println!(
+                    "  KV cache             {} × {} sequence(s) of {} tokens",
+                    m(e.kv_per_sequence),
+                    e.parallel,
+                    e.context
+                );
+                println!("  total                {}", m(e.total));
+                println!("  budget               {} ({} in use)", m(e.budget), m(e.in_use));
+                println!(
+                    "  fits now: {}; after unloading idle models: {}",
+                    if e.fits_now { "yes" } else { "no" },
+                    if e.fits_after_eviction { "yes" } else { "no" }
+                );
+            }
+        }
         Command::Run { model, prompt, sampling, verbose } => {
             let prompt = match prompt {
                 Some(p) => p.clone(),

@@ -29,6 +29,12 @@ pub struct Config {
     pub max_parallel: usize,
     /// Upper bound on a request's `max_tokens`.
     pub max_tokens_limit: u32,
+    /// Seconds an idle model stays loaded after its last request: 0 = unload right after
+    /// the request, negative = keep until unloaded or evicted. A request's `keep_alive`
+    /// option overrides it for its model.
+    pub keep_alive: i64,
+    /// Models loaded at once; loading one more first unloads the least recently used idle one.
+    pub max_loaded_models: usize,
     /// Users (uids) allowed to load and unload models, besides root and the daemon's own
     /// user. Everyone may generate (loading on first use) and list.
     pub admin_uids: Vec<u32>,
@@ -45,11 +51,24 @@ pub struct Memory {
     pub budget: Option<Size>,
     /// Left for the rest of the system out of the budget.
     pub reserve: Size,
+    /// Pressure stall information to watch (`some avg10=...`).
+    pub psi: PathBuf,
+    /// Memory pressure begins at this `avg10` (percent of time stalled) and ends below it.
+    pub psi_threshold: f64,
+    /// The cgroup's `memory.events` to watch (`high`/`max`/`oom` counters); unset: the
+    /// daemon's own cgroup v2 file when there is one.
+    pub events: Option<PathBuf>,
 }
 
 impl Default for Memory {
     fn default() -> Self {
-        Memory { budget: None, reserve: Size::Percent(5.0) }
+        Memory {
+            budget: None,
+            reserve: Size::Percent(5.0),
+            psi: PathBuf::from("/proc/pressure/memory"),
+            psi_threshold: 10.0,
+            events: None,
+        }
     }
 }
 
@@ -80,6 +99,8 @@ impl Default for Config {
             max_parallel: 1,
             max_tokens_limit: 4096,
             admin_uids: vec![],
+            keep_alive: 300,
+            max_loaded_models: 3,
             onnxruntime: OnnxRuntime::default(),
             tract: Tract::default(),
             memory: Memory::default(),
@@ -129,6 +150,12 @@ impl Config {
         }
         if self.max_parallel == 0 || self.max_parallel > 64 {
             return bad(format!("max_parallel = {} (1 to 64)", self.max_parallel));
+        }
+        if self.max_loaded_models == 0 {
+            return bad("max_loaded_models = 0".into());
+        }
+        if !(self.memory.psi_threshold > 0.0 && self.memory.psi_threshold <= 100.0) {
+            return bad(format!("memory.psi_threshold = {} (0 to 100]", self.memory.psi_threshold));
         }
         if self.max_tokens_limit == 0 {
             return bad("max_tokens_limit = 0".into());

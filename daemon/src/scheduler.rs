@@ -31,9 +31,30 @@ use crate::memory::{measure, mib};
 #[derive(Debug)]
 pub enum Event {
     Started,
-    Token { id: u64, owner: String, text: String },
-    Finished { id: u64, owner: String, stats: FinishStats },
-    ModelsChanged,
+    Token {
+        id: u64,
+        owner: String,
+        text: String,
+    },
+    Finished {
+        id: u64,
+        owner: String,
+        stats: FinishStats,
+    },
+    /// `reason`: request, preload or admin.
+    ModelLoaded {
+        name: String,
+        reason: &'static str,
+    },
+    /// `reason`: request (UnloadModel), idle (keep_alive), evicted or pressure.
+    ModelUnloaded {
+        name: String,
+        reason: &'static str,
+    },
+    MemoryPressure {
+        active: bool,
+        reason: String,
+    },
 }
 
 struct Loaded {
@@ -45,6 +66,13 @@ struct Loaded {
     /// Resident growth of the daemon over the load.
     measured: u64,
     kv_reserved: u64,
+    /// None: stays loaded until unloaded or evicted.
+    keep_alive: Option<std::time::Duration>,
+}
+
+/// keep_alive seconds (config or request) → how long an idle model stays.
+pub fn keep_alive(seconds: i64) -> Option<std::time::Duration> {
+    (seconds >= 0).then(|| std::time::Duration::from_secs(seconds as u64))
 }
 
 impl Loaded {
@@ -85,6 +113,8 @@ pub struct Scheduler {
     events: UnboundedSender<Event>,
     /// Serialises loads so one model is never loaded twice at once.
     load_lock: Mutex<()>,
+    /// Why memory is under pressure, while it is.
+    pressure: Mutex<Option<String>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
@@ -117,11 +147,17 @@ impl Scheduler {
             queued: AtomicU32::new(0),
             events,
             load_lock: Mutex::new(()),
+            pressure: Mutex::new(None),
             budget: Budget::detect(config.memory.budget, config.memory.reserve),
             config,
         });
         tracing::info!(budget = %mib(s.budget.effective), physical = %mib(s.budget.physical),
             cgroup = ?s.budget.cgroup_source, "memory budget");
+        let h = s.clone();
+        std::thread::Builder::new()
+            .name("llamad-housekeeping".into())
+            .spawn(move || h.housekeeping())
+            .expect("spawning the housekeeping thread");
         for i in 0..s.config.max_parallel {
             let (s, rx) = (s.clone(), rx.clone());
             std::thread::Builder::new()
@@ -235,6 +271,40 @@ impl Scheduler {
         }
     }
 
+    /// A dry run of loading `name` with `parallel` sequences of `context` tokens.
+    pub fn estimate(
+        &self,
+        name: &str,
+        backend: Option<BackendKind>,
+        context: Option<u32>,
+        parallel: u32,
+    ) -> Result<llamad_api::EstimateInfo, Error> {
+        let path = self.model_path(name)?;
+        let kind = backend.unwrap_or_else(|| self.default_backend());
+        let dir = ModelDir::open(&path).map_err(|e| Error::ModelLoadFailed(format!("{name}: {e}")))?;
+        let est = Estimate::for_model(&dir, kind);
+        let context = context.unwrap_or(dir.spec.context_length as u32).min(dir.spec.context_length as u32);
+        let kv = est.request(0, context as u64);
+        let total = est.resident() + kv * parallel as u64;
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let in_use = used(&loaded);
+        let idle: u64 = loaded.values().filter(|l| l.active == 0).map(Loaded::held).sum();
+        let budget = self.budget.effective;
+        Ok(llamad_api::EstimateInfo {
+            backend: kind.to_string(),
+            weights: est.weights,
+            scratch: est.scratch,
+            kv_per_sequence: kv,
+            context,
+            parallel,
+            total,
+            budget,
+            in_use,
+            fits_now: in_use + total <= budget,
+            fits_after_eviction: in_use - idle + total <= budget,
+        })
+    }
+
     /// Makes room for `need` more bytes: unloads idle models (least recently used first)
     /// if, and only if, that makes it fit. Returns the names unloaded.
     fn make_room(&self, loaded: &mut HashMap<String, Loaded>, need: u64, what: &str) -> Result<Vec<String>, Error> {
@@ -271,21 +341,33 @@ impl Scheduler {
         for v in &victims {
             loaded.remove(v);
             tracing::info!(model = %v, reason = "evicted", "model unloaded to make room");
-        }
-        if !victims.is_empty() {
-            let _ = self.events.send(Event::ModelsChanged);
+            let _ = self.events.send(Event::ModelUnloaded { name: v.clone(), reason: "evicted" });
         }
         Ok(victims)
     }
 
     /// The loaded model `name`, loading it first if needed (blocking: call off the runtime).
     /// With `pin`, the model is marked active until [`Scheduler::unpin`] or the request ends.
-    pub fn get_or_load(&self, name: &str, backend: Option<BackendKind>) -> Result<Arc<Model>, Error> {
-        self.load(name, backend, false)
+    pub fn get_or_load(
+        &self,
+        name: &str,
+        backend: Option<BackendKind>,
+        reason: &'static str,
+    ) -> Result<Arc<Model>, Error> {
+        self.load(name, backend, false, reason)
     }
 
+    /// For a request: loads if needed and pins the model until the request ends.
     pub fn acquire(&self, name: &str) -> Result<Arc<Model>, Error> {
-        self.load(name, None, true)
+        self.refuse_under_pressure()?;
+        self.load(name, None, true, "request")
+    }
+
+    fn refuse_under_pressure(&self) -> Result<(), Error> {
+        match &*self.pressure.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(why) => Err(Error::OutOfBudget(format!("memory pressure ({why}): not admitting new work"))),
+            None => Ok(()),
+        }
     }
 
     pub fn unpin(&self, name: &str) {
@@ -294,7 +376,13 @@ impl Scheduler {
         }
     }
 
-    fn load(&self, name: &str, backend: Option<BackendKind>, pin: bool) -> Result<Arc<Model>, Error> {
+    fn load(
+        &self,
+        name: &str,
+        backend: Option<BackendKind>,
+        pin: bool,
+        reason: &'static str,
+    ) -> Result<Arc<Model>, Error> {
         let path = self.model_path(name)?;
         let _guard = self.load_lock.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
@@ -312,6 +400,22 @@ impl Scheduler {
                 mib(estimate.weights),
                 mib(estimate.scratch)
             );
+            if loaded.len() >= self.config.max_loaded_models {
+                let lru = loaded.iter().filter(|(_, l)| l.active == 0).min_by_key(|(_, l)| l.last_used);
+                match lru.map(|(n, _)| n.clone()) {
+                    Some(victim) => {
+                        loaded.remove(&victim);
+                        tracing::info!(model = %victim, reason = "evicted", "max_loaded_models reached");
+                        let _ = self.events.send(Event::ModelUnloaded { name: victim, reason: "evicted" });
+                    }
+                    None => {
+                        return Err(Error::Busy(format!(
+                            "{} models are loaded (max_loaded_models) and all are serving requests",
+                            loaded.len()
+                        )));
+                    }
+                }
+            }
             let evicted = self.make_room(&mut loaded, estimate.resident(), &what)?;
             if !evicted.is_empty() {
                 tracing::info!(model = name, evicted = ?evicted, "made room");
@@ -350,9 +454,10 @@ impl Scheduler {
                 estimate,
                 measured,
                 kv_reserved: 0,
+                keep_alive: keep_alive(self.config.keep_alive),
             },
         );
-        let _ = self.events.send(Event::ModelsChanged);
+        let _ = self.events.send(Event::ModelLoaded { name: name.to_string(), reason });
         Ok(model)
     }
 
@@ -368,8 +473,8 @@ impl Scheduler {
         }
         loaded.remove(name);
         drop(loaded);
-        tracing::info!(model = name, "model unloaded");
-        let _ = self.events.send(Event::ModelsChanged);
+        tracing::info!(model = name, reason = "request", "model unloaded");
+        let _ = self.events.send(Event::ModelUnloaded { name: name.to_string(), reason: "request" });
         Ok(())
     }
 
@@ -382,6 +487,7 @@ impl Scheduler {
         model: Arc<Model>,
         prompt_ids: Vec<u32>,
         mut params: SamplingParams,
+        keep_alive_override: Option<i64>,
     ) -> Result<u64, Error> {
         params.max_tokens = params.max_tokens.min(self.config.max_tokens_limit);
         let tokens = prompt_ids.len() as u64 + params.max_tokens as u64;
@@ -396,6 +502,9 @@ impl Scheduler {
             }
             if let Some(l) = loaded.get_mut(model_name) {
                 l.kv_reserved += kv;
+                if let Some(k) = keep_alive_override {
+                    l.keep_alive = keep_alive(k);
+                }
             }
             kv
         };
@@ -468,6 +577,54 @@ impl Scheduler {
     /// Requests not finished yet (queued or running).
     pub fn outstanding(&self) -> usize {
         self.requests.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Every 250 ms: unload models idle past their keep_alive; follow memory pressure
+    /// (unload every idle model, refuse new work until it ends).
+    fn housekeeping(&self) {
+        let m = &self.config.memory;
+        let events = m.events.clone().or_else(crate::memory::pressure::own_events_file);
+        let mut watch = crate::memory::pressure::Watch::new(m.psi.clone(), m.psi_threshold, events);
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            let why = watch.check();
+            let was = self.pressure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match (&was, &why) {
+                (None, Some(reason)) => {
+                    tracing::warn!(%reason, "memory pressure: unloading idle models, not admitting new work");
+                    let _ = self.events.send(Event::MemoryPressure { active: true, reason: reason.clone() });
+                }
+                (Some(_), None) => {
+                    tracing::info!("memory pressure over");
+                    let _ = self.events.send(Event::MemoryPressure { active: false, reason: String::new() });
+                }
+                _ => {}
+            }
+            *self.pressure.lock().unwrap_or_else(|e| e.into_inner()) = why.clone();
+            let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            let expired: Vec<(String, &'static str)> = loaded
+                .iter()
+                .filter(|(_, l)| l.active == 0)
+                .filter_map(|(n, l)| {
+                    if why.is_some() {
+                        Some((n.clone(), "pressure"))
+                    } else if l.keep_alive.is_some_and(|k| l.last_used.elapsed() >= k) {
+                        Some((n.clone(), "idle"))
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            for (name, reason) in expired {
+                loaded.remove(&name);
+                tracing::info!(model = %name, reason, "model unloaded");
+                let _ = self.events.send(Event::ModelUnloaded { name, reason });
+            }
+        }
+    }
+
+    pub fn under_pressure(&self) -> bool {
+        self.pressure.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     /// A request ends: its KV reservation and its pin on the model go.

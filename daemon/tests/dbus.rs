@@ -484,3 +484,100 @@ async fn a_request_reserves_its_kv_cache_first() {
     assert_eq!(m.kv_reserved_bytes, Some(0), "reservations are released");
     assert!(m.measured_bytes.unwrap() > 0);
 }
+
+/// Collects `ModelUnloaded` and `MemoryPressure` broadcasts.
+async fn broadcasts(conn: &zbus::Connection) -> MessageStream {
+    let rule = MatchRule::builder()
+        .msg_type(MsgType::Signal)
+        .interface(MANAGER_INTERFACE)
+        .unwrap()
+        .path(MANAGER_PATH)
+        .unwrap()
+        .build();
+    MessageStream::for_match_rule(rule, conn, Some(10_000)).await.unwrap()
+}
+
+async fn wait_for(stream: &mut MessageStream, member: &str) -> zbus::Message {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {member} signal"))
+            .unwrap()
+            .unwrap();
+        if msg.header().member().map(|m| m.as_str()) == Some(member) {
+            return msg;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_alive_unloads_idle_models_on_time() {
+    let d = Daemon::start("keep_alive = 1").await;
+    let (conn, proxy) = d.proxy().await;
+    let mut signals = broadcasts(&conn).await;
+    let started = std::time::Instant::now();
+    run(&conn, &proxy, 1, 5).await;
+    let msg = wait_for(&mut signals, "ModelUnloaded").await;
+    let (name, reason): (String, String) = msg.body().deserialize().unwrap();
+    assert_eq!((name.as_str(), reason.as_str()), ("tiny", "idle"));
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(5), "{waited:?}");
+    // keep_alive 0 on a request: unloaded right after it; negative: kept.
+    let mut o = opts(1, 5);
+    o.insert("keep_alive", Value::from(-1i64));
+    proxy.generate("tiny", PROMPT, o).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(proxy.loaded_models().await.unwrap(), vec!["tiny".to_string()]);
+    let mut o = opts(1, 5);
+    o.insert("keep_alive", Value::from(0i64));
+    proxy.generate("tiny", PROMPT, o).await.unwrap();
+    let msg = wait_for(&mut signals, "ModelUnloaded").await;
+    let (_, reason): (String, String) = msg.body().deserialize().unwrap();
+    assert_eq!(reason, "idle");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_pressure_unloads_idle_models_and_pauses_admission() {
+    let psi = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(psi.path(), "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n").unwrap();
+    let d = Daemon::start(&format!("[memory]\npsi = \"{}\"\npsi_threshold = 20.0", psi.path().display())).await;
+    let (conn, proxy) = d.proxy().await;
+    let mut signals = broadcasts(&conn).await;
+    proxy.load_model("tiny", HashMap::new()).await.unwrap();
+    std::fs::write(psi.path(), "some avg10=35.00 avg60=10.00 avg300=2.00 total=99\n").unwrap();
+    let (active, reason): (bool, String) = wait_for(&mut signals, "MemoryPressure").await.body().deserialize().unwrap();
+    assert!(active && reason.contains("avg10=35"), "{reason}");
+    let (name, why): (String, String) = wait_for(&mut signals, "ModelUnloaded").await.body().deserialize().unwrap();
+    assert_eq!((name.as_str(), why.as_str()), ("tiny", "pressure"));
+    assert!(proxy.under_memory_pressure().await.unwrap());
+    match Error::from(proxy.generate("tiny", PROMPT, opts(1, 5)).await.unwrap_err()) {
+        Error::OutOfBudget(m) => assert!(m.contains("memory pressure"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    std::fs::write(psi.path(), "some avg10=1.00 avg60=10.00 avg300=2.00 total=99\n").unwrap();
+    let (active, _): (bool, String) = wait_for(&mut signals, "MemoryPressure").await.body().deserialize().unwrap();
+    assert!(!active);
+    assert_eq!(run(&conn, &proxy, 1, 5).await.1.finish_reason, "length");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_loaded_models_and_the_estimate_dry_run() {
+    let d = Daemon::start("max_loaded_models = 1").await;
+    let (conn, proxy) = d.proxy().await;
+    let mut signals = broadcasts(&conn).await;
+    proxy.load_model("tiny", HashMap::new()).await.unwrap();
+    proxy.load_model("tiny-gguf", HashMap::new()).await.unwrap();
+    let (name, reason): (String, String) = wait_for(&mut signals, "ModelUnloaded").await.body().deserialize().unwrap();
+    assert_eq!((name.as_str(), reason.as_str()), ("tiny", "evicted"));
+    assert_eq!(proxy.loaded_models().await.unwrap(), vec!["tiny-gguf".to_string()]);
+    let out = d.llamactl().args(["--json", "estimate", "tiny", "--ctx", "128", "--parallel", "2"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = |k: &str| e[k].as_u64().unwrap();
+    // 2 layers × 1 KV head × 16 dims × 2 (K and V) × 4 bytes = 256 bytes a token.
+    assert_eq!(n("kv_per_sequence"), 128 * 256);
+    assert_eq!(n("total"), n("weights") + n("scratch") + 2 * n("kv_per_sequence"));
+    assert_eq!(e["fits_now"], true);
+    let out = d.llamactl().args(["estimate", "nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+}

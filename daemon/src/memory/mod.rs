@@ -5,6 +5,7 @@
 pub mod budget;
 pub mod estimate;
 pub mod measure;
+pub mod pressure;
 
 /// Bytes, printed in MiB.
 pub fn mib(bytes: u64) -> String {

@@ -91,9 +91,9 @@ impl Manager {
         opts: HashMap<String, OwnedValue>,
     ) -> Result<u64, Error> {
         let owner = caller(&header)?;
-        let params = options::sampling(&opts)?;
+        let (params, keep_alive) = options::request(&opts)?;
         let (m, ids) = self.prepare(model, prompt).await?;
-        self.scheduler.submit(&owner, model, m, ids, params)
+        self.scheduler.submit(&owner, model, m, ids, params, keep_alive)
     }
 }
 
@@ -126,7 +126,7 @@ impl Manager {
             }
         }
         let (s, name) = (self.scheduler.clone(), name.to_string());
-        tokio::task::spawn_blocking(move || s.get_or_load(&name, backend).map(|_| ()))
+        tokio::task::spawn_blocking(move || s.get_or_load(&name, backend, "admin").map(|_| ()))
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
     }
@@ -182,6 +182,39 @@ impl Manager {
         self.start(header, model, Prompt::Chat(msgs), options).await
     }
 
+    #[zbus(out_args("estimate"))]
+    async fn estimate(
+        &self,
+        model: &str,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<llamad_api::EstimateInfo, Error> {
+        check_name(model)?;
+        let (mut backend, mut context, mut parallel) = (None, None, 1u32);
+        for (k, v) in &options {
+            let bad = |t: &str| Error::InvalidArgs(format!("option {k}: expected {t}"));
+            match k.as_str() {
+                "backend" => {
+                    let s: &str = v.downcast_ref().map_err(|_| bad("s"))?;
+                    backend = Some(s.parse::<BackendKind>().map_err(Error::InvalidArgs)?);
+                }
+                "context" => context = Some(u32::try_from(v.clone()).map_err(|_| bad("u"))?),
+                "parallel" => parallel = u32::try_from(v.clone()).map_err(|_| bad("u"))?,
+                other => {
+                    return Err(Error::InvalidArgs(format!(
+                        "unknown option {other} (known: backend, context, parallel)"
+                    )));
+                }
+            }
+        }
+        if parallel == 0 || context == Some(0) {
+            return Err(Error::InvalidArgs("context and parallel must be at least 1".into()));
+        }
+        let (s, name) = (self.scheduler.clone(), model.to_string());
+        tokio::task::spawn_blocking(move || s.estimate(&name, backend, context, parallel))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
     async fn cancel(&self, #[zbus(header)] header: Header<'_>, request: u64) -> Result<(), Error> {
         let owner = caller(&header)?;
         self.scheduler.cancel(&owner, request)
@@ -192,6 +225,23 @@ impl Manager {
 
     #[zbus(signal)]
     pub async fn finished(emitter: &SignalEmitter<'_>, request: u64, stats: FinishStats) -> zbus::Result<()>;
+
+    /// Broadcast: a model was loaded (`reason`: request, preload, admin).
+    #[zbus(signal)]
+    pub async fn model_loaded(emitter: &SignalEmitter<'_>, model: &str, reason: &str) -> zbus::Result<()>;
+
+    /// Broadcast: a model was unloaded (`reason`: request, idle, evicted, pressure).
+    #[zbus(signal)]
+    pub async fn model_unloaded(emitter: &SignalEmitter<'_>, model: &str, reason: &str) -> zbus::Result<()>;
+
+    /// Broadcast: memory pressure began (`active`, with the reason) or ended.
+    #[zbus(signal)]
+    pub async fn memory_pressure(emitter: &SignalEmitter<'_>, active: bool, reason: &str) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    fn under_memory_pressure(&self) -> bool {
+        self.scheduler.under_pressure()
+    }
 
     #[zbus(property)]
     fn version(&self) -> String {

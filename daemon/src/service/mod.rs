@@ -53,7 +53,7 @@ pub async fn run(config: Config, bus: Bus) -> anyhow::Result<()> {
     for name in &config.preload {
         notify(&[NotifyState::Status(&format!("loading {name}"))]);
         let (s, n) = (scheduler.clone(), name.clone());
-        tokio::task::spawn_blocking(move || s.get_or_load(&n, None))
+        tokio::task::spawn_blocking(move || s.get_or_load(&n, None, "preload"))
             .await?
             .map_err(|e| anyhow::anyhow!("preloading {name}: {e}"))?;
     }
@@ -140,7 +140,18 @@ async fn forward_events(conn: zbus::Connection, mut rx: UnboundedReceiver<Event>
                 let _ = m.requests_running_changed(iface.signal_emitter()).await;
                 m.requests_queued_changed(iface.signal_emitter()).await
             }
-            Event::ModelsChanged => iface.get().await.loaded_models_changed(iface.signal_emitter()).await,
+            Event::ModelLoaded { name, reason } => {
+                let _ = Manager::model_loaded(iface.signal_emitter(), &name, reason).await;
+                iface.get().await.loaded_models_changed(iface.signal_emitter()).await
+            }
+            Event::ModelUnloaded { name, reason } => {
+                let _ = Manager::model_unloaded(iface.signal_emitter(), &name, reason).await;
+                iface.get().await.loaded_models_changed(iface.signal_emitter()).await
+            }
+            Event::MemoryPressure { active, reason } => {
+                let _ = Manager::memory_pressure(iface.signal_emitter(), active, &reason).await;
+                iface.get().await.under_memory_pressure_changed(iface.signal_emitter()).await
+            }
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "signal not sent");

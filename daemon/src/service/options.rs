@@ -13,11 +13,21 @@ fn wrong(key: &str, want: &str, v: &Value<'_>) -> Error {
     Error::InvalidArgs(format!("option {key}: expected D-Bus type {want}, got {}", v.value_signature()))
 }
 
-pub fn sampling(options: &HashMap<String, OwnedValue>) -> Result<SamplingParams, Error> {
+/// Sampling parameters and the `keep_alive` override (seconds) of a request.
+pub fn request(options: &HashMap<String, OwnedValue>) -> Result<(SamplingParams, Option<i64>), Error> {
     let mut p = SamplingParams::default();
+    let mut keep_alive = None;
     for (key, value) in options {
         let v: &Value<'_> = value;
         match key.as_str() {
+            "keep_alive" => {
+                keep_alive = Some(match v {
+                    Value::I64(x) => *x,
+                    Value::I32(x) => *x as i64,
+                    Value::U32(x) => *x as i64,
+                    _ => return Err(wrong(key, "x", v)),
+                })
+            }
             "temperature" => p.temperature = f64_of(key, v)? as f32,
             "top_p" => p.top_p = f64_of(key, v)? as f32,
             "repetition_penalty" => p.repetition_penalty = f64_of(key, v)? as f32,
@@ -52,7 +62,7 @@ pub fn sampling(options: &HashMap<String, OwnedValue>) -> Result<SamplingParams,
         }
     }
     p.validate().map_err(|e| Error::InvalidArgs(e.to_string()))?;
-    Ok(p)
+    Ok((p, keep_alive))
 }
 
 fn f64_of(key: &str, v: &Value<'_>) -> Result<f64, Error> {
