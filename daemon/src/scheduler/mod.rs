@@ -1,0 +1,342 @@
+//! Models and requests: the catalog of the models directory, loaded models
+//! (on first use or at start), the bounded request queue and the worker
+//! threads that run generations off the async runtime. Results leave as
+//! [`Event`]s on a channel; the D-Bus layer turns them into signals.
+//!
+//! Memory: a load is admitted only if the model's estimate fits the budget
+//! next to what is in use (each loaded model counts the larger of its estimate
+//! and its measured growth), after unloading idle models least recently used
+//! first when that makes it fit; a request reserves its KV cache (prompt +
+//! `max_tokens`) before it is queued. What does not fit is refused with
+//! `OutOfBudget` and the numbers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use llamad_api::{Error, FinishStats};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::config::Config;
+use crate::engine::backend::onnxruntime::locate_library;
+use crate::engine::{GenerateError, Model, Prompt, SamplingParams};
+use crate::memory::budget::Budget;
+use crate::memory::estimate::Estimate;
+use crate::memory::mib;
+
+/// What the workers report.
+#[derive(Debug)]
+pub enum Event {
+    Started,
+    Token {
+        id: u64,
+        owner: String,
+        text: String,
+    },
+    Finished {
+        id: u64,
+        owner: String,
+        stats: FinishStats,
+    },
+    /// `reason`: request, preload or admin.
+    ModelLoaded {
+        name: String,
+        reason: &'static str,
+    },
+    /// `reason`: request (UnloadModel), idle (keep_alive), evicted or pressure.
+    ModelUnloaded {
+        name: String,
+        reason: &'static str,
+    },
+    MemoryPressure {
+        active: bool,
+        reason: String,
+    },
+}
+
+struct Loaded {
+    model: Arc<Model>,
+    last_used: Instant,
+    /// Requests queued or running on this model (pinned: never evicted while > 0).
+    active: u32,
+    estimate: Estimate,
+    /// Resident growth of the daemon over the load.
+    measured: u64,
+    kv_reserved: u64,
+    /// None: stays loaded until unloaded or evicted.
+    keep_alive: Option<std::time::Duration>,
+}
+
+/// keep_alive seconds (config or request) → how long an idle model stays.
+pub fn keep_alive(seconds: i64) -> Option<std::time::Duration> {
+    (seconds >= 0).then(|| std::time::Duration::from_secs(seconds as u64))
+}
+
+impl Loaded {
+    fn held(&self) -> u64 {
+        self.estimate.resident().max(self.measured) + self.kv_reserved
+    }
+}
+
+fn used(loaded: &HashMap<String, Loaded>) -> u64 {
+    loaded.values().map(Loaded::held).sum()
+}
+
+struct Job {
+    id: u64,
+    owner: String,
+    model_name: String,
+    model: Arc<Model>,
+    prompt_ids: Vec<u32>,
+    params: SamplingParams,
+    cancel: Arc<AtomicBool>,
+    kv: u64,
+}
+
+struct RequestEntry {
+    owner: String,
+    cancel: Arc<AtomicBool>,
+}
+
+pub struct Scheduler {
+    pub config: Config,
+    pub budget: Budget,
+    loaded: Mutex<HashMap<String, Loaded>>,
+    requests: Mutex<HashMap<u64, RequestEntry>>,
+    queue: SyncSender<Job>,
+    next_id: AtomicU64,
+    pub running: AtomicU32,
+    pub queued: AtomicU32,
+    events: UnboundedSender<Event>,
+    /// Serialises loads so one model is never loaded twice at once.
+    load_lock: Mutex<()>,
+    /// Why memory is under pressure, while it is.
+    pressure: Mutex<Option<String>>,
+}
+
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::Internal(e.to_string())
+}
+
+/// D-Bus error for a generation error found before the request is queued.
+pub fn request_error(e: GenerateError) -> Error {
+    match e {
+        GenerateError::ContextOverflow { .. } => Error::ContextOverflow(e.to_string()),
+        GenerateError::EmptyPrompt | GenerateError::BadToken { .. } | GenerateError::InvalidOption(_) => {
+            Error::InvalidArgs(e.to_string())
+        }
+        GenerateError::Chat(_) | GenerateError::NoTokenizer => Error::InvalidArgs(e.to_string()),
+        other => Error::Internal(other.to_string()),
+    }
+}
+
+mod housekeeping;
+mod models;
+
+impl Scheduler {
+    /// Starts `config.max_parallel` workers.
+    pub fn start(config: Config, events: UnboundedSender<Event>) -> Arc<Scheduler> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(config.max_queue);
+        let rx = Arc::new(Mutex::new(rx));
+        let s = Arc::new(Scheduler {
+            loaded: Mutex::new(HashMap::new()),
+            requests: Mutex::new(HashMap::new()),
+            queue: tx,
+            next_id: AtomicU64::new(1),
+            running: AtomicU32::new(0),
+            queued: AtomicU32::new(0),
+            events,
+            load_lock: Mutex::new(()),
+            pressure: Mutex::new(None),
+            budget: Budget::detect(config.memory.budget, config.memory.reserve),
+            config,
+        });
+        tracing::info!(budget = %mib(s.budget.effective), physical = %mib(s.budget.physical),
+            cgroup = ?s.budget.cgroup_source, "memory budget");
+        let h = s.clone();
+        std::thread::Builder::new()
+            .name("llamad-housekeeping".into())
+            .spawn(move || h.housekeeping())
+            .expect("spawning the housekeeping thread");
+        for i in 0..s.config.max_parallel {
+            let (s, rx) = (s.clone(), rx.clone());
+            std::thread::Builder::new()
+                .name(format!("llamad-worker-{i}"))
+                .spawn(move || s.worker(rx))
+                .expect("spawning a worker thread");
+        }
+        s
+    }
+
+    pub fn backends(&self) -> Vec<String> {
+        let mut b = vec!["tract".to_string()];
+        if locate_library(self.config.onnxruntime.library.as_deref()).is_ok() {
+            b.insert(0, "onnxruntime".into());
+        }
+        b
+    }
+
+    /// Queues a request whose prompt was already checked against the model, which the
+    /// caller pinned with [`Scheduler::acquire`] (the pin passes to the request).
+    pub fn submit(
+        &self,
+        owner: &str,
+        model_name: &str,
+        model: Arc<Model>,
+        prompt_ids: Vec<u32>,
+        mut params: SamplingParams,
+        keep_alive_override: Option<i64>,
+    ) -> Result<u64, Error> {
+        params.max_tokens = params.max_tokens.min(self.config.max_tokens_limit);
+        let tokens = prompt_ids.len() as u64 + params.max_tokens as u64;
+        let kv = {
+            let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            let kv = loaded.get(model_name).map(|l| l.estimate.request(prompt_ids.len() as u64, tokens)).unwrap_or(0);
+            let what = format!("the KV cache of this request ({tokens} tokens: prompt + max_tokens)");
+            if let Err(e) = self.make_room(&mut loaded, kv, &what) {
+                drop(loaded);
+                self.unpin(model_name);
+                return Err(e);
+            }
+            if let Some(l) = loaded.get_mut(model_name) {
+                l.kv_reserved += kv;
+                if let Some(k) = keep_alive_override {
+                    l.keep_alive = keep_alive(k);
+                }
+            }
+            kv
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, RequestEntry { owner: owner.to_string(), cancel: cancel.clone() });
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let job = Job {
+            id,
+            owner: owner.to_string(),
+            model_name: model_name.to_string(),
+            model,
+            prompt_ids,
+            params,
+            cancel,
+            kv,
+        };
+        match self.queue.try_send(job) {
+            Ok(()) => {
+                let _ = self.events.send(Event::Started);
+                Ok(id)
+            }
+            Err(e) => {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                self.release(model_name, kv);
+                Err(match e {
+                    TrySendError::Full(_) => {
+                        Error::Busy(format!("{} requests are queued already (max_queue)", self.config.max_queue))
+                    }
+                    TrySendError::Disconnected(_) => internal("the workers are gone"),
+                })
+            }
+        }
+    }
+
+    /// Cancels request `id` if `caller` owns it.
+    pub fn cancel(&self, caller: &str, id: u64) -> Result<(), Error> {
+        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        match requests.get(&id) {
+            Some(r) if r.owner == caller => {
+                r.cancel.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            _ => Err(Error::UnknownRequest(format!("no request {id} of this client is running or queued"))),
+        }
+    }
+
+    /// Cancels every request of `owner` (a client that left the bus). Returns how many.
+    pub fn cancel_owner(&self, owner: &str) -> usize {
+        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        for r in requests.values().filter(|r| r.owner == owner) {
+            r.cancel.store(true, Ordering::Relaxed);
+            n += 1;
+        }
+        n
+    }
+
+    /// Cancels everything (shutdown).
+    pub fn cancel_all(&self) {
+        for r in self.requests.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            r.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests not finished yet (queued or running).
+    pub fn outstanding(&self) -> usize {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// A request ends: its KV reservation and its pin on the model go.
+    fn release(&self, name: &str, kv: u64) {
+        if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
+            l.active = l.active.saturating_sub(1);
+            l.kv_reserved = l.kv_reserved.saturating_sub(kv);
+            l.last_used = Instant::now();
+        }
+    }
+
+    fn worker(&self, rx: Arc<Mutex<Receiver<Job>>>) {
+        loop {
+            let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            };
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            self.running.fetch_add(1, Ordering::SeqCst);
+            let _ = self.events.send(Event::Started);
+            let stats = self.run(&job);
+            tracing::info!(request = job.id, client = %job.owner, model = %job.model_name,
+                finish = %stats.finish_reason, generated = stats.generated_tokens.unwrap_or(0), "request finished");
+            self.release(&job.model_name, job.kv);
+            self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            let _ = self.events.send(Event::Finished { id: job.id, owner: job.owner.clone(), stats });
+        }
+    }
+
+    fn run(&self, job: &Job) -> FinishStats {
+        let served = job.model.served();
+        let mut stats = FinishStats {
+            backend: Some(served.backend.to_string()),
+            provider: Some(served.provider.clone()),
+            ..Default::default()
+        };
+        let prompt = Prompt::Tokens(job.prompt_ids.clone());
+        let events = &self.events;
+        let result = job.model.generate(&prompt, &job.params, &job.cancel, |text| {
+            let _ = events.send(Event::Token { id: job.id, owner: job.owner.clone(), text: text.to_string() });
+        });
+        match result {
+            Ok(out) => {
+                let s = out.stats;
+                stats.finish_reason = s.finish.as_str().to_string();
+                stats.prompt_tokens = Some(s.prompt_tokens as u32);
+                stats.generated_tokens = Some(s.generated_tokens as u32);
+                stats.time_to_first_token_ms = Some(s.time_to_first_token.as_secs_f64() * 1e3);
+                stats.prompt_tokens_per_s = Some(s.prompt_tokens_per_s());
+                stats.decode_tokens_per_s = Some(s.decode_tokens_per_s());
+                stats.seed = Some(s.seed);
+            }
+            Err(e) => {
+                tracing::error!(request = job.id, error = %e, "generation failed");
+                stats.finish_reason = "error".into();
+                stats.error_name = Some(format!("{}.Internal", llamad_api::ERROR_PREFIX));
+                stats.error = Some(e.to_string());
+            }
+        }
+        stats
+    }
+}

@@ -1,0 +1,325 @@
+//! The loaded models: catalog, loading on first use, memory admission (estimates,
+//! LRU eviction of idle models, `OutOfBudget` with the numbers), unloading, and the
+//! dry-run estimate.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use llamad_api::{Error, ModelInfo};
+
+use super::{Event, Loaded, Scheduler, keep_alive, used};
+use crate::engine::backend::onnxruntime::locate_library;
+use crate::engine::{BackendKind, LoadError, LoadOptions, Model, ModelDir};
+use crate::memory::estimate::Estimate;
+use crate::memory::{measure, mib};
+
+impl Scheduler {
+    pub fn providers(&self) -> Vec<String> {
+        crate::engine::backend::onnxruntime::available_providers(self.config.onnxruntime.library.as_deref())
+    }
+
+    pub(super) fn model_path(&self, name: &str) -> Result<PathBuf, Error> {
+        let path = self.config.models_dir.join(name);
+        if !crate::service::valid_model_name(name) || !path.is_dir() {
+            return Err(Error::UnknownModel(format!("no model \"{name}\" in {}", self.config.models_dir.display())));
+        }
+        Ok(path)
+    }
+
+    pub fn list_models(&self) -> Vec<ModelInfo> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.config.models_dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .filter(|n| crate::service::valid_model_name(n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        names
+            .into_iter()
+            .map(|name| {
+                let mut info = ModelInfo { name: name.clone(), ..Default::default() };
+                let dir = match loaded.get(&name) {
+                    Some(l) => Ok(l.model.dir.clone()),
+                    None => ModelDir::open(&self.config.models_dir.join(&name)),
+                };
+                match dir {
+                    Ok(d) => {
+                        let est = Estimate::for_model(&d, self.default_backend());
+                        info.estimated_bytes = Some(est.resident());
+                        info.kv_bytes_per_token = Some(est.kv_per_token);
+                        info.layout = Some(d.layout.to_string());
+                        info.quantization = Some(d.quantization.to_string());
+                        info.parameters = Some(d.parameters());
+                        info.context_length = Some(d.spec.context_length as u32);
+                        info.vocab_size = Some(d.spec.vocab_size as u32);
+                        info.file_size = Some(d.file_size);
+                    }
+                    Err(e) => info.error = Some(e.to_string()),
+                }
+                info.loaded = Some(loaded.contains_key(&name));
+                if let Some(l) = loaded.get(&name) {
+                    let served = l.model.served();
+                    info.backend = Some(served.backend.to_string());
+                    info.provider = Some(served.provider.clone());
+                    info.idle_seconds = Some(l.last_used.elapsed().as_secs());
+                    info.running = Some(l.active);
+                    info.estimated_bytes = Some(l.estimate.resident());
+                    info.measured_bytes = Some(l.measured);
+                    info.kv_reserved_bytes = Some(l.kv_reserved);
+                }
+                info
+            })
+            .collect()
+    }
+
+    pub fn loaded_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub(super) fn default_backend(&self) -> BackendKind {
+        self.config.backend.unwrap_or_else(|| {
+            if locate_library(self.config.onnxruntime.library.as_deref()).is_ok() {
+                BackendKind::Onnxruntime
+            } else {
+                BackendKind::Tract
+            }
+        })
+    }
+
+    /// The memory budget and its use now.
+    pub fn memory_status(&self) -> llamad_api::MemoryStatus {
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let b = &self.budget;
+        llamad_api::MemoryStatus {
+            budget: b.effective,
+            config: b.config,
+            cgroup: b.cgroup,
+            cgroup_source: b.cgroup_source.clone(),
+            physical: Some(b.physical),
+            reserve: Some(b.reserve),
+            used: Some(used(&loaded)),
+            kv_reserved: Some(loaded.values().map(|l| l.kv_reserved).sum()),
+            rss: Some(measure::rss().total),
+        }
+    }
+
+    /// A dry run of loading `name` with `parallel` sequences of `context` tokens.
+    pub fn estimate(
+        &self,
+        name: &str,
+        backend: Option<BackendKind>,
+        context: Option<u32>,
+        parallel: u32,
+    ) -> Result<llamad_api::EstimateInfo, Error> {
+        let path = self.model_path(name)?;
+        let kind = backend.unwrap_or_else(|| self.default_backend());
+        let dir = ModelDir::open(&path).map_err(|e| Error::ModelLoadFailed(format!("{name}: {e}")))?;
+        let est = Estimate::for_model(&dir, kind);
+        let context = context.unwrap_or(dir.spec.context_length as u32).min(dir.spec.context_length as u32);
+        let kv = est.request(0, context as u64);
+        let total = est.resident() + kv * parallel as u64;
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let in_use = used(&loaded);
+        let idle: u64 = loaded.values().filter(|l| l.active == 0).map(Loaded::held).sum();
+        let budget = self.budget.effective;
+        Ok(llamad_api::EstimateInfo {
+            backend: kind.to_string(),
+            weights: est.weights,
+            scratch: est.scratch,
+            kv_per_sequence: kv,
+            context,
+            parallel,
+            total,
+            budget,
+            in_use,
+            fits_now: in_use + total <= budget,
+            fits_after_eviction: in_use - idle + total <= budget,
+        })
+    }
+
+    /// Makes room for `need` more bytes: unloads idle models (least recently used first)
+    /// if, and only if, that makes it fit. Returns the names unloaded.
+    pub(super) fn make_room(
+        &self,
+        loaded: &mut HashMap<String, Loaded>,
+        need: u64,
+        what: &str,
+    ) -> Result<Vec<String>, Error> {
+        let budget = self.budget.effective;
+        let in_use = used(loaded);
+        if in_use + need <= budget {
+            return Ok(vec![]);
+        }
+        let mut idle: Vec<(&String, &Loaded)> = loaded.iter().filter(|(_, l)| l.active == 0).collect();
+        idle.sort_by_key(|(_, l)| l.last_used);
+        let mut freed = 0;
+        let mut victims = vec![];
+        for (name, l) in idle {
+            if in_use - freed + need <= budget {
+                break;
+            }
+            freed += l.held();
+            victims.push(name.clone());
+        }
+        if in_use - freed + need > budget {
+            let busy: Vec<String> =
+                loaded.iter().filter(|(_, l)| l.active > 0).map(|(n, l)| format!("{n} {}", mib(l.held()))).collect();
+            return Err(Error::OutOfBudget(format!(
+                "{what} needs {}; the budget is {} and {} is in use ({} by models serving requests: {}); \
+                 unloading every idle model would free only {}",
+                mib(need),
+                mib(budget),
+                mib(in_use),
+                mib(in_use - loaded.values().filter(|l| l.active == 0).map(Loaded::held).sum::<u64>()),
+                if busy.is_empty() { "none".into() } else { busy.join(", ") },
+                mib(freed)
+            )));
+        }
+        for v in &victims {
+            loaded.remove(v);
+            tracing::info!(model = %v, reason = "evicted", "model unloaded to make room");
+            let _ = self.events.send(Event::ModelUnloaded { name: v.clone(), reason: "evicted" });
+        }
+        Ok(victims)
+    }
+
+    /// The loaded model `name`, loading it first if needed (blocking: call off the runtime).
+    /// With `pin`, the model is marked active until [`Scheduler::unpin`] or the request ends.
+    pub fn get_or_load(
+        &self,
+        name: &str,
+        backend: Option<BackendKind>,
+        reason: &'static str,
+    ) -> Result<Arc<Model>, Error> {
+        self.load(name, backend, false, reason)
+    }
+
+    /// For a request: loads if needed and pins the model until the request ends.
+    pub fn acquire(&self, name: &str) -> Result<Arc<Model>, Error> {
+        self.refuse_under_pressure()?;
+        self.load(name, None, true, "request")
+    }
+
+    fn refuse_under_pressure(&self) -> Result<(), Error> {
+        match &*self.pressure.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(why) => Err(Error::OutOfBudget(format!("memory pressure ({why}): not admitting new work"))),
+            None => Ok(()),
+        }
+    }
+
+    pub fn unpin(&self, name: &str) {
+        if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
+            l.active = l.active.saturating_sub(1);
+        }
+    }
+
+    fn load(
+        &self,
+        name: &str,
+        backend: Option<BackendKind>,
+        pin: bool,
+        reason: &'static str,
+    ) -> Result<Arc<Model>, Error> {
+        let path = self.model_path(name)?;
+        let _guard = self.load_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
+            l.last_used = Instant::now();
+            l.active += pin as u32;
+            return Ok(l.model.clone());
+        }
+        let kind = backend.unwrap_or_else(|| self.default_backend());
+        let dir = ModelDir::open(&path).map_err(|e| Error::ModelLoadFailed(format!("{name}: {e}")))?;
+        let estimate = Estimate::for_model(&dir, kind);
+        {
+            let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            let what = format!(
+                "loading {name} ({} weights + {} scratch, estimated)",
+                mib(estimate.weights),
+                mib(estimate.scratch)
+            );
+            if loaded.len() >= self.config.max_loaded_models {
+                let lru = loaded.iter().filter(|(_, l)| l.active == 0).min_by_key(|(_, l)| l.last_used);
+                match lru.map(|(n, _)| n.clone()) {
+                    Some(victim) => {
+                        loaded.remove(&victim);
+                        tracing::info!(model = %victim, reason = "evicted", "max_loaded_models reached");
+                        let _ = self.events.send(Event::ModelUnloaded { name: victim, reason: "evicted" });
+                    }
+                    None => {
+                        return Err(Error::Busy(format!(
+                            "{} models are loaded (max_loaded_models) and all are serving requests",
+                            loaded.len()
+                        )));
+                    }
+                }
+            }
+            let evicted = self.make_room(&mut loaded, estimate.resident(), &what)?;
+            if !evicted.is_empty() {
+                tracing::info!(model = name, evicted = ?evicted, "made room");
+            }
+        }
+        let opts = LoadOptions {
+            threads: (self.config.threads > 0).then_some(self.config.threads),
+            providers: self.config.onnxruntime.providers.clone(),
+            tract_block_quant: self.config.tract.block_quant,
+            ort_library: self.config.onnxruntime.library.clone(),
+        };
+        let started = Instant::now();
+        let before = measure::rss();
+        let model = Model::from_dir(dir, kind, &opts, true).map_err(|e| match e {
+            LoadError::Layout(_) | LoadError::Tokenizer(_) | LoadError::Backend(_) => {
+                Error::ModelLoadFailed(format!("{name}: {e}"))
+            }
+        })?;
+        let after = measure::rss();
+        let measured = after.total.saturating_sub(before.total);
+        let served = model.served();
+        tracing::info!(model = name, backend = %served.backend, provider = %served.provider,
+            seconds = started.elapsed().as_secs_f64(), estimated = %mib(estimate.resident()),
+            measured = %mib(measured), anon = %mib(after.anon.saturating_sub(before.anon)),
+            file = %mib(after.file.saturating_sub(before.file)), "model loaded");
+        for (p, reason) in &served.skipped {
+            tracing::warn!(model = name, provider = %p, %reason, "execution provider not used");
+        }
+        let model = Arc::new(model);
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            name.to_string(),
+            Loaded {
+                model: model.clone(),
+                last_used: Instant::now(),
+                active: pin as u32,
+                estimate,
+                measured,
+                kv_reserved: 0,
+                keep_alive: keep_alive(self.config.keep_alive),
+            },
+        );
+        let _ = self.events.send(Event::ModelLoaded { name: name.to_string(), reason });
+        Ok(model)
+    }
+
+    pub fn unload(&self, name: &str) -> Result<(), Error> {
+        self.model_path(name)?;
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        match loaded.get(name) {
+            None => return Err(Error::InvalidArgs(format!("model \"{name}\" is not loaded"))),
+            Some(l) if l.active > 0 => {
+                return Err(Error::Busy(format!("model \"{name}\" is serving {} request(s)", l.active)));
+            }
+            Some(_) => {}
+        }
+        loaded.remove(name);
+        drop(loaded);
+        tracing::info!(model = name, reason = "request", "model unloaded");
+        let _ = self.events.send(Event::ModelUnloaded { name: name.to_string(), reason: "request" });
+        Ok(())
+    }
+}
