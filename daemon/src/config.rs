@@ -55,6 +55,9 @@ pub struct Memory {
     pub psi: PathBuf,
     /// Memory pressure begins at this `avg10` (percent of time stalled) and ends below it.
     pub psi_threshold: f64,
+    /// A request whose KV cache does not fit now: `queue` (wait for running requests to
+    /// finish) or `refuse` (`OutOfBudget` at once). One that could never fit is refused.
+    pub when_full: WhenFull,
     /// The cgroup's `memory.events` to watch (`high`/`max`/`oom` counters); unset: the
     /// daemon's own cgroup v2 file when there is one.
     pub events: Option<PathBuf>,
@@ -67,9 +70,17 @@ impl Default for Memory {
             reserve: Size::Percent(5.0),
             psi: PathBuf::from("/proc/pressure/memory"),
             psi_threshold: 10.0,
+            when_full: WhenFull::Queue,
             events: None,
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenFull {
+    Queue,
+    Refuse,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -469,7 +469,7 @@ async fn idle_models_make_room_least_recently_used_first_busy_ones_never() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_reserves_its_kv_cache_first() {
-    let d = Daemon::start("[memory]\nbudget = \"80MiB\"\nreserve = 0").await;
+    let d = Daemon::start("[memory]\nbudget = \"95MiB\"\nreserve = 0").await;
     let (conn, proxy) = d.proxy().await;
     // A short prompt fits next to the loaded model; the logits of a 200-token prompt
     // (200 × 32000 floats, 24 MiB) and its KV cache do not.
@@ -580,4 +580,153 @@ async fn max_loaded_models_and_the_estimate_dry_run() {
     assert_eq!(e["fits_now"], true);
     let out = d.llamactl().args(["estimate", "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(4));
+}
+
+async fn run_prompt(
+    conn: &zbus::Connection,
+    proxy: &ManagerProxy<'_>,
+    prompt: &str,
+    seed: u64,
+    max_tokens: u32,
+) -> Result<(String, FinishStats), Error> {
+    let rule = MatchRule::builder()
+        .msg_type(MsgType::Signal)
+        .interface(MANAGER_INTERFACE)
+        .unwrap()
+        .path(MANAGER_PATH)
+        .unwrap()
+        .build();
+    let mut signals = MessageStream::for_match_rule(rule, conn, Some(10_000)).await.unwrap();
+    let id = proxy.generate("tiny", prompt, opts(seed, max_tokens)).await.map_err(Error::from)?;
+    let mut text = String::new();
+    while let Some(msg) = signals.next().await {
+        let msg = msg.unwrap();
+        match msg.header().member().map(|m| m.as_str()) {
+            Some("Token") => {
+                let (rid, piece): (u64, String) = msg.body().deserialize().unwrap();
+                if rid == id {
+                    text.push_str(&piece);
+                }
+            }
+            Some("Finished") => {
+                let (rid, stats): (u64, FinishStats) = msg.body().deserialize().unwrap();
+                if rid == id {
+                    return Ok((text, stats));
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("stream ended")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_that_do_not_fit_together_wait_or_are_refused_as_configured() {
+    // One request's logits and KV (a 200-word prompt: about 25 MiB) fit next to the daemon
+    // (about 13 MiB) and the model (about 58 MiB) within 110 MiB; two do not.
+    let prompt = "word ".repeat(200);
+    let expected = {
+        let m = Model::load(
+            &fixture("tiny-llama2-optimum-fp32"),
+            BackendKind::Tract,
+            &common::opts(BackendKind::Tract),
+            true,
+        )
+        .unwrap();
+        let p = SamplingParams { seed: Some(4), max_tokens: 30, temperature: 0.8, ..Default::default() };
+        m.generate(&Prompt::Text(prompt.clone()), &p, &AtomicBool::new(false), |_| {}).unwrap().text
+    };
+    let d = Daemon::start("max_parallel = 2\n[memory]\nbudget = \"110MiB\"\nreserve = 0\nwhen_full = \"queue\"").await;
+    let mut tasks = vec![];
+    for _ in 0..4 {
+        let (conn, proxy) = d.proxy().await;
+        let prompt = prompt.clone();
+        tasks.push(tokio::spawn(async move { run_prompt(&conn, &proxy, &prompt, 4, 30).await }));
+    }
+    for t in tasks {
+        let (text, stats) = t.await.unwrap().expect("queued, not refused");
+        assert_eq!(stats.finish_reason, "length");
+        assert_eq!(text, expected);
+    }
+    assert!(d.log().contains("waiting for memory"), "no request had to wait: {}", d.log());
+    drop(d);
+
+    let d = Daemon::start("max_parallel = 1\n[memory]\nbudget = \"110MiB\"\nreserve = 0\nwhen_full = \"refuse\"").await;
+    let (_c, proxy) = d.proxy().await;
+    proxy.load_model("tiny", HashMap::new()).await.unwrap();
+    let mut refused = 0;
+    for _ in 0..3 {
+        match proxy.generate("tiny", &prompt, opts(4, 50)).await {
+            Ok(_) => {}
+            Err(e) => match Error::from(e) {
+                Error::OutOfBudget(m) => {
+                    assert!(m.contains("KV cache"), "{m}");
+                    refused += 1
+                }
+                other => panic!("{other:?}"),
+            },
+        }
+    }
+    assert!(refused >= 1, "nothing was refused");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn peak_memory_stays_within_the_budget_under_mixed_load() {
+    // Room for one of the two models (about 58 MiB each estimated) and a few requests:
+    // loads alternate, so models are evicted and reloaded while requests run.
+    let budget_mib = 100u64;
+    let d = Daemon::start(&format!(
+        "max_parallel = 2\nmax_queue = 64\n[memory]\nbudget = \"{budget_mib}MiB\"\nreserve = 0"
+    ))
+    .await;
+    let pid = d.llamad.as_ref().unwrap().id();
+    let mut tasks = vec![];
+    for client in 0..3u64 {
+        let (conn, proxy) = d.proxy().await;
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0;
+            for i in 0..6u64 {
+                let model = if (client + i) % 2 == 0 { "tiny" } else { "tiny-gguf" };
+                let rule = MatchRule::builder()
+                    .msg_type(MsgType::Signal)
+                    .interface(MANAGER_INTERFACE)
+                    .unwrap()
+                    .member("Finished")
+                    .unwrap()
+                    .build();
+                let mut fin = MessageStream::for_match_rule(rule, &conn, Some(100)).await.unwrap();
+                match proxy.generate(model, PROMPT, opts(i, 40)).await {
+                    Ok(id) => loop {
+                        let msg = fin.next().await.unwrap().unwrap();
+                        let (rid, stats): (u64, FinishStats) = msg.body().deserialize().unwrap();
+                        if rid == id {
+                            assert_eq!(stats.finish_reason, "length");
+                            done += 1;
+                            break;
+                        }
+                    },
+                    // The other model is busy and there is no room for both: a typed refusal.
+                    Err(e) => assert!(matches!(Error::from(e), Error::OutOfBudget(_)), "unexpected error"),
+                }
+            }
+            done
+        }));
+    }
+    let mut completed = 0;
+    for t in tasks {
+        completed += t.await.unwrap();
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = |k: &str| -> u64 {
+        status.lines().find(|l| l.starts_with(k)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let peak = kib("VmHWM:") * 1024;
+    let log = d.log();
+    let evictions = log.matches("evicted").count();
+    eprintln!(
+        "stress: {completed} of 18 requests completed, {evictions} evictions, peak RSS {:.1} MiB, budget {budget_mib} MiB",
+        peak as f64 / 1048576.0
+    );
+    assert!(completed >= 6, "{completed}");
+    assert!(peak <= budget_mib * 1048576 * 105 / 100, "peak RSS {peak} over the budget + 5 %");
 }

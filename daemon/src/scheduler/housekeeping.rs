@@ -41,10 +41,14 @@ impl Scheduler {
                     }
                 })
                 .collect();
+            let any = !expired.is_empty();
             for (name, reason) in expired {
                 loaded.remove(&name);
                 tracing::info!(model = %name, reason, "model unloaded");
                 let _ = self.events.send(Event::ModelUnloaded { name, reason });
+            }
+            if any {
+                crate::memory::measure::release_freed();
             }
         }
     }

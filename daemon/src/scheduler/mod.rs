@@ -19,7 +19,7 @@ use std::time::Instant;
 use llamad_api::{Error, FinishStats};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::config::Config;
+use crate::config::{Config, WhenFull};
 use crate::engine::backend::onnxruntime::locate_library;
 use crate::engine::{GenerateError, Model, Prompt, SamplingParams};
 use crate::memory::budget::Budget;
@@ -80,7 +80,7 @@ impl Loaded {
     }
 }
 
-fn used(loaded: &HashMap<String, Loaded>) -> u64 {
+fn held(loaded: &HashMap<String, Loaded>) -> u64 {
     loaded.values().map(Loaded::held).sum()
 }
 
@@ -93,6 +93,8 @@ struct Job {
     params: SamplingParams,
     cancel: Arc<AtomicBool>,
     kv: u64,
+    /// Whether `kv` is reserved yet (queued requests reserve when a worker takes them).
+    reserved: bool,
 }
 
 struct RequestEntry {
@@ -114,6 +116,10 @@ pub struct Scheduler {
     load_lock: Mutex<()>,
     /// Why memory is under pressure, while it is.
     pressure: Mutex<Option<String>>,
+    /// Signalled (with `loaded`) when reserved memory is released.
+    room: std::sync::Condvar,
+    /// The daemon's own resident memory before any model, counted as in use.
+    baseline: u64,
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
@@ -150,6 +156,8 @@ impl Scheduler {
             events,
             load_lock: Mutex::new(()),
             pressure: Mutex::new(None),
+            room: std::sync::Condvar::new(),
+            baseline: crate::memory::measure::rss().total,
             budget: Budget::detect(config.memory.budget, config.memory.reserve),
             config,
         });
@@ -191,22 +199,37 @@ impl Scheduler {
     ) -> Result<u64, Error> {
         params.max_tokens = params.max_tokens.min(self.config.max_tokens_limit);
         let tokens = prompt_ids.len() as u64 + params.max_tokens as u64;
-        let kv = {
+        let (kv, reserved) = {
             let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-            let kv = loaded.get(model_name).map(|l| l.estimate.request(prompt_ids.len() as u64, tokens)).unwrap_or(0);
+            let (kv, resident) = loaded
+                .get(model_name)
+                .map(|l| (l.estimate.request(prompt_ids.len() as u64, tokens), l.held() - l.kv_reserved))
+                .unwrap_or((0, 0));
             let what = format!("the KV cache of this request ({tokens} tokens: prompt + max_tokens)");
-            if let Err(e) = self.make_room(&mut loaded, kv, &what) {
-                drop(loaded);
-                self.unpin(model_name);
-                return Err(e);
-            }
+            let reserved = match self.make_room(&mut loaded, kv, &what) {
+                Ok(_) => true,
+                // It fits once other work is done: wait in the queue.
+                Err(_)
+                    if self.config.memory.when_full == WhenFull::Queue
+                        && self.baseline + resident + kv <= self.budget.effective =>
+                {
+                    false
+                }
+                Err(e) => {
+                    drop(loaded);
+                    self.unpin(model_name);
+                    return Err(e);
+                }
+            };
             if let Some(l) = loaded.get_mut(model_name) {
-                l.kv_reserved += kv;
+                if reserved {
+                    l.kv_reserved += kv;
+                }
                 if let Some(k) = keep_alive_override {
                     l.keep_alive = keep_alive(k);
                 }
             }
-            kv
+            (kv, reserved)
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = Arc::new(AtomicBool::new(false));
@@ -224,6 +247,7 @@ impl Scheduler {
             params,
             cancel,
             kv,
+            reserved,
         };
         match self.queue.try_send(job) {
             Ok(()) => {
@@ -233,7 +257,7 @@ impl Scheduler {
             Err(e) => {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
                 self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                self.release(model_name, kv);
+                self.release(model_name, if reserved { kv } else { 0 });
                 Err(match e {
                     TrySendError::Full(_) => {
                         Error::Busy(format!("{} requests are queued already (max_queue)", self.config.max_queue))
@@ -279,12 +303,45 @@ impl Scheduler {
         self.requests.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// What counts against the budget: the daemon's own baseline, loaded models and reservations.
+    fn used(&self, loaded: &HashMap<String, Loaded>) -> u64 {
+        self.baseline + held(loaded)
+    }
+
     /// A request ends: its KV reservation and its pin on the model go.
     fn release(&self, name: &str, kv: u64) {
         if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
             l.active = l.active.saturating_sub(1);
             l.kv_reserved = l.kv_reserved.saturating_sub(kv);
             l.last_used = Instant::now();
+        }
+        self.room.notify_all();
+    }
+
+    /// A queued request that could not reserve at submission waits here until it can
+    /// (or is cancelled). Returns the bytes reserved.
+    fn reserve_when_room(&self, job: &Job) -> u64 {
+        if job.reserved {
+            return job.kv;
+        }
+        let what = format!("the KV cache of request {}", job.id);
+        tracing::info!(request = job.id, kv = %mib(job.kv), "waiting for memory to reserve the KV cache");
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if job.cancel.load(Ordering::Relaxed) {
+                return 0;
+            }
+            if self.make_room(&mut loaded, job.kv, &what).is_ok() {
+                if let Some(l) = loaded.get_mut(&job.model_name) {
+                    l.kv_reserved += job.kv;
+                }
+                return job.kv;
+            }
+            loaded = self
+                .room
+                .wait_timeout(loaded, std::time::Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -294,13 +351,14 @@ impl Scheduler {
                 Ok(j) => j,
                 Err(_) => return,
             };
+            let kv = self.reserve_when_room(&job);
             self.queued.fetch_sub(1, Ordering::SeqCst);
             self.running.fetch_add(1, Ordering::SeqCst);
             let _ = self.events.send(Event::Started);
             let stats = self.run(&job);
             tracing::info!(request = job.id, client = %job.owner, model = %job.model_name,
                 finish = %stats.finish_reason, generated = stats.generated_tokens.unwrap_or(0), "request finished");
-            self.release(&job.model_name, job.kv);
+            self.release(&job.model_name, kv);
             self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
             self.running.fetch_sub(1, Ordering::SeqCst);
             let _ = self.events.send(Event::Finished { id: job.id, owner: job.owner.clone(), stats });

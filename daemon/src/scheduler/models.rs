@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use llamad_api::{Error, ModelInfo};
 
-use super::{Event, Loaded, Scheduler, keep_alive, used};
+use super::{Event, Loaded, Scheduler, keep_alive};
 use crate::engine::backend::onnxruntime::locate_library;
 use crate::engine::{BackendKind, LoadError, LoadOptions, Model, ModelDir};
 use crate::memory::estimate::Estimate;
@@ -105,7 +105,7 @@ impl Scheduler {
             cgroup_source: b.cgroup_source.clone(),
             physical: Some(b.physical),
             reserve: Some(b.reserve),
-            used: Some(used(&loaded)),
+            used: Some(self.used(&loaded)),
             kv_reserved: Some(loaded.values().map(|l| l.kv_reserved).sum()),
             rss: Some(measure::rss().total),
         }
@@ -127,7 +127,7 @@ impl Scheduler {
         let kv = est.request(0, context as u64);
         let total = est.resident() + kv * parallel as u64;
         let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        let in_use = used(&loaded);
+        let in_use = self.used(&loaded);
         let idle: u64 = loaded.values().filter(|l| l.active == 0).map(Loaded::held).sum();
         let budget = self.budget.effective;
         Ok(llamad_api::EstimateInfo {
@@ -154,7 +154,7 @@ impl Scheduler {
         what: &str,
     ) -> Result<Vec<String>, Error> {
         let budget = self.budget.effective;
-        let in_use = used(loaded);
+        let in_use = self.used(loaded);
         if in_use + need <= budget {
             return Ok(vec![]);
         }
@@ -187,6 +187,9 @@ impl Scheduler {
             loaded.remove(v);
             tracing::info!(model = %v, reason = "evicted", "model unloaded to make room");
             let _ = self.events.send(Event::ModelUnloaded { name: v.clone(), reason: "evicted" });
+        }
+        if !victims.is_empty() {
+            measure::release_freed();
         }
         Ok(victims)
     }
@@ -250,6 +253,7 @@ impl Scheduler {
                 match lru.map(|(n, _)| n.clone()) {
                     Some(victim) => {
                         loaded.remove(&victim);
+                        measure::release_freed();
                         tracing::info!(model = %victim, reason = "evicted", "max_loaded_models reached");
                         let _ = self.events.send(Event::ModelUnloaded { name: victim, reason: "evicted" });
                     }
@@ -261,7 +265,9 @@ impl Scheduler {
                     }
                 }
             }
-            let evicted = self.make_room(&mut loaded, estimate.resident(), &what)?;
+            // Loading passes through a peak above the loaded size (the parsed graph and the
+            // runtime's copies coexist for a moment): room is made for 1.3 × the estimate.
+            let evicted = self.make_room(&mut loaded, estimate.resident() * 13 / 10, &what)?;
             if !evicted.is_empty() {
                 tracing::info!(model = name, evicted = ?evicted, "made room");
             }
@@ -318,6 +324,7 @@ impl Scheduler {
         }
         loaded.remove(name);
         drop(loaded);
+        measure::release_freed();
         tracing::info!(model = name, reason = "request", "model unloaded");
         let _ = self.events.send(Event::ModelUnloaded { name: name.to_string(), reason: "request" });
         Ok(())
