@@ -25,16 +25,6 @@ pub fn rss() -> Rss {
     std::fs::read_to_string("/proc/self/status").map(|s| parse_status(&s)).unwrap_or_default()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reads_proc_status() {
-        let r = super::parse_status("VmRSS:\t  2048 kB\nRssAnon:\t 1024 kB\nRssFile:\t 1000 kB\nRssShmem:\t 24 kB\n");
-        assert_eq!((r.total, r.anon, r.file), (2 << 20, 1 << 20, 1024 * 1024));
-        assert!(super::rss().total > 0);
-    }
-}
-
 /// Hands memory freed by unloaded models back to the kernel (glibc keeps freed heap
 /// pages otherwise, and the daemon's resident size would not come down).
 pub fn release_freed() {
@@ -47,5 +37,15 @@ pub fn release_freed() {
         unsafe {
             malloc_trim(0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_proc_status() {
+        let r = super::parse_status("VmRSS:\t  2048 kB\nRssAnon:\t 1024 kB\nRssFile:\t 1000 kB\nRssShmem:\t 24 kB\n");
+        assert_eq!((r.total, r.anon, r.file), (2 << 20, 1 << 20, 1024 * 1024));
+        assert!(super::rss().total > 0);
     }
 }
