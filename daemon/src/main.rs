@@ -190,6 +190,7 @@ fn generate(a: GenerateArgs) -> Result<(), String> {
 }
 
 fn serve(a: ServeArgs) -> Result<(), String> {
+    llamad::memory::measure::configure_allocator();
     let mut config = Config::load(a.config.as_deref()).map_err(|e| e.to_string())?;
     if let Some(d) = a.models_dir {
         config.models_dir = d;

@@ -25,6 +25,23 @@ pub fn rss() -> Rss {
     std::fs::read_to_string("/proc/self/status").map(|s| parse_status(&s)).unwrap_or_default()
 }
 
+/// Caps glibc's per-thread heaps (arenas) at two: with one arena per worker, runtime and
+/// compute thread, freed model memory is scattered and the resident size drifts above
+/// what the budget accounts for.
+pub fn configure_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const M_ARENA_MAX: i32 = -8;
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        // SAFETY: mallopt only changes glibc's allocator settings; called before threads start.
+        unsafe {
+            mallopt(M_ARENA_MAX, 2);
+        }
+    }
+}
+
 /// Hands memory freed by unloaded models back to the kernel (glibc keeps freed heap
 /// pages otherwise, and the daemon's resident size would not come down).
 pub fn release_freed() {
