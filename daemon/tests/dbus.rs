@@ -42,6 +42,18 @@ async fn run(
     seed: u64,
     max_tokens: u32,
 ) -> (String, FinishStats, usize) {
+    stream_prompt(conn, proxy, PROMPT, seed, max_tokens).await.unwrap()
+}
+
+/// `Generate` on `tiny`, then the request's text, final stats and number of pieces.
+/// Signals of other requests must not reach this client (they are unicast).
+async fn stream_prompt(
+    conn: &zbus::Connection,
+    proxy: &ManagerProxy<'_>,
+    prompt: &str,
+    seed: u64,
+    max_tokens: u32,
+) -> Result<(String, FinishStats, usize), Error> {
     let rule = MatchRule::builder()
         .msg_type(MsgType::Signal)
         .interface(MANAGER_INTERFACE)
@@ -50,7 +62,7 @@ async fn run(
         .unwrap()
         .build();
     let mut signals = MessageStream::for_match_rule(rule, conn, Some(10_000)).await.unwrap();
-    let id = proxy.generate("tiny", PROMPT, opts(seed, max_tokens)).await.unwrap();
+    let id = proxy.generate("tiny", prompt, opts(seed, max_tokens)).await.map_err(Error::from)?;
     let (mut text, mut pieces) = (String::new(), 0);
     while let Some(msg) = signals.next().await {
         let msg = msg.unwrap();
@@ -65,7 +77,7 @@ async fn run(
             Some("Finished") => {
                 let (rid, stats): (u64, FinishStats) = msg.body().deserialize().unwrap();
                 assert_eq!(rid, id, "another request's final message reached this client");
-                return (text, stats, pieces);
+                return Ok((text, stats, pieces));
             }
             _ => {}
         }
@@ -582,44 +594,6 @@ async fn max_loaded_models_and_the_estimate_dry_run() {
     assert_eq!(out.status.code(), Some(4));
 }
 
-async fn run_prompt(
-    conn: &zbus::Connection,
-    proxy: &ManagerProxy<'_>,
-    prompt: &str,
-    seed: u64,
-    max_tokens: u32,
-) -> Result<(String, FinishStats), Error> {
-    let rule = MatchRule::builder()
-        .msg_type(MsgType::Signal)
-        .interface(MANAGER_INTERFACE)
-        .unwrap()
-        .path(MANAGER_PATH)
-        .unwrap()
-        .build();
-    let mut signals = MessageStream::for_match_rule(rule, conn, Some(10_000)).await.unwrap();
-    let id = proxy.generate("tiny", prompt, opts(seed, max_tokens)).await.map_err(Error::from)?;
-    let mut text = String::new();
-    while let Some(msg) = signals.next().await {
-        let msg = msg.unwrap();
-        match msg.header().member().map(|m| m.as_str()) {
-            Some("Token") => {
-                let (rid, piece): (u64, String) = msg.body().deserialize().unwrap();
-                if rid == id {
-                    text.push_str(&piece);
-                }
-            }
-            Some("Finished") => {
-                let (rid, stats): (u64, FinishStats) = msg.body().deserialize().unwrap();
-                if rid == id {
-                    return Ok((text, stats));
-                }
-            }
-            _ => {}
-        }
-    }
-    panic!("stream ended")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_that_do_not_fit_together_wait_or_are_refused_as_configured() {
     // One request's logits and KV (a 200-word prompt: about 25 MiB) fit next to the daemon
@@ -641,10 +615,10 @@ async fn requests_that_do_not_fit_together_wait_or_are_refused_as_configured() {
     for _ in 0..4 {
         let (conn, proxy) = d.proxy().await;
         let prompt = prompt.clone();
-        tasks.push(tokio::spawn(async move { run_prompt(&conn, &proxy, &prompt, 4, 30).await }));
+        tasks.push(tokio::spawn(async move { stream_prompt(&conn, &proxy, &prompt, 4, 30).await }));
     }
     for t in tasks {
-        let (text, stats) = t.await.unwrap().expect("queued, not refused");
+        let (text, stats, _) = t.await.unwrap().expect("queued, not refused");
         assert_eq!(stats.finish_reason, "length");
         assert_eq!(text, expected);
     }
