@@ -262,6 +262,15 @@ async fn errors_are_typed() {
     assert!(matches!(Error::from(proxy.unload_model("tiny-genai").await.unwrap_err()), Error::InvalidArgs(_)));
     let e = Error::from(proxy.load_model("tiny", HashMap::from([("backend", Value::from("gpu"))])).await.unwrap_err());
     assert!(matches!(e, Error::InvalidArgs(_)), "{e:?}");
+    for bad in [
+        HashMap::from([("parallel", Value::from(0u32))]),
+        HashMap::from([("context", Value::from("long"))]),
+        HashMap::from([("ctx", Value::from(5u32))]),
+    ] {
+        let e = Error::from(proxy.estimate("tiny", bad).await.unwrap_err());
+        assert!(matches!(e, Error::InvalidArgs(_)), "{e:?}");
+    }
+    assert!(matches!(Error::from(proxy.estimate("nope", HashMap::new()).await.unwrap_err()), Error::UnknownModel(_)));
     proxy.load_model("tiny-genai", HashMap::from([("backend", Value::from("onnxruntime"))])).await.unwrap();
     let m = proxy.list_models().await.unwrap().into_iter().find(|m| m.name == "tiny-genai").unwrap();
     assert_eq!(m.backend.as_deref(), Some("onnxruntime"));
