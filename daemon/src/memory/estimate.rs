@@ -40,9 +40,14 @@ impl Estimate {
         if backend == BackendKind::Tract && !float && dir.graph.has_op("com.microsoft::GroupQueryAttention") {
             weights += 2 * s.vocab_size as u64 * s.hidden as u64 * 4;
         }
-        // The tokenizer's tables (about 12 × tokenizer.json) and the runtime's own share.
+        // The tokenizer's tables (a multiple of tokenizer.json) and the runtime's share per
+        // model. onnxruntime's one-time setup is in the daemon's baseline (it is created
+        // at start), tract's per-model state is larger.
         let tokenizer = dir.tokenizer.as_ref().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
-        let scratch = tokenizer * 12 + (10 << 20);
+        let scratch = match backend {
+            BackendKind::Onnxruntime => tokenizer * 8 + (8 << 20),
+            BackendKind::Tract => tokenizer * 12 + (10 << 20),
+        };
         Estimate {
             weights,
             scratch,

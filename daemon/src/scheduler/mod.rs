@@ -21,7 +21,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::config::{Config, WhenFull};
 use crate::engine::backend::onnxruntime::locate_library;
-use crate::engine::{GenerateError, Model, Prompt, SamplingParams};
+use crate::engine::{BackendKind, GenerateError, Model, Prompt, SamplingParams};
 use crate::memory::budget::Budget;
 use crate::memory::estimate::Estimate;
 use crate::memory::mib;
@@ -157,7 +157,15 @@ impl Scheduler {
             load_lock: Mutex::new(()),
             pressure: Mutex::new(None),
             room: std::sync::Condvar::new(),
-            baseline: crate::memory::measure::rss().total,
+            baseline: {
+                // ONNX Runtime's one-time setup (library, environment, thread pools) belongs to
+                // the daemon's baseline, not to the first model loaded on it (unless the daemon
+                // is configured for tract alone).
+                if config.backend != Some(BackendKind::Tract) {
+                    let _ = crate::engine::backend::onnxruntime::available_providers(config.onnxruntime.library.as_deref());
+                }
+                crate::memory::measure::rss().total
+            },
             budget: Budget::detect(config.memory.budget, config.memory.reserve),
             config,
         });
