@@ -54,14 +54,7 @@ async fn stream_prompt(
     seed: u64,
     max_tokens: u32,
 ) -> Result<(String, FinishStats, usize), Error> {
-    let rule = MatchRule::builder()
-        .msg_type(MsgType::Signal)
-        .interface(MANAGER_INTERFACE)
-        .unwrap()
-        .path(MANAGER_PATH)
-        .unwrap()
-        .build();
-    let mut signals = MessageStream::for_match_rule(rule, conn, Some(10_000)).await.unwrap();
+    let mut signals = manager_signals(conn).await;
     let id = proxy.generate("tiny", prompt, opts(seed, max_tokens)).await.map_err(Error::from)?;
     let (mut text, mut pieces) = (String::new(), 0);
     while let Some(msg) = signals.next().await {
@@ -506,8 +499,8 @@ async fn a_request_reserves_its_kv_cache_first() {
     assert!(m.measured_bytes.unwrap() > 0);
 }
 
-/// Collects `ModelUnloaded` and `MemoryPressure` broadcasts.
-async fn broadcasts(conn: &zbus::Connection) -> MessageStream {
+/// Every signal of the manager interface that reaches `conn` (its own unicast ones and broadcasts).
+async fn manager_signals(conn: &zbus::Connection) -> MessageStream {
     let rule = MatchRule::builder()
         .msg_type(MsgType::Signal)
         .interface(MANAGER_INTERFACE)
@@ -535,7 +528,7 @@ async fn wait_for(stream: &mut MessageStream, member: &str) -> zbus::Message {
 async fn keep_alive_unloads_idle_models_on_time() {
     let d = Daemon::start("keep_alive = 1").await;
     let (conn, proxy) = d.proxy().await;
-    let mut signals = broadcasts(&conn).await;
+    let mut signals = manager_signals(&conn).await;
     let started = std::time::Instant::now();
     run(&conn, &proxy, 1, 5).await;
     let msg = wait_for(&mut signals, "ModelUnloaded").await;
@@ -563,7 +556,7 @@ async fn memory_pressure_unloads_idle_models_and_pauses_admission() {
     std::fs::write(psi.path(), "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n").unwrap();
     let d = Daemon::start(&format!("[memory]\npsi = \"{}\"\npsi_threshold = 20.0", psi.path().display())).await;
     let (conn, proxy) = d.proxy().await;
-    let mut signals = broadcasts(&conn).await;
+    let mut signals = manager_signals(&conn).await;
     proxy.load_model("tiny", HashMap::new()).await.unwrap();
     std::fs::write(psi.path(), "some avg10=35.00 avg60=10.00 avg300=2.00 total=99\n").unwrap();
     let (active, reason): (bool, String) = wait_for(&mut signals, "MemoryPressure").await.body().deserialize().unwrap();
@@ -585,7 +578,7 @@ async fn memory_pressure_unloads_idle_models_and_pauses_admission() {
 async fn max_loaded_models_and_the_estimate_dry_run() {
     let d = Daemon::start("max_loaded_models = 1").await;
     let (conn, proxy) = d.proxy().await;
-    let mut signals = broadcasts(&conn).await;
+    let mut signals = manager_signals(&conn).await;
     proxy.load_model("tiny", HashMap::new()).await.unwrap();
     proxy.load_model("tiny-gguf", HashMap::new()).await.unwrap();
     let (name, reason): (String, String) = wait_for(&mut signals, "ModelUnloaded").await.body().deserialize().unwrap();

@@ -162,7 +162,8 @@ impl Scheduler {
                 // the daemon's baseline, not to the first model loaded on it (unless the daemon
                 // is configured for tract alone).
                 if config.backend != Some(BackendKind::Tract) {
-                    let _ = crate::engine::backend::onnxruntime::available_providers(config.onnxruntime.library.as_deref());
+                    let _ =
+                        crate::engine::backend::onnxruntime::available_providers(config.onnxruntime.library.as_deref());
                 }
                 crate::memory::measure::rss().total
             },
