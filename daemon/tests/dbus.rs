@@ -463,8 +463,9 @@ async fn the_memory_budget_refuses_what_does_not_fit() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_models_make_room_least_recently_used_first_busy_ones_never() {
-    // Room for one tiny model (about 58 MiB estimated) but not two.
-    let d = Daemon::start("max_parallel = 1\nmax_queue = 16\n[memory]\nbudget = \"90MiB\"\nreserve = 0").await;
+    // Room for the daemon (10–15 MiB) and one tiny model (about 58 MiB, loaded with 1.3 ×
+    // headroom) but not two.
+    let d = Daemon::start("max_parallel = 1\nmax_queue = 16\n[memory]\nbudget = \"110MiB\"\nreserve = 0").await;
     let (_c, proxy) = d.proxy().await;
     proxy.load_model("tiny", HashMap::new()).await.unwrap();
     proxy.load_model("tiny-gguf", HashMap::new()).await.unwrap();
@@ -485,11 +486,12 @@ async fn idle_models_make_room_least_recently_used_first_busy_ones_never() {
 async fn a_request_reserves_its_kv_cache_first() {
     let d = Daemon::start("[memory]\nbudget = \"95MiB\"\nreserve = 0").await;
     let (conn, proxy) = d.proxy().await;
-    // A short prompt fits next to the loaded model; the logits of a 200-token prompt
-    // (200 × 32000 floats, 24 MiB) and its KV cache do not.
+    // A short prompt fits next to the daemon (10–15 MiB) and the loaded model (about
+    // 58 MiB); the logits of a 250-token prompt (250 × 32000 floats, 31 MiB) and its KV
+    // cache never can: refused at once, whatever `when_full` says.
     let (_, stats, _) = run(&conn, &proxy, 1, 20).await;
     assert_eq!(stats.finish_reason, "length");
-    match Error::from(proxy.generate("tiny", &"word ".repeat(200), opts(1, 20)).await.unwrap_err()) {
+    match Error::from(proxy.generate("tiny", &"word ".repeat(250), opts(1, 4)).await.unwrap_err()) {
         Error::OutOfBudget(m) => assert!(m.contains("KV cache"), "{m}"),
         e => panic!("{e:?}"),
     }
