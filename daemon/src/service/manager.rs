@@ -63,16 +63,9 @@ impl Manager {
         let (s, name) = (self.scheduler.clone(), model.to_string());
         tokio::task::spawn_blocking(move || {
             let m = s.acquire(&name)?;
+            // prompt_ids checks the vocabulary and the context (ContextOverflow with the numbers).
             match m.prompt_ids(&prompt) {
-                Ok(ids) if ids.len() < m.dir.spec.context_length => Ok((m, ids)),
-                Ok(ids) => {
-                    s.unpin(&name);
-                    Err(Error::ContextOverflow(format!(
-                        "the prompt has {} tokens but the model's context holds {}",
-                        ids.len(),
-                        m.dir.spec.context_length
-                    )))
-                }
+                Ok(ids) => Ok((m, ids)),
                 Err(e) => {
                     s.unpin(&name);
                     Err(request_error(e))
