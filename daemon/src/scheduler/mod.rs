@@ -106,6 +106,8 @@ pub struct Scheduler {
     pub config: Config,
     pub budget: Budget,
     loaded: Mutex<HashMap<String, Loaded>>,
+    /// Recognised model directories and when they last changed (see `open_dir`).
+    catalog: Mutex<HashMap<String, (std::time::SystemTime, crate::engine::ModelDir)>>,
     requests: Mutex<HashMap<u64, RequestEntry>>,
     queue: SyncSender<Job>,
     next_id: AtomicU64,
@@ -148,6 +150,7 @@ impl Scheduler {
         let rx = Arc::new(Mutex::new(rx));
         let s = Arc::new(Scheduler {
             loaded: Mutex::new(HashMap::new()),
+            catalog: Mutex::new(HashMap::new()),
             requests: Mutex::new(HashMap::new()),
             queue: tx,
             next_id: AtomicU64::new(1),

@@ -3,19 +3,52 @@
 //! dry-run estimate.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+use std::time::SystemTime;
 
 use llamad_api::{Error, ModelInfo};
 
 use super::{Event, Loaded, Scheduler, keep_alive};
 use crate::engine::backend::onnxruntime::locate_library;
-use crate::engine::{BackendKind, LoadError, LoadOptions, Model, ModelDir};
+use crate::engine::{BackendKind, LayoutError, LoadError, LoadOptions, Model, ModelDir};
 use crate::memory::estimate::Estimate;
 use crate::memory::{measure, mib};
 
+/// The newest modification time in a model directory (the directory and its files).
+fn newest_change(dir: &Path) -> Option<SystemTime> {
+    let mut newest = std::fs::metadata(dir).ok()?.modified().ok()?;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        if let Ok(t) = std::fs::metadata(entry.path()).and_then(|m| m.modified()) {
+            newest = newest.max(t);
+        }
+    }
+    Some(newest)
+}
+
 impl Scheduler {
+    /// The recognised directory of model `name`, from the catalog while nothing in it has
+    /// changed: reading a graph decodes its whole protobuf, too slow for every ListModels.
+    pub(super) fn open_dir(&self, name: &str) -> Result<ModelDir, LayoutError> {
+        let path = self.config.models_dir.join(name);
+        let stamp = newest_change(&path);
+        let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(t), Some((seen, dir))) = (stamp, catalog.get(name))
+            && t == *seen
+        {
+            return Ok(dir.clone());
+        }
+        drop(catalog);
+        let dir = ModelDir::open(&path)?;
+        catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        match stamp {
+            Some(t) => catalog.insert(name.to_string(), (t, dir.clone())),
+            None => catalog.remove(name),
+        };
+        Ok(dir)
+    }
+
     pub fn providers(&self) -> Vec<String> {
         crate::engine::backend::onnxruntime::available_providers(self.config.onnxruntime.library.as_deref())
     }
@@ -39,15 +72,15 @@ impl Scheduler {
             })
             .unwrap_or_default();
         names.sort();
+        // Directories are read (or taken from the catalog) before the lock is taken: workers
+        // need it to finish requests.
+        let dirs: Vec<_> = names.iter().map(|n| self.open_dir(n)).collect();
         let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         names
             .into_iter()
-            .map(|name| {
+            .zip(dirs)
+            .map(|(name, dir)| {
                 let mut info = ModelInfo { name: name.clone(), ..Default::default() };
-                let dir = match loaded.get(&name) {
-                    Some(l) => Ok(l.model.dir.clone()),
-                    None => ModelDir::open(&self.config.models_dir.join(&name)),
-                };
                 match dir {
                     Ok(d) => {
                         let est = Estimate::for_model(&d, self.default_backend());
@@ -119,9 +152,9 @@ impl Scheduler {
         context: Option<u32>,
         parallel: u32,
     ) -> Result<llamad_api::EstimateInfo, Error> {
-        let path = self.model_path(name)?;
+        self.model_path(name)?;
         let kind = backend.unwrap_or_else(|| self.default_backend());
-        let dir = ModelDir::open(&path).map_err(|e| Error::ModelLoadFailed(format!("{name}: {e}")))?;
+        let dir = self.open_dir(name).map_err(|e| Error::ModelLoadFailed(format!("{name}: {e}")))?;
         let est = Estimate::for_model(&dir, kind);
         let context = context.unwrap_or(dir.spec.context_length as u32).min(dir.spec.context_length as u32);
         let kv = est.request(0, context as u64);
@@ -231,7 +264,7 @@ impl Scheduler {
         pin: bool,
         reason: &'static str,
     ) -> Result<Arc<Model>, Error> {
-        let path = self.model_path(name)?;
+        self.model_path(name)?;
         let _guard = self.load_lock.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
             l.last_used = Instant::now();
@@ -239,7 +272,7 @@ impl Scheduler {
             return Ok(l.model.clone());
         }
         let kind = backend.unwrap_or_else(|| self.default_backend());
-        let dir = ModelDir::open(&path).map_err(|e| Error::ModelLoadFailed(format!("{name}: {e}")))?;
+        let dir = self.open_dir(name).map_err(|e| Error::ModelLoadFailed(format!("{name}: {e}")))?;
         let estimate = Estimate::for_model(&dir, kind);
         {
             let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
