@@ -55,6 +55,11 @@ pub struct Memory {
     pub psi: PathBuf,
     /// Memory pressure begins at this `avg10` (percent of time stalled) and ends below it.
     pub psi_threshold: f64,
+    /// A PSI trigger registered on `psi` when it is the kernel's file: `some|full STALL_US
+    /// WINDOW_US`. The kernel wakes llamad as soon as tasks stalled that long within the
+    /// window, instead of at the next avg10 reading. Unprivileged processes may only use
+    /// windows that are multiples of 2 s. Empty: avg10 readings only.
+    pub psi_trigger: String,
     /// A request whose KV cache does not fit now: `queue` (wait for running requests to
     /// finish) or `refuse` (`OutOfBudget` at once). One that could never fit is refused.
     pub when_full: WhenFull,
@@ -70,6 +75,7 @@ impl Default for Memory {
             reserve: Size::Percent(5.0),
             psi: PathBuf::from("/proc/pressure/memory"),
             psi_threshold: 10.0,
+            psi_trigger: "some 150000 2000000".into(),
             when_full: WhenFull::Queue,
             events: None,
         }
@@ -167,6 +173,10 @@ impl Config {
         }
         if !(self.memory.psi_threshold > 0.0 && self.memory.psi_threshold <= 100.0) {
             return bad(format!("memory.psi_threshold = {} (0 to 100]", self.memory.psi_threshold));
+        }
+        if !self.memory.psi_trigger.is_empty() {
+            crate::memory::trigger::TriggerSpec::parse(&self.memory.psi_trigger)
+                .map_err(|e| ConfigError::Invalid(format!("memory.psi_trigger: {e}")))?;
         }
         if self.max_tokens_limit == 0 {
             return bad("max_tokens_limit = 0".into());

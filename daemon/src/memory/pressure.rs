@@ -1,7 +1,8 @@
 //! Memory pressure, read from the kernel's pressure stall information
 //! (`/proc/pressure/memory`, `some avg10=`) and the cgroup's `memory.events`
 //! counters (`high`, `max`, `oom`). The paths are configurable so tests can
-//! drive it. Polled (every 250 ms) rather than through a PSI trigger.
+//! drive it. Read every 250 ms; on the kernel's file a PSI trigger
+//! ([`super::trigger`]) also wakes the daemon as soon as stalls pass its limit.
 
 use std::path::{Path, PathBuf};
 
