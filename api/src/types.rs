@@ -33,6 +33,14 @@ pub struct ModelInfo {
     pub estimated_bytes: Option<u64>,
     /// When loaded: the daemon's resident-memory growth measured over the load.
     pub measured_bytes: Option<u64>,
+    /// Of `measured_bytes`: anonymous memory (heap: parsed graphs, packed weights).
+    pub measured_anon_bytes: Option<u64>,
+    /// Of `measured_bytes`: file-backed memory (memory-mapped model files, code pages).
+    pub measured_file_bytes: Option<u64>,
+    /// The resident growth a load is expected to pass through at its peak (admission uses it).
+    pub estimated_peak_bytes: Option<u64>,
+    /// When loaded: the highest resident growth seen during the load.
+    pub measured_peak_bytes: Option<u64>,
     /// KV-cache bytes per token of context.
     pub kv_bytes_per_token: Option<u64>,
     /// KV cache reserved by this model's running requests.
@@ -115,6 +123,10 @@ pub struct EstimateInfo {
     pub parallel: u32,
     /// weights + scratch + parallel × kv_per_sequence.
     pub total: u64,
+    /// Resident growth at the peak of loading (parsed graph and runtime copies side by side).
+    pub load_peak: Option<u64>,
+    /// Code pages of the runtime that the first load on it brings in (in `scratch`).
+    pub runtime_code: Option<u64>,
     pub budget: u64,
     /// What is in use now (loaded models and reservations).
     pub in_use: u64,

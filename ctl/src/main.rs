@@ -284,7 +284,9 @@ fn model_json(m: &ModelInfo) -> serde_json::Value {
         "context_length": m.context_length, "vocab_size": m.vocab_size, "file_size": m.file_size,
         "loaded": m.loaded, "backend": m.backend, "provider": m.provider, "idle_seconds": m.idle_seconds,
         "running": m.running, "error": m.error, "estimated_bytes": m.estimated_bytes,
-        "measured_bytes": m.measured_bytes, "kv_bytes_per_token": m.kv_bytes_per_token,
+        "measured_bytes": m.measured_bytes, "measured_anon_bytes": m.measured_anon_bytes,
+        "measured_file_bytes": m.measured_file_bytes, "estimated_peak_bytes": m.estimated_peak_bytes,
+        "measured_peak_bytes": m.measured_peak_bytes, "kv_bytes_per_token": m.kv_bytes_per_token,
         "kv_reserved_bytes": m.kv_reserved_bytes,
     })
 }
@@ -353,13 +355,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 println!("{}", serde_json::Value::Array(models.iter().map(model_json).collect()));
             } else if matches!(cli.command, Command::Ps) {
                 println!(
-                    "{:<24} {:<12} {:<24} {:>6} {:>8} {:>11} {:>11} {:>9}",
-                    "NAME", "BACKEND", "PROVIDER", "IDLE", "ACTIVE", "ESTIMATED", "MEASURED", "KV"
+                    "{:<24} {:<12} {:<20} {:>6} {:>6} {:>10} {:>10} {:>9} {:>9} {:>8}",
+                    "NAME", "BACKEND", "PROVIDER", "IDLE", "ACTIVE", "ESTIMATED", "MEASURED", "ANON", "FILE", "KV"
                 );
                 let mb = |b: Option<u64>| format!("{:.1}M", b.unwrap_or(0) as f64 / 1048576.0);
                 for m in &models {
                     println!(
-                        "{:<24} {:<12} {:<24} {:>5}s {:>8} {:>11} {:>11} {:>9}",
+                        "{:<24} {:<12} {:<20} {:>5}s {:>6} {:>10} {:>10} {:>9} {:>9} {:>8}",
                         m.name,
                         m.backend.as_deref().unwrap_or("-"),
                         m.provider.as_deref().unwrap_or("-"),
@@ -367,6 +369,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         m.running.unwrap_or(0),
                         mb(m.estimated_bytes),
                         mb(m.measured_bytes),
+                        mb(m.measured_anon_bytes),
+                        mb(m.measured_file_bytes),
                         mb(m.kv_reserved_bytes)
                     );
                 }
@@ -417,13 +421,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     serde_json::json!({"backend": e.backend, "weights": e.weights, "scratch": e.scratch,
                         "kv_per_sequence": e.kv_per_sequence, "context": e.context, "parallel": e.parallel,
                         "total": e.total, "budget": e.budget, "in_use": e.in_use, "fits_now": e.fits_now,
-                        "fits_after_eviction": e.fits_after_eviction})
+                        "fits_after_eviction": e.fits_after_eviction, "load_peak": e.load_peak,
+                        "runtime_code": e.runtime_code})
                 );
             } else {
                 let m = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
                 println!("{model} on {}:", e.backend);
                 println!("  weights              {}", m(e.weights));
-                println!("  scratch              {}", m(e.scratch));
+                match e.runtime_code.filter(|&c| c > 0) {
+                    Some(c) => {
+                        println!("  scratch              {} (with {} of runtime code, first load)", m(e.scratch), m(c))
+                    }
+                    None => println!("  scratch              {}", m(e.scratch)),
+                }
                 println!(
                     "  KV cache             {} × {} sequence(s) of {} tokens",
                     m(e.kv_per_sequence),
@@ -431,6 +441,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     e.context
                 );
                 println!("  total                {}", m(e.total));
+                if let Some(p) = e.load_peak {
+                    println!("  while loading        {} at the peak", m(p));
+                }
                 println!("  budget               {} ({} in use)", m(e.budget), m(e.in_use));
                 println!(
                     "  fits now: {}; after unloading idle models: {}",

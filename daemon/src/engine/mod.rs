@@ -10,6 +10,7 @@ pub mod model_dir;
 pub mod onnx_graph;
 pub mod sampler;
 pub mod tokenizer;
+pub mod weights;
 
 use std::path::Path;
 use std::sync::Arc;

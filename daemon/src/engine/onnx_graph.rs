@@ -40,6 +40,9 @@ pub struct GraphSummary {
     pub parameters: u64,
     /// `block_size` of the first `MatMulNBits` node.
     pub nbits_block_size: Option<u32>,
+    /// Every initializer's size and use (for the memory estimate).
+    #[serde(skip)]
+    pub weights: Vec<super::weights::Weight>,
 }
 
 pub const ONNX_FLOAT: i32 = 1;
@@ -182,5 +185,6 @@ fn summarize(file: &Path, proto: &pb::ModelProto, file_size: u64) -> Result<Grap
         file_size,
         parameters,
         nbits_block_size,
+        weights: super::weights::classify(graph),
     })
 }

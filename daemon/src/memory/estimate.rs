@@ -1,60 +1,130 @@
 //! Memory estimates made before loading, from the model directory alone:
-//! resident weights (what each backend keeps of the files), KV cache per token
-//! (2 × layers × kv_heads × head_dim × 4 bytes) and logits per request, and
-//! the tokenizer's and runtime's share. Factors come from measurements on the fixture and demo models
-//! (see the issue notes); the daemon also measures each load and uses the
-//! larger of the two.
+//! resident weights (what each backend keeps of each initializer, from how the
+//! graph uses it), the tokenizer's and runtime's share, the runtime's code on
+//! its first load, the load's transient peak, and per request the KV cache
+//! (2 × layers × kv_heads × head_dim × 4 bytes a token) and the prompt's
+//! logits. The daemon also measures each load and counts the larger of the two.
 
-use crate::engine::{BackendKind, ModelDir, Quantization};
+use super::packing::{tract_packed_bytes, tract_panel};
+use crate::engine::weights::Weight;
+use crate::engine::{BackendKind, ModelDir};
+
+/// tract folds a shared constant (a tied embedding that Gather also reads) into its
+/// transposed, packed copy only up to this size; above it, it repacks at every run.
+const TRACT_CONST_FOLD_MAX: u64 = 4 << 20;
+
+/// What `backend` keeps resident of the graph's weights, and what it repacks at each
+/// run (held only for a moment).
+fn resident_weights(weights: &[Weight], backend: BackendKind) -> (u64, u64) {
+    let (mut resident, mut repacked) = (0, 0);
+    for w in weights {
+        let (kept, again) = match backend {
+            BackendKind::Onnxruntime => (onnxruntime_keeps(w), 0),
+            BackendKind::Tract => tract_keeps(w, tract_panel()),
+        };
+        resident += kept;
+        repacked += again;
+    }
+    (resident, repacked)
+}
+
+/// onnxruntime folds a Transpose of a weight into a new initializer (measured: except a
+/// Transpose into a MatMul of externally stored data, which it leaves to the MatMul); the
+/// original stays when something else reads it. Its MatMul pre-packing replaces what it packs.
+fn onnxruntime_keeps(w: &Weight) -> u64 {
+    let u = w.usage;
+    let copies = u64::from((u.transposed_into_matmul && !w.external) || u.transposed_other);
+    let original = u64::from(u.matmul || u.quantized || u.other || copies == 0);
+    w.bytes * (original + copies)
+}
+
+/// tract derives a constant for each use (a packed copy for a MatMul, a transposed one
+/// for a Transpose) and drops the original when nothing reads it as it is. A shared
+/// constant above [`TRACT_CONST_FOLD_MAX`] is not folded: it stays, and its derived
+/// copies are made again at every run.
+fn tract_keeps(w: &Weight, panel: (u64, u64)) -> (u64, u64) {
+    let u = w.usage;
+    let f32_2d = w.float && w.dims.len() == 2 && w.bytes == w.dims[0] * w.dims[1] * 4;
+    if !f32_2d {
+        // Block-quantized weights are re-laid in tract's own, slightly smaller format.
+        return (if u.quantized { w.bytes * 95 / 100 } else { w.bytes }, 0);
+    }
+    let (k, n) = (w.dims[0], w.dims[1]);
+    let mut derived = 0;
+    if u.matmul {
+        derived += tract_packed_bytes(k, n, panel);
+    }
+    if u.transposed_into_matmul {
+        derived += tract_packed_bytes(n, k, panel);
+    }
+    if u.transposed_other {
+        derived += w.bytes;
+    }
+    let folded = !u.shared() || w.bytes <= TRACT_CONST_FOLD_MAX;
+    match (folded, u.other || u.quantized || derived == 0) {
+        (true, direct) => (derived + if direct { w.bytes } else { 0 }, 0),
+        (false, _) => (w.bytes, derived),
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Estimate {
     pub weights: u64,
+    /// The tokenizer's tables, the runtime's per-model state and `runtime_code`.
     pub scratch: u64,
+    /// Code pages of the runtime that its first load in the process brings in.
+    pub runtime_code: u64,
+    /// What a load holds for a moment above its final size.
+    pub load_extra: u64,
     pub kv_per_token: u64,
     /// onnxruntime with a shared past/present buffer allocates the whole context per sequence.
     pub kv_whole_context: bool,
     pub context: u64,
     /// Logits of one position ([vocab] floats): a prompt's are computed at once.
     pub logits_per_token: u64,
+    /// Activations of one prompt token in one layer: the residual stream, norms and
+    /// projections (about 6 × hidden) and the MLP (about 3 × 2.7 × hidden) in f32.
+    pub activations_per_token: u64,
+    /// Attention scores of one (query, key) pair over all heads.
+    pub scores_per_token_pair: u64,
 }
 
 impl Estimate {
-    /// Factors measured on the fixture, demo and TinyLlama-shaped models (dev build,
-    /// onnxruntime 1.32, tract 0.23.9): resident growth of a fresh daemon over one load.
-    pub fn for_model(dir: &ModelDir, backend: BackendKind) -> Estimate {
+    /// `first_load`: no model has run on `backend` in this process yet, so its code pages
+    /// come in with this one. Factors measured with models/bench-memory.sh (see
+    /// docs/benchmarks.md).
+    pub fn for_model(dir: &ModelDir, backend: BackendKind, first_load: bool) -> Estimate {
         let s = &dir.spec;
         let kv_per_token = 2 * s.layers as u64 * s.kv_heads as u64 * s.head_dim as u64 * 4;
-        let files = dir.file_size as f64;
-        let float = matches!(dir.quantization, Quantization::F32 | Quantization::F16);
-        let mut weights = match (backend, float) {
-            // tract keeps the float constants and its packed copies.
-            (BackendKind::Tract, true) => files * 1.65,
-            (BackendKind::Tract, false) => files,
-            (BackendKind::Onnxruntime, true) => files * 1.07,
-            (BackendKind::Onnxruntime, false) => files * 0.95,
-        } as u64;
-        // On the builder's int4 graphs tract holds two float copies of a vocab × hidden
-        // table besides the file's weights (measured: +514 MiB on a TinyLlama-shaped model,
-        // 2 × 32000 × 2048 × 4 bytes).
-        if backend == BackendKind::Tract && !float && dir.graph.has_op("com.microsoft::GroupQueryAttention") {
-            weights += 2 * s.vocab_size as u64 * s.hidden as u64 * 4;
-        }
-        // The tokenizer's tables (a multiple of tokenizer.json) and the runtime's share per
-        // model. onnxruntime's one-time setup is in the daemon's baseline (it is created
-        // at start), tract's per-model state is larger.
+        let (weights, repacked) = resident_weights(&dir.graph.weights, backend);
+        // The tokenizer's tables, and the runtime's per-model state (graph, plans, one
+        // set of buffers per layer).
         let tokenizer = dir.tokenizer.as_ref().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
-        let scratch = match backend {
-            BackendKind::Onnxruntime => tokenizer * 8 + (8 << 20),
-            BackendKind::Tract => tokenizer * 12 + (10 << 20),
+        let scratch = tokenizer * 3 / 2 + (7 << 20) + s.layers as u64 * (1 << 18);
+        let runtime_code = match (first_load, backend) {
+            (false, _) => 0,
+            (true, BackendKind::Onnxruntime) => 9 << 20,
+            (true, BackendKind::Tract) => 15 << 20,
         };
+        // While loading, the parsed tokenizer.json, the decoded protobuf (weights inside
+        // model.onnx) and the runtime's converted copies coexist with the final weights.
+        let (inline, external) = (dir.graph.file_size, dir.graph.external_bytes);
+        let load_extra = tokenizer * 9
+            + match backend {
+                BackendKind::Onnxruntime => inline * 7 / 10 + external * 3 / 10,
+                BackendKind::Tract => (inline + external) * 13 / 10 + repacked,
+            };
         Estimate {
             weights,
-            scratch,
+            scratch: scratch + runtime_code,
+            runtime_code,
+            load_extra,
             kv_per_token,
             kv_whole_context: backend == BackendKind::Onnxruntime && dir.past_present_share_buffer,
             context: s.context_length as u64,
             logits_per_token: s.vocab_size as u64 * 4,
+            activations_per_token: 15 * s.hidden as u64 * 4,
+            scores_per_token_pair: s.heads as u64 * 4,
         }
     }
 
@@ -63,10 +133,23 @@ impl Estimate {
         self.weights + self.scratch
     }
 
-    /// What one request adds: the KV cache of `total` tokens (prompt + `max_tokens`) and the
-    /// logits of its prompt, computed at once.
-    pub fn request(&self, prompt: u64, total: u64) -> u64 {
+    /// The resident growth at the peak of loading.
+    pub fn load_peak(&self) -> u64 {
+        self.resident() + self.load_extra
+    }
+
+    /// The KV cache of a sequence of `total` tokens.
+    pub fn kv(&self, total: u64) -> u64 {
         self.kv_per_token * if self.kv_whole_context { self.context } else { total.min(self.context) }
-            + self.logits_per_token * prompt
+    }
+
+    /// What one request adds: the KV cache of `total` tokens (prompt + `max_tokens`), and
+    /// while its prompt is computed at once, the prompt's logits and activations (hidden
+    /// states and MLP of one layer at a time, attention scores of all heads), plus the
+    /// sampler's and tokenizer's buffers.
+    pub fn request(&self, prompt: u64, total: u64) -> u64 {
+        self.kv(total)
+            + prompt * (self.logits_per_token + self.activations_per_token + self.scores_per_token_pair * total)
+            + (1 << 20)
     }
 }

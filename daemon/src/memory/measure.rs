@@ -1,11 +1,24 @@
 //! What the process holds now, from `/proc/self/status`: resident total,
-//! anonymous (heap, arenas, packed weights) and file-backed (mapped model files).
+//! anonymous (heap, arenas, packed weights) and file-backed (mapped model files
+//! and code pages); and the highest resident size over an operation (a load),
+//! sampled from `/proc/self/statm`.
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Rss {
     pub total: u64,
     pub anon: u64,
     pub file: u64,
+}
+
+impl Rss {
+    /// What was added since `before` (each part on its own, never negative).
+    pub fn growth_since(&self, before: &Rss) -> Rss {
+        Rss {
+            total: self.total.saturating_sub(before.total),
+            anon: self.anon.saturating_sub(before.anon),
+            file: self.file.saturating_sub(before.file),
+        }
+    }
 }
 
 pub fn parse_status(status: &str) -> Rss {
@@ -23,6 +36,48 @@ pub fn parse_status(status: &str) -> Rss {
 
 pub fn rss() -> Rss {
     std::fs::read_to_string("/proc/self/status").map(|s| parse_status(&s)).unwrap_or_default()
+}
+
+/// Resident bytes from `/proc/self/statm` (cheaper to read than `status`).
+fn statm_rss() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    // SAFETY: sysconf has no preconditions.
+    let page = *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64);
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * page)
+}
+
+/// Samples the resident size every 2 ms on its own thread until stopped: the peak of a
+/// load (parsed graph, runtime copies and the final weights side by side). `VmHWM` would
+/// be exact but resetting it (clear_refs) would hide the process's lifetime peak from
+/// anyone watching from outside.
+pub struct PeakSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl PeakSampler {
+    pub fn start() -> PeakSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = statm_rss();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(statm_rss());
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            peak.max(statm_rss())
+        });
+        PeakSampler { stop, thread }
+    }
+
+    /// The highest resident size seen.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
 }
 
 /// Caps glibc's per-thread heaps (arenas) at two: with one arena per worker, runtime and
@@ -64,5 +119,17 @@ mod tests {
         let r = super::parse_status("VmRSS:\t  2048 kB\nRssAnon:\t 1024 kB\nRssFile:\t 1000 kB\nRssShmem:\t 24 kB\n");
         assert_eq!((r.total, r.anon, r.file), (2 << 20, 1 << 20, 1024 * 1024));
         assert!(super::rss().total > 0);
+    }
+
+    #[test]
+    fn the_sampler_sees_a_passing_allocation() {
+        let before = super::statm_rss();
+        let sampler = super::PeakSampler::start();
+        let block = vec![1u8; 64 << 20];
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        drop(std::hint::black_box(block));
+        super::release_freed();
+        let peak = sampler.stop();
+        assert!(peak >= before + (60 << 20), "peak {peak}, before {before}");
     }
 }

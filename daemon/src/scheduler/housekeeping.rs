@@ -1,8 +1,36 @@
 //! Housekeeping, every 250 ms: models idle past their keep_alive are unloaded;
-//! memory pressure (PSI, cgroup events) unloads every idle model and stops
-//! admitting new work until it ends.
+//! memory pressure (PSI avg10 and trigger, cgroup events) unloads every idle
+//! model and stops admitting new work until it ends.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use super::{Event, Scheduler};
+use crate::memory::trigger::{Trigger, TriggerError, TriggerSpec};
+
+const TICK: Duration = Duration::from_millis(250);
+
+/// The configured PSI trigger, when the pressure file is the kernel's and takes it.
+fn register_trigger(path: &std::path::Path, spec: &str) -> Option<Trigger> {
+    if spec.is_empty() {
+        return None;
+    }
+    let spec = TriggerSpec::parse(spec).ok()?; // validated with the configuration
+    match Trigger::register(path, &spec) {
+        Ok(t) => {
+            tracing::info!(path = %path.display(), trigger = %spec, "PSI trigger registered");
+            Some(t)
+        }
+        Err(e @ TriggerError::NotPsi(_)) => {
+            tracing::info!(reason = %e, "no PSI trigger: pressure is read every 250 ms");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(reason = %e, "PSI trigger not registered: pressure is read every 250 ms");
+            None
+        }
+    }
+}
 
 impl Scheduler {
     /// Every 250 ms: unload models idle past their keep_alive; follow memory pressure
@@ -11,9 +39,28 @@ impl Scheduler {
         let m = &self.config.memory;
         let events = m.events.clone().or_else(crate::memory::pressure::own_events_file);
         let mut watch = crate::memory::pressure::Watch::new(m.psi.clone(), m.psi_threshold, events);
+        let mut trigger = register_trigger(&m.psi, &m.psi_trigger);
+        let mut fired: Option<Instant> = None;
         loop {
-            std::thread::sleep(std::time::Duration::from_millis(250));
-            let why = watch.check();
+            match &trigger {
+                Some(t) => match t.wait(TICK) {
+                    Ok(true) => fired = Some(Instant::now()),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(reason = %e, "PSI trigger lost: pressure is read every 250 ms");
+                        trigger = None;
+                    }
+                },
+                None => std::thread::sleep(TICK),
+            }
+            let mut why = watch.check();
+            // A trigger event counts as pressure for one window after it.
+            if why.is_none()
+                && let (Some(at), Some(t)) = (fired, &trigger)
+                && at.elapsed() < t.spec.window()
+            {
+                why = Some(format!("{}: PSI trigger \"{}\" fired", m.psi.display(), t.spec));
+            }
             let was = self.pressure.lock().unwrap_or_else(|e| e.into_inner()).clone();
             match (&was, &why) {
                 (None, Some(reason)) => {
@@ -43,13 +90,31 @@ impl Scheduler {
                 .collect();
             let any = !expired.is_empty();
             for (name, reason) in expired {
-                loaded.remove(&name);
-                tracing::info!(model = %name, reason, "model unloaded");
-                let _ = self.events.send(Event::ModelUnloaded { name, reason });
+                self.remove_model(&mut loaded, &name, reason);
             }
             if any {
                 crate::memory::measure::release_freed();
             }
+            drop(loaded);
+            self.measure_baseline();
+        }
+    }
+
+    /// When nothing is loading or running, the daemon's own memory is measured again: its
+    /// resident size less what the loaded models measured. It then includes what the
+    /// estimates do not see (runtime code paged in by loads, the bus connections, the
+    /// allocator's state), and the budget counts what is really resident.
+    fn measure_baseline(&self) {
+        let Ok(_no_load) = self.load_lock.try_lock() else { return };
+        if self.running.load(Ordering::SeqCst) > 0 || self.queued.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let models: u64 = loaded.values().map(|l| l.measured.total).sum();
+        let now = crate::memory::measure::rss().total.saturating_sub(models);
+        let was = self.baseline.swap(now, Ordering::Relaxed);
+        if now.abs_diff(was) >= 1 << 20 {
+            tracing::debug!(was = %crate::memory::mib(was), now = %crate::memory::mib(now), "daemon baseline measured");
         }
     }
 

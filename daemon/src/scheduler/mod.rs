@@ -63,7 +63,9 @@ struct Loaded {
     active: u32,
     estimate: Estimate,
     /// Resident growth of the daemon over the load.
-    measured: u64,
+    measured: crate::memory::measure::Rss,
+    /// The highest resident growth seen during the load.
+    load_peak: u64,
     kv_reserved: u64,
     /// None: stays loaded until unloaded or evicted.
     keep_alive: Option<std::time::Duration>,
@@ -76,7 +78,7 @@ pub fn keep_alive(seconds: i64) -> Option<std::time::Duration> {
 
 impl Loaded {
     fn held(&self) -> u64 {
-        self.estimate.resident().max(self.measured) + self.kv_reserved
+        self.estimate.resident().max(self.measured.total) + self.kv_reserved
     }
 }
 
@@ -120,8 +122,13 @@ pub struct Scheduler {
     pressure: Mutex<Option<String>>,
     /// Signalled (with `loaded`) when reserved memory is released.
     room: std::sync::Condvar,
-    /// The daemon's own resident memory before any model, counted as in use.
-    baseline: u64,
+    /// The daemon's own resident memory, counted as in use: measured at start, then again
+    /// whenever it is idle (see `housekeeping`).
+    baseline: AtomicU64,
+    /// Serialises setting ONNX Runtime up (see `set_up_onnxruntime`).
+    ort_setup: Mutex<()>,
+    /// Backends that have loaded a model in this process (their code is resident).
+    warm: Mutex<std::collections::HashSet<BackendKind>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
@@ -160,7 +167,9 @@ impl Scheduler {
             load_lock: Mutex::new(()),
             pressure: Mutex::new(None),
             room: std::sync::Condvar::new(),
-            baseline: {
+            ort_setup: Mutex::new(()),
+            warm: Mutex::new(Default::default()),
+            baseline: AtomicU64::new({
                 // ONNX Runtime's one-time setup (library, environment, thread pools) belongs to
                 // the daemon's baseline, not to the first model loaded on it (unless the daemon
                 // is configured for tract alone).
@@ -169,7 +178,7 @@ impl Scheduler {
                         crate::engine::backend::onnxruntime::available_providers(config.onnxruntime.library.as_deref());
                 }
                 crate::memory::measure::rss().total
-            },
+            }),
             budget: Budget::detect(config.memory.budget, config.memory.reserve),
             config,
         });
@@ -223,7 +232,7 @@ impl Scheduler {
                 // It fits once other work is done: wait in the queue.
                 Err(_)
                     if self.config.memory.when_full == WhenFull::Queue
-                        && self.baseline + resident + kv <= self.budget.effective =>
+                        && self.baseline() + resident + kv <= self.budget.effective =>
                 {
                     false
                 }
@@ -317,7 +326,11 @@ impl Scheduler {
 
     /// What counts against the budget: the daemon's own baseline, loaded models and reservations.
     fn used(&self, loaded: &HashMap<String, Loaded>) -> u64 {
-        self.baseline + held(loaded)
+        self.baseline() + held(loaded)
+    }
+
+    fn baseline(&self) -> u64 {
+        self.baseline.load(Ordering::Relaxed)
     }
 
     /// A request ends: its KV reservation and its pin on the model go.
@@ -370,10 +383,15 @@ impl Scheduler {
             let stats = self.run(&job);
             tracing::info!(request = job.id, client = %job.owner, model = %job.model_name,
                 finish = %stats.finish_reason, generated = stats.generated_tokens.unwrap_or(0), "request finished");
-            self.release(&job.model_name, kv);
-            self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id);
+            let Job { id, owner, model_name, .. } = job;
+            // The request's model reference, KV cache and buffers are gone: return the memory
+            // to the system before the reservation is released (and the model may be evicted),
+            // so that what the budget counts is what is resident.
+            crate::memory::measure::release_freed();
+            self.release(&model_name, kv);
+            self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             self.running.fetch_sub(1, Ordering::SeqCst);
-            let _ = self.events.send(Event::Finished { id: job.id, owner: job.owner.clone(), stats });
+            let _ = self.events.send(Event::Finished { id, owner, stats });
         }
     }
 

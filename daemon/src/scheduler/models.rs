@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 use std::time::SystemTime;
 
@@ -50,7 +51,23 @@ impl Scheduler {
     }
 
     pub fn providers(&self) -> Vec<String> {
+        self.set_up_onnxruntime();
         crate::engine::backend::onnxruntime::available_providers(self.config.onnxruntime.library.as_deref())
+    }
+
+    /// Sets ONNX Runtime up if that has not been tried yet (its library, environment and
+    /// thread pools: about 20 MiB), adding what it takes to the daemon's baseline.
+    pub(super) fn set_up_onnxruntime(&self) {
+        use crate::engine::backend::onnxruntime;
+        let _once = self.ort_setup.lock().unwrap_or_else(|e| e.into_inner());
+        if onnxruntime::environment_tried() {
+            return;
+        }
+        let before = measure::rss().total;
+        let _ = onnxruntime::environment(self.config.onnxruntime.library.as_deref());
+        let grown = measure::rss().total.saturating_sub(before);
+        self.baseline.fetch_add(grown, Ordering::Relaxed);
+        tracing::info!(grown = %mib(grown), "ONNX Runtime set up: counted in the daemon's baseline");
     }
 
     pub(super) fn model_path(&self, name: &str) -> Result<PathBuf, Error> {
@@ -83,8 +100,9 @@ impl Scheduler {
                 let mut info = ModelInfo { name: name.clone(), ..Default::default() };
                 match dir {
                     Ok(d) => {
-                        let est = Estimate::for_model(&d, self.default_backend());
+                        let est = self.estimate_for(&d, self.default_backend());
                         info.estimated_bytes = Some(est.resident());
+                        info.estimated_peak_bytes = Some(est.load_peak());
                         info.kv_bytes_per_token = Some(est.kv_per_token);
                         info.layout = Some(d.layout.to_string());
                         info.quantization = Some(d.quantization.to_string());
@@ -103,7 +121,11 @@ impl Scheduler {
                     info.idle_seconds = Some(l.last_used.elapsed().as_secs());
                     info.running = Some(l.active);
                     info.estimated_bytes = Some(l.estimate.resident());
-                    info.measured_bytes = Some(l.measured);
+                    info.estimated_peak_bytes = Some(l.estimate.load_peak());
+                    info.measured_peak_bytes = Some(l.load_peak);
+                    info.measured_bytes = Some(l.measured.total);
+                    info.measured_anon_bytes = Some(l.measured.anon);
+                    info.measured_file_bytes = Some(l.measured.file);
                     info.kv_reserved_bytes = Some(l.kv_reserved);
                 }
                 info
@@ -144,6 +166,13 @@ impl Scheduler {
         }
     }
 
+    /// The estimate for loading `dir` on `kind` now: with the runtime's code pages when no
+    /// model has run on `kind` in this process yet.
+    pub(super) fn estimate_for(&self, dir: &crate::engine::ModelDir, kind: BackendKind) -> Estimate {
+        let first = !self.warm.lock().unwrap_or_else(|e| e.into_inner()).contains(&kind);
+        Estimate::for_model(dir, kind, first)
+    }
+
     /// A dry run of loading `name` with `parallel` sequences of `context` tokens.
     pub fn estimate(
         &self,
@@ -155,10 +184,12 @@ impl Scheduler {
         self.model_path(name)?;
         let kind = backend.unwrap_or_else(|| self.default_backend());
         let dir = self.open_dir(name).map_err(|e| Error::ModelLoadFailed(format!("{name}: {e}")))?;
-        let est = Estimate::for_model(&dir, kind);
+        let est = self.estimate_for(&dir, kind);
         let context = context.unwrap_or(dir.spec.context_length as u32).min(dir.spec.context_length as u32);
-        let kv = est.request(0, context as u64);
+        let kv = est.kv(context as u64);
         let total = est.resident() + kv * parallel as u64;
+        // Loading passes through its peak before any request runs.
+        let need = total.max(est.load_peak());
         let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         let in_use = self.used(&loaded);
         let idle: u64 = loaded.values().filter(|l| l.active == 0).map(Loaded::held).sum();
@@ -171,10 +202,12 @@ impl Scheduler {
             context,
             parallel,
             total,
+            load_peak: Some(est.load_peak()),
+            runtime_code: Some(est.runtime_code),
             budget,
             in_use,
-            fits_now: in_use + total <= budget,
-            fits_after_eviction: in_use - idle + total <= budget,
+            fits_now: in_use + need <= budget,
+            fits_after_eviction: in_use - idle + need <= budget,
         })
     }
 
@@ -206,20 +239,19 @@ impl Scheduler {
             let busy: Vec<String> =
                 loaded.iter().filter(|(_, l)| l.active > 0).map(|(n, l)| format!("{n} {}", mib(l.held()))).collect();
             return Err(Error::OutOfBudget(format!(
-                "{what} needs {}; the budget is {} and {} is in use ({} by models serving requests: {}); \
-                 unloading every idle model would free only {}",
+                "{what} needs {}; the budget is {}, {} is in use and {} available ({} by models serving \
+                 requests: {}); unloading every idle model would free only {}",
                 mib(need),
                 mib(budget),
                 mib(in_use),
+                mib(budget.saturating_sub(in_use)),
                 mib(in_use - loaded.values().filter(|l| l.active == 0).map(Loaded::held).sum::<u64>()),
                 if busy.is_empty() { "none".into() } else { busy.join(", ") },
                 mib(freed)
             )));
         }
         for v in &victims {
-            loaded.remove(v);
-            tracing::info!(model = %v, reason = "evicted", "model unloaded to make room");
-            let _ = self.events.send(Event::ModelUnloaded { name: v.clone(), reason: "evicted" });
+            self.remove_model(loaded, v, "evicted");
         }
         if !victims.is_empty() {
             measure::release_freed();
@@ -273,22 +305,25 @@ impl Scheduler {
         }
         let kind = backend.unwrap_or_else(|| self.default_backend());
         let dir = self.open_dir(name).map_err(|e| Error::ModelLoadFailed(format!("{name}: {e}")))?;
-        let estimate = Estimate::for_model(&dir, kind);
+        if kind == BackendKind::Onnxruntime {
+            self.set_up_onnxruntime();
+        }
+        let estimate = self.estimate_for(&dir, kind);
         {
             let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
             let what = format!(
-                "loading {name} ({} weights + {} scratch, estimated)",
+                "loading {name} ({} weights + {} scratch estimated, {} at the load's peak)",
                 mib(estimate.weights),
-                mib(estimate.scratch)
+                mib(estimate.scratch),
+                mib(estimate.load_peak())
             );
             if loaded.len() >= self.config.max_loaded_models {
                 let lru = loaded.iter().filter(|(_, l)| l.active == 0).min_by_key(|(_, l)| l.last_used);
                 match lru.map(|(n, _)| n.clone()) {
                     Some(victim) => {
-                        loaded.remove(&victim);
+                        tracing::info!(model = %victim, "max_loaded_models reached");
+                        self.remove_model(&mut loaded, &victim, "evicted");
                         measure::release_freed();
-                        tracing::info!(model = %victim, reason = "evicted", "max_loaded_models reached");
-                        let _ = self.events.send(Event::ModelUnloaded { name: victim, reason: "evicted" });
                     }
                     None => {
                         return Err(Error::Busy(format!(
@@ -300,7 +335,7 @@ impl Scheduler {
             }
             // Loading passes through a peak above the loaded size (the parsed graph and the
             // runtime's copies coexist for a moment): room is made for 1.3 × the estimate.
-            let evicted = self.make_room(&mut loaded, estimate.resident() * 13 / 10, &what)?;
+            let evicted = self.make_room(&mut loaded, estimate.load_peak(), &what)?;
             if !evicted.is_empty() {
                 tracing::info!(model = name, evicted = ?evicted, "made room");
             }
@@ -312,19 +347,25 @@ impl Scheduler {
             ort_library: self.config.onnxruntime.library.clone(),
         };
         let started = Instant::now();
+        // Both readings after returning freed heap pages, so that the growth is what the
+        // model holds, not what the allocator kept of earlier work or of the load's peak.
+        measure::release_freed();
         let before = measure::rss();
+        let sampler = measure::PeakSampler::start();
         let model = Model::from_dir(dir, kind, &opts, true).map_err(|e| match e {
             LoadError::Layout(_) | LoadError::Tokenizer(_) | LoadError::Backend(_) => {
                 Error::ModelLoadFailed(format!("{name}: {e}"))
             }
         })?;
-        let after = measure::rss();
-        let measured = after.total.saturating_sub(before.total);
+        let load_peak = sampler.stop().saturating_sub(before.total);
+        measure::release_freed();
+        let measured = measure::rss().growth_since(&before);
+        self.warm.lock().unwrap_or_else(|e| e.into_inner()).insert(kind);
         let served = model.served();
         tracing::info!(model = name, backend = %served.backend, provider = %served.provider,
             seconds = started.elapsed().as_secs_f64(), estimated = %mib(estimate.resident()),
-            measured = %mib(measured), anon = %mib(after.anon.saturating_sub(before.anon)),
-            file = %mib(after.file.saturating_sub(before.file)), "model loaded");
+            estimated_peak = %mib(estimate.load_peak()), measured = %mib(measured.total),
+            anon = %mib(measured.anon), file = %mib(measured.file), peak = %mib(load_peak), "model loaded");
         for (p, reason) in &served.skipped {
             tracing::warn!(model = name, provider = %p, %reason, "execution provider not used");
         }
@@ -337,12 +378,24 @@ impl Scheduler {
                 active: pin as u32,
                 estimate,
                 measured,
+                load_peak,
                 kv_reserved: 0,
                 keep_alive: keep_alive(self.config.keep_alive),
             },
         );
         let _ = self.events.send(Event::ModelLoaded { name: name.to_string(), reason });
         Ok(model)
+    }
+
+    /// Unloads `name` (the caller frees memory afterwards). The runtime code its first load
+    /// brought in stays resident: it moves to the daemon's baseline (until that is measured
+    /// again).
+    pub(super) fn remove_model(&self, loaded: &mut HashMap<String, Loaded>, name: &str, reason: &'static str) {
+        if let Some(l) = loaded.remove(name) {
+            self.baseline.fetch_add(l.estimate.runtime_code, Ordering::Relaxed);
+            tracing::info!(model = name, reason, "model unloaded");
+            let _ = self.events.send(Event::ModelUnloaded { name: name.to_string(), reason });
+        }
     }
 
     pub fn unload(&self, name: &str) -> Result<(), Error> {
@@ -355,11 +408,9 @@ impl Scheduler {
             }
             Some(_) => {}
         }
-        loaded.remove(name);
+        self.remove_model(&mut loaded, name, "request");
         drop(loaded);
         measure::release_freed();
-        tracing::info!(model = name, reason = "request", "model unloaded");
-        let _ = self.events.send(Event::ModelUnloaded { name: name.to_string(), reason: "request" });
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ use super::model_dir::ModelDir;
 pub use providers::ProviderConfig;
 
 /// Which engine runs a model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// Pure Rust, builds anywhere: the default when no ONNX Runtime library is present.

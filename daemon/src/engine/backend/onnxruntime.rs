@@ -74,6 +74,11 @@ pub fn locate_library(configured: Option<&Path>) -> Result<PathBuf, String> {
     })
 }
 
+/// Whether the environment has been set up (successfully or not).
+pub fn environment_tried() -> bool {
+    ENV.get().is_some()
+}
+
 /// The process-wide environment, created on first use.
 pub fn environment(configured: Option<&Path>) -> Result<&'static Environment, BackendError> {
     let env = ENV.get_or_init(|| {
