@@ -5,78 +5,15 @@
 
 mod common;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use common::bus::{Daemon, python_client};
+use common::client::*;
 use common::*;
 use futures_util::StreamExt;
-use llamad::engine::{BackendKind, Model, Prompt, SamplingParams};
-use llamad_api::{Error, FinishStats, MANAGER_INTERFACE, MANAGER_PATH, ManagerProxy};
+use llamad_api::{Error, FinishStats, MANAGER_INTERFACE, MANAGER_PATH};
 use zbus::zvariant::Value;
 use zbus::{MatchRule, MessageStream, message::Type as MsgType};
-
-const PROMPT: &str = "Once upon a time";
-
-fn opts(seed: u64, max_tokens: u32) -> HashMap<&'static str, Value<'static>> {
-    HashMap::from([
-        ("seed", Value::from(seed)),
-        ("max_tokens", Value::from(max_tokens)),
-        ("temperature", Value::from(0.8f64)),
-    ])
-}
-
-/// What the core itself produces for `tiny` with the same options (no D-Bus).
-fn core_text(seed: u64, max_tokens: u32) -> String {
-    let m =
-        Model::load(&fixture("tiny-llama2-optimum-fp32"), BackendKind::Tract, &common::opts(BackendKind::Tract), true)
-            .unwrap();
-    let p = SamplingParams { seed: Some(seed), max_tokens, temperature: 0.8, ..Default::default() };
-    m.generate(&Prompt::Text(PROMPT.into()), &p, &AtomicBool::new(false), |_| {}).unwrap().text
-}
-
-/// Starts a request through `proxy` and collects its stream until `Finished`.
-async fn run(
-    conn: &zbus::Connection,
-    proxy: &ManagerProxy<'_>,
-    seed: u64,
-    max_tokens: u32,
-) -> (String, FinishStats, usize) {
-    stream_prompt(conn, proxy, PROMPT, seed, max_tokens).await.unwrap()
-}
-
-/// `Generate` on `tiny`, then the request's text, final stats and number of pieces.
-/// Signals of other requests must not reach this client (they are unicast).
-async fn stream_prompt(
-    conn: &zbus::Connection,
-    proxy: &ManagerProxy<'_>,
-    prompt: &str,
-    seed: u64,
-    max_tokens: u32,
-) -> Result<(String, FinishStats, usize), Error> {
-    let mut signals = manager_signals(conn).await;
-    let id = proxy.generate("tiny", prompt, opts(seed, max_tokens)).await.map_err(Error::from)?;
-    let (mut text, mut pieces) = (String::new(), 0);
-    while let Some(msg) = signals.next().await {
-        let msg = msg.unwrap();
-        let header = msg.header();
-        match header.member().map(|m| m.as_str()) {
-            Some("Token") => {
-                let (rid, piece): (u64, String) = msg.body().deserialize().unwrap();
-                assert_eq!(rid, id, "a token of another request reached this client");
-                text.push_str(&piece);
-                pieces += 1;
-            }
-            Some("Finished") => {
-                let (rid, stats): (u64, FinishStats) = msg.body().deserialize().unwrap();
-                assert_eq!(rid, id, "another request's final message reached this client");
-                return Ok((text, stats, pieces));
-            }
-            _ => {}
-        }
-    }
-    panic!("stream ended")
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn introspection_matches_the_installed_xml() {
@@ -215,9 +152,9 @@ async fn errors_are_typed() {
     std::fs::write(d.dir.path().join("models/broken/config.json"), "{ not json").unwrap();
     let (_conn, proxy) = d.proxy().await;
     let err = |r: zbus::Result<u64>| Error::from(r.unwrap_err());
-    assert!(matches!(err(proxy.generate("nope", "hi", opts(1, 5)).await), Error::UnknownModel(_)));
-    assert!(matches!(err(proxy.generate("../etc", "hi", opts(1, 5)).await), Error::InvalidArgs(_)));
-    assert!(matches!(err(proxy.generate("tiny", "", opts(1, 5)).await), Error::InvalidArgs(_)));
+    assert!(matches!(err(proxy.generate("nope", "hi", request_opts(1, 5)).await), Error::UnknownModel(_)));
+    assert!(matches!(err(proxy.generate("../etc", "hi", request_opts(1, 5)).await), Error::InvalidArgs(_)));
+    assert!(matches!(err(proxy.generate("tiny", "", request_opts(1, 5)).await), Error::InvalidArgs(_)));
     match err(proxy.generate("tiny", "hi", HashMap::from([("top_p", Value::from(2.0f64))])).await) {
         Error::InvalidArgs(m) => assert!(m.contains("top_p"), "{m}"),
         e => panic!("{e:?}"),
@@ -230,24 +167,24 @@ async fn errors_are_typed() {
         Error::InvalidArgs(m) => assert!(m.contains("temprature"), "{m}"),
         e => panic!("{e:?}"),
     }
-    match err(proxy.generate("tiny", &"word ".repeat(400), opts(1, 5)).await) {
+    match err(proxy.generate("tiny", &"word ".repeat(400), request_opts(1, 5)).await) {
         Error::ContextOverflow(m) => assert!(m.contains("256"), "{m}"),
         e => panic!("{e:?}"),
     }
-    match err(proxy.generate("broken", "hi", opts(1, 5)).await) {
+    match err(proxy.generate("broken", "hi", request_opts(1, 5)).await) {
         Error::ModelLoadFailed(m) => assert!(m.contains("config.json"), "{m}"),
         e => panic!("{e:?}"),
     }
     assert!(matches!(
-        err(proxy.chat("tiny", &[("robot".into(), "hi".into())], opts(1, 5)).await),
+        err(proxy.chat("tiny", &[("robot".into(), "hi".into())], request_opts(1, 5)).await),
         Error::InvalidArgs(_)
     ));
     assert!(matches!(
-        err(proxy.chat("tiny", &[("assistant".into(), "hi".into())], opts(1, 5)).await),
+        err(proxy.chat("tiny", &[("assistant".into(), "hi".into())], request_opts(1, 5)).await),
         Error::InvalidArgs(_)
     ));
     // The stories model has no tokenizer: the daemon, which serves text, cannot load it.
-    match err(proxy.generate("stories", "hi", opts(1, 5)).await) {
+    match err(proxy.generate("stories", "hi", request_opts(1, 5)).await) {
         Error::ModelLoadFailed(m) => assert!(m.contains("tokenizer.json"), "{m}"),
         e => panic!("{e:?}"),
     }
@@ -295,7 +232,7 @@ async fn a_full_queue_answers_busy() {
     // One running and one queued at most: submissions every 5 ms outpace 200-token requests.
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        match proxy.generate("tiny", PROMPT, opts(1, 200)).await {
+        match proxy.generate("tiny", PROMPT, request_opts(1, 200)).await {
             Ok(_) => accepted += 1,
             Err(e) => match Error::from(e) {
                 Error::Busy(m) => {
@@ -315,7 +252,7 @@ async fn a_client_that_leaves_cancels_its_requests() {
     {
         let (conn, proxy) = d.proxy().await;
         for _ in 0..16 {
-            let _ = proxy.generate("tiny", PROMPT, opts(1, 250)).await;
+            let _ = proxy.generate("tiny", PROMPT, request_opts(1, 250)).await;
         }
         drop(proxy);
         conn.graceful_shutdown().await;
@@ -350,7 +287,7 @@ async fn sigterm_sends_final_messages_and_exits_cleanly() {
     let mut finished = MessageStream::for_match_rule(rule, &conn, Some(100)).await.unwrap();
     let mut ids = vec![];
     for _ in 0..4 {
-        ids.push(proxy.generate("tiny", PROMPT, opts(1, 250)).await.unwrap());
+        ids.push(proxy.generate("tiny", PROMPT, request_opts(1, 250)).await.unwrap());
     }
     let status = tokio::task::block_in_place(|| d.terminate());
     assert!(status.success(), "llamad exited with {status}: {}", d.log());
@@ -445,266 +382,4 @@ fn llamactl_makes_its_man_page_and_completions() {
     let out =
         std::process::Command::new(&ctl).args(["--address", "unix:path=/nonexistent/bus", "status"]).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn the_memory_budget_refuses_what_does_not_fit() {
-    let d = Daemon::start("[memory]\nbudget = \"20MiB\"\nreserve = 0").await;
-    let (_c, proxy) = d.proxy().await;
-    let mem = proxy.memory().await.unwrap();
-    assert_eq!(mem.budget, 20 << 20);
-    assert_eq!(mem.config, Some(20 << 20));
-    match Error::from(proxy.generate("tiny", PROMPT, opts(1, 5)).await.unwrap_err()) {
-        Error::OutOfBudget(m) => assert!(m.contains("loading tiny") && m.contains("budget is 20.0 MiB"), "{m}"),
-        e => panic!("{e:?}"),
-    }
-    assert!(proxy.loaded_models().await.unwrap().is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn idle_models_make_room_least_recently_used_first_busy_ones_never() {
-    // Room for the daemon (10–15 MiB) and one tiny model (about 58 MiB, loaded with 1.3 ×
-    // headroom) but not two.
-    let d = Daemon::start("max_parallel = 1\nmax_queue = 16\n[memory]\nbudget = \"110MiB\"\nreserve = 0").await;
-    let (_c, proxy) = d.proxy().await;
-    proxy.load_model("tiny", HashMap::new()).await.unwrap();
-    proxy.load_model("tiny-gguf", HashMap::new()).await.unwrap();
-    assert_eq!(proxy.loaded_models().await.unwrap(), vec!["tiny-gguf".to_string()], "tiny was idle: evicted");
-    assert!(d.log().contains("evicted"), "{}", d.log());
-    // While tiny-gguf has requests queued or running it is not evicted: loading tiny is refused.
-    for _ in 0..8 {
-        proxy.generate("tiny-gguf", PROMPT, opts(1, 250)).await.unwrap();
-    }
-    match Error::from(proxy.load_model("tiny", HashMap::new()).await.unwrap_err()) {
-        Error::OutOfBudget(m) => assert!(m.contains("tiny-gguf"), "{m}"),
-        e => panic!("{e:?}"),
-    }
-    assert_eq!(proxy.loaded_models().await.unwrap(), vec!["tiny-gguf".to_string()]);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_request_reserves_its_kv_cache_first() {
-    let d = Daemon::start("[memory]\nbudget = \"95MiB\"\nreserve = 0").await;
-    let (conn, proxy) = d.proxy().await;
-    // A short prompt fits next to the daemon (10–15 MiB) and the loaded model (about
-    // 58 MiB); the logits of a 250-token prompt (250 × 32000 floats, 31 MiB) and its KV
-    // cache never can: refused at once, whatever `when_full` says.
-    let (_, stats, _) = run(&conn, &proxy, 1, 20).await;
-    assert_eq!(stats.finish_reason, "length");
-    match Error::from(proxy.generate("tiny", &"word ".repeat(250), opts(1, 4)).await.unwrap_err()) {
-        Error::OutOfBudget(m) => assert!(m.contains("KV cache"), "{m}"),
-        e => panic!("{e:?}"),
-    }
-    let m = proxy.list_models().await.unwrap().into_iter().find(|m| m.name == "tiny").unwrap();
-    eprintln!("tiny on tract: estimated {:?}, measured {:?}", m.estimated_bytes, m.measured_bytes);
-    assert_eq!(m.kv_reserved_bytes, Some(0), "reservations are released");
-    assert!(m.measured_bytes.unwrap() > 0);
-}
-
-/// Every signal of the manager interface that reaches `conn` (its own unicast ones and broadcasts).
-async fn manager_signals(conn: &zbus::Connection) -> MessageStream {
-    let rule = MatchRule::builder()
-        .msg_type(MsgType::Signal)
-        .interface(MANAGER_INTERFACE)
-        .unwrap()
-        .path(MANAGER_PATH)
-        .unwrap()
-        .build();
-    MessageStream::for_match_rule(rule, conn, Some(10_000)).await.unwrap()
-}
-
-async fn wait_for(stream: &mut MessageStream, member: &str) -> zbus::Message {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .unwrap_or_else(|_| panic!("no {member} signal"))
-            .unwrap()
-            .unwrap();
-        if msg.header().member().map(|m| m.as_str()) == Some(member) {
-            return msg;
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn keep_alive_unloads_idle_models_on_time() {
-    let d = Daemon::start("keep_alive = 1").await;
-    let (conn, proxy) = d.proxy().await;
-    let mut signals = manager_signals(&conn).await;
-    let started = std::time::Instant::now();
-    run(&conn, &proxy, 1, 5).await;
-    let msg = wait_for(&mut signals, "ModelUnloaded").await;
-    let (name, reason): (String, String) = msg.body().deserialize().unwrap();
-    assert_eq!((name.as_str(), reason.as_str()), ("tiny", "idle"));
-    let waited = started.elapsed();
-    assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(5), "{waited:?}");
-    // keep_alive 0 on a request: unloaded right after it; negative: kept.
-    let mut o = opts(1, 5);
-    o.insert("keep_alive", Value::from(-1i64));
-    proxy.generate("tiny", PROMPT, o).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(proxy.loaded_models().await.unwrap(), vec!["tiny".to_string()]);
-    let mut o = opts(1, 5);
-    o.insert("keep_alive", Value::from(0i64));
-    proxy.generate("tiny", PROMPT, o).await.unwrap();
-    let msg = wait_for(&mut signals, "ModelUnloaded").await;
-    let (_, reason): (String, String) = msg.body().deserialize().unwrap();
-    assert_eq!(reason, "idle");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn memory_pressure_unloads_idle_models_and_pauses_admission() {
-    let psi = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(psi.path(), "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n").unwrap();
-    let d = Daemon::start(&format!("[memory]\npsi = \"{}\"\npsi_threshold = 20.0", psi.path().display())).await;
-    let (conn, proxy) = d.proxy().await;
-    let mut signals = manager_signals(&conn).await;
-    proxy.load_model("tiny", HashMap::new()).await.unwrap();
-    std::fs::write(psi.path(), "some avg10=35.00 avg60=10.00 avg300=2.00 total=99\n").unwrap();
-    let (active, reason): (bool, String) = wait_for(&mut signals, "MemoryPressure").await.body().deserialize().unwrap();
-    assert!(active && reason.contains("avg10=35"), "{reason}");
-    let (name, why): (String, String) = wait_for(&mut signals, "ModelUnloaded").await.body().deserialize().unwrap();
-    assert_eq!((name.as_str(), why.as_str()), ("tiny", "pressure"));
-    assert!(proxy.under_memory_pressure().await.unwrap());
-    match Error::from(proxy.generate("tiny", PROMPT, opts(1, 5)).await.unwrap_err()) {
-        Error::OutOfBudget(m) => assert!(m.contains("memory pressure"), "{m}"),
-        e => panic!("{e:?}"),
-    }
-    std::fs::write(psi.path(), "some avg10=1.00 avg60=10.00 avg300=2.00 total=99\n").unwrap();
-    let (active, _): (bool, String) = wait_for(&mut signals, "MemoryPressure").await.body().deserialize().unwrap();
-    assert!(!active);
-    assert_eq!(run(&conn, &proxy, 1, 5).await.1.finish_reason, "length");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn max_loaded_models_and_the_estimate_dry_run() {
-    let d = Daemon::start("max_loaded_models = 1").await;
-    let (conn, proxy) = d.proxy().await;
-    let mut signals = manager_signals(&conn).await;
-    proxy.load_model("tiny", HashMap::new()).await.unwrap();
-    proxy.load_model("tiny-gguf", HashMap::new()).await.unwrap();
-    let (name, reason): (String, String) = wait_for(&mut signals, "ModelUnloaded").await.body().deserialize().unwrap();
-    assert_eq!((name.as_str(), reason.as_str()), ("tiny", "evicted"));
-    assert_eq!(proxy.loaded_models().await.unwrap(), vec!["tiny-gguf".to_string()]);
-    let out = d.llamactl().args(["--json", "estimate", "tiny", "--ctx", "128", "--parallel", "2"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let n = |k: &str| e[k].as_u64().unwrap();
-    // 2 layers × 1 KV head × 16 dims × 2 (K and V) × 4 bytes = 256 bytes a token.
-    assert_eq!(n("kv_per_sequence"), 128 * 256);
-    assert_eq!(n("total"), n("weights") + n("scratch") + 2 * n("kv_per_sequence"));
-    assert_eq!(e["fits_now"], true);
-    let out = d.llamactl().args(["estimate", "nope"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(4));
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn requests_that_do_not_fit_together_wait_or_are_refused_as_configured() {
-    // One request's logits and KV (a 200-word prompt: about 25 MiB) fit next to the daemon
-    // (about 13 MiB) and the model (about 58 MiB) within 110 MiB; two do not.
-    let prompt = "word ".repeat(200);
-    let expected = {
-        let m = Model::load(
-            &fixture("tiny-llama2-optimum-fp32"),
-            BackendKind::Tract,
-            &common::opts(BackendKind::Tract),
-            true,
-        )
-        .unwrap();
-        let p = SamplingParams { seed: Some(4), max_tokens: 30, temperature: 0.8, ..Default::default() };
-        m.generate(&Prompt::Text(prompt.clone()), &p, &AtomicBool::new(false), |_| {}).unwrap().text
-    };
-    let d = Daemon::start("max_parallel = 2\n[memory]\nbudget = \"110MiB\"\nreserve = 0\nwhen_full = \"queue\"").await;
-    let mut tasks = vec![];
-    for _ in 0..4 {
-        let (conn, proxy) = d.proxy().await;
-        let prompt = prompt.clone();
-        tasks.push(tokio::spawn(async move { stream_prompt(&conn, &proxy, &prompt, 4, 30).await }));
-    }
-    for t in tasks {
-        let (text, stats, _) = t.await.unwrap().expect("queued, not refused");
-        assert_eq!(stats.finish_reason, "length");
-        assert_eq!(text, expected);
-    }
-    assert!(d.log().contains("waiting for memory"), "no request had to wait: {}", d.log());
-    drop(d);
-
-    let d = Daemon::start("max_parallel = 1\n[memory]\nbudget = \"110MiB\"\nreserve = 0\nwhen_full = \"refuse\"").await;
-    let (_c, proxy) = d.proxy().await;
-    proxy.load_model("tiny", HashMap::new()).await.unwrap();
-    let mut refused = 0;
-    for _ in 0..3 {
-        match proxy.generate("tiny", &prompt, opts(4, 50)).await {
-            Ok(_) => {}
-            Err(e) => match Error::from(e) {
-                Error::OutOfBudget(m) => {
-                    assert!(m.contains("KV cache"), "{m}");
-                    refused += 1
-                }
-                other => panic!("{other:?}"),
-            },
-        }
-    }
-    assert!(refused >= 1, "nothing was refused");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn peak_memory_stays_within_the_budget_under_mixed_load() {
-    // Room for one of the two models (about 58 MiB each estimated) and a few requests:
-    // loads alternate, so models are evicted and reloaded while requests run.
-    let budget_mib = 100u64;
-    let d = Daemon::start(&format!(
-        "max_parallel = 2\nmax_queue = 64\n[memory]\nbudget = \"{budget_mib}MiB\"\nreserve = 0"
-    ))
-    .await;
-    let pid = d.llamad.as_ref().unwrap().id();
-    let mut tasks = vec![];
-    for client in 0..3u64 {
-        let (conn, proxy) = d.proxy().await;
-        tasks.push(tokio::spawn(async move {
-            let mut done = 0;
-            for i in 0..6u64 {
-                let model = if (client + i) % 2 == 0 { "tiny" } else { "tiny-gguf" };
-                let rule = MatchRule::builder()
-                    .msg_type(MsgType::Signal)
-                    .interface(MANAGER_INTERFACE)
-                    .unwrap()
-                    .member("Finished")
-                    .unwrap()
-                    .build();
-                let mut fin = MessageStream::for_match_rule(rule, &conn, Some(100)).await.unwrap();
-                match proxy.generate(model, PROMPT, opts(i, 40)).await {
-                    Ok(id) => loop {
-                        let msg = fin.next().await.unwrap().unwrap();
-                        let (rid, stats): (u64, FinishStats) = msg.body().deserialize().unwrap();
-                        if rid == id {
-                            assert_eq!(stats.finish_reason, "length");
-                            done += 1;
-                            break;
-                        }
-                    },
-                    // The other model is busy and there is no room for both: a typed refusal.
-                    Err(e) => assert!(matches!(Error::from(e), Error::OutOfBudget(_)), "unexpected error"),
-                }
-            }
-            done
-        }));
-    }
-    let mut completed = 0;
-    for t in tasks {
-        completed += t.await.unwrap();
-    }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib = |k: &str| -> u64 {
-        status.lines().find(|l| l.starts_with(k)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
-    };
-    let peak = kib("VmHWM:") * 1024;
-    let log = d.log();
-    let evictions = log.matches("evicted").count();
-    eprintln!(
-        "stress: {completed} of 18 requests completed, {evictions} evictions, peak RSS {:.1} MiB, budget {budget_mib} MiB",
-        peak as f64 / 1048576.0
-    );
-    assert!(completed >= 6, "{completed}");
-    assert!(peak <= budget_mib * 1048576 * 105 / 100, "peak RSS {peak} over the budget + 5 %");
 }

@@ -35,6 +35,11 @@ pub fn target_bin(name: &str) -> PathBuf {
 impl Daemon {
     /// Starts a bus and llamad with `extra_config` appended to the test configuration.
     pub async fn start(extra_config: &str) -> Daemon {
+        Daemon::start_with(extra_config, &[]).await
+    }
+
+    /// As [`Daemon::start`], offering `extra_models` (name, directory) besides [`MODELS`].
+    pub async fn start_with(extra_config: &str, extra_models: &[(&str, &Path)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("bus");
         let conf = dir.path().join("bus.conf");
@@ -74,6 +79,9 @@ impl Daemon {
         std::fs::create_dir(&models).unwrap();
         for (name, fixture_name) in MODELS {
             std::os::unix::fs::symlink(fixture(fixture_name), models.join(name)).unwrap();
+        }
+        for (name, dir) in extra_models {
+            std::os::unix::fs::symlink(dir, models.join(name)).unwrap();
         }
         let config = dir.path().join("llamad.toml");
         std::fs::write(

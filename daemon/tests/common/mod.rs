@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 pub mod bus;
+pub mod client;
+pub mod sizes;
+pub mod widen;
 
 use std::path::PathBuf;
 
