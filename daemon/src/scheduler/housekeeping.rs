@@ -100,22 +100,13 @@ impl Scheduler {
         }
     }
 
-    /// When nothing is loading or running, the daemon's own memory is measured again: its
-    /// resident size less what the loaded models measured. It then includes what the
-    /// estimates do not see (runtime code paged in by loads, the bus connections, the
-    /// allocator's state), and the budget counts what is really resident.
+    /// Every tick with no load in progress, the daemon's own memory is measured again
+    /// (see `refresh_baseline`).
     fn measure_baseline(&self) {
         let Ok(_no_load) = self.load_lock.try_lock() else { return };
-        if self.running.load(Ordering::SeqCst) > 0 || self.queued.load(Ordering::SeqCst) > 0 {
-            return;
-        }
         let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        let models: u64 = loaded.values().map(|l| l.measured.total).sum();
-        let now = crate::memory::measure::rss().total.saturating_sub(models);
-        let was = self.baseline.swap(now, Ordering::Relaxed);
-        if now.abs_diff(was) >= 1 << 20 {
-            tracing::debug!(was = %crate::memory::mib(was), now = %crate::memory::mib(now), "daemon baseline measured");
-        }
+        let quiet = self.running.load(Ordering::SeqCst) == 0;
+        self.refresh_baseline(&loaded, quiet);
     }
 
     pub fn under_pressure(&self) -> bool {

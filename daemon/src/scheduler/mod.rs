@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use llamad_api::{Error, FinishStats};
 use tokio::sync::mpsc::UnboundedSender;
+use zbus::DBusError as _;
 
 use crate::config::{Config, WhenFull};
 use crate::engine::backend::onnxruntime::locate_library;
@@ -227,7 +228,7 @@ impl Scheduler {
                 .map(|l| (l.estimate.request(prompt_ids.len() as u64, tokens), l.held() - l.kv_reserved))
                 .unwrap_or((0, 0));
             let what = format!("the KV cache of this request ({tokens} tokens: prompt + max_tokens)");
-            let reserved = match self.make_room(&mut loaded, kv, &what) {
+            let reserved = match self.make_room(&mut loaded, kv, &what, false) {
                 Ok(_) => true,
                 // It fits once other work is done: wait in the queue.
                 Err(_)
@@ -329,6 +330,29 @@ impl Scheduler {
         self.baseline() + held(loaded)
     }
 
+    /// Measures the daemon's own memory again from what is resident: the resident size
+    /// less the loaded models' measured size and the running requests' reservations. It
+    /// then includes what estimates do not see (runtime code paged in by loads, what the
+    /// allocator keeps after unloads, the bus connections). With nothing running (`quiet`)
+    /// that is the baseline; otherwise requests may not have allocated all they reserved,
+    /// so it can only raise it. Call with no load in progress.
+    fn refresh_baseline(&self, loaded: &HashMap<String, Loaded>, quiet: bool) {
+        crate::memory::measure::release_freed();
+        let models: u64 = loaded.values().map(|l| l.measured.total + l.kv_reserved).sum();
+        let now = crate::memory::measure::rss().total.saturating_sub(models);
+        if quiet {
+            self.baseline.store(now, Ordering::Relaxed);
+        } else {
+            self.baseline.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether no request is running and no load in progress (besides the caller's own,
+    /// when `loading_here`).
+    fn quiet(&self, loading_here: bool) -> bool {
+        self.running.load(Ordering::SeqCst) == 0 && (loading_here || self.load_lock.try_lock().is_ok())
+    }
+
     fn baseline(&self) -> u64 {
         self.baseline.load(Ordering::Relaxed)
     }
@@ -344,23 +368,29 @@ impl Scheduler {
     }
 
     /// A queued request that could not reserve at submission waits here until it can
-    /// (or is cancelled). Returns the bytes reserved.
-    fn reserve_when_room(&self, job: &Job) -> u64 {
+    /// (or is cancelled). Returns the bytes reserved, or why it never can be.
+    fn reserve_when_room(&self, job: &Job) -> Result<u64, Error> {
         if job.reserved {
-            return job.kv;
+            return Ok(job.kv);
         }
         let what = format!("the KV cache of request {}", job.id);
         tracing::info!(request = job.id, kv = %mib(job.kv), "waiting for memory to reserve the KV cache");
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if job.cancel.load(Ordering::Relaxed) {
-                return 0;
+                return Ok(0);
             }
-            if self.make_room(&mut loaded, job.kv, &what).is_ok() {
-                if let Some(l) = loaded.get_mut(&job.model_name) {
-                    l.kv_reserved += job.kv;
+            match self.make_room(&mut loaded, job.kv, &what, false) {
+                Ok(_) => {
+                    if let Some(l) = loaded.get_mut(&job.model_name) {
+                        l.kv_reserved += job.kv;
+                    }
+                    return Ok(job.kv);
                 }
-                return job.kv;
+                // Nothing running, about to run (holding a reservation) or loading will free
+                // anything: it never fits.
+                Err(e) if self.quiet(false) && loaded.values().all(|l| l.kv_reserved == 0) => return Err(e),
+                Err(_) => {}
             }
             loaded = self
                 .room
@@ -376,11 +406,22 @@ impl Scheduler {
                 Ok(j) => j,
                 Err(_) => return,
             };
-            let kv = self.reserve_when_room(&job);
+            let reserved = self.reserve_when_room(&job);
             self.queued.fetch_sub(1, Ordering::SeqCst);
             self.running.fetch_add(1, Ordering::SeqCst);
             let _ = self.events.send(Event::Started);
-            let stats = self.run(&job);
+            let (kv, stats) = match reserved {
+                Ok(kv) => (kv, self.run(&job)),
+                Err(e) => (
+                    0,
+                    FinishStats {
+                        finish_reason: "error".into(),
+                        error_name: Some(e.name().to_string()),
+                        error: e.description().map(str::to_string),
+                        ..Default::default()
+                    },
+                ),
+            };
             tracing::info!(request = job.id, client = %job.owner, model = %job.model_name,
                 finish = %stats.finish_reason, generated = stats.generated_tokens.unwrap_or(0), "request finished");
             let Job { id, owner, model_name, .. } = job;

@@ -213,13 +213,18 @@ impl Scheduler {
 
     /// Makes room for `need` more bytes: unloads idle models (least recently used first)
     /// if, and only if, that makes it fit. Returns the names unloaded.
+    /// `loading_here`: the caller holds the load lock (admitting its own load).
     pub(super) fn make_room(
         &self,
         loaded: &mut HashMap<String, Loaded>,
         need: u64,
         what: &str,
+        loading_here: bool,
     ) -> Result<Vec<String>, Error> {
         let budget = self.budget.effective;
+        if loading_here || self.load_lock.try_lock().is_ok() {
+            self.refresh_baseline(loaded, self.quiet(loading_here));
+        }
         let in_use = self.used(loaded);
         if in_use + need <= budget {
             return Ok(vec![]);
@@ -239,8 +244,8 @@ impl Scheduler {
             let busy: Vec<String> =
                 loaded.iter().filter(|(_, l)| l.active > 0).map(|(n, l)| format!("{n} {}", mib(l.held()))).collect();
             return Err(Error::OutOfBudget(format!(
-                "{what} needs {}; the budget is {}, {} is in use and {} available ({} by models serving \
-                 requests: {}); unloading every idle model would free only {}",
+                "{what} needs {}; the budget is {}, {} is in use and {} available ({} by the daemon and \
+                 models serving requests: {}); unloading every idle model would free only {}",
                 mib(need),
                 mib(budget),
                 mib(in_use),
@@ -254,7 +259,21 @@ impl Scheduler {
             self.remove_model(loaded, v, "evicted");
         }
         if !victims.is_empty() {
-            measure::release_freed();
+            // What the unloaded models really gave back can be less than they were counted
+            // for (the allocator keeps some): measure again and check.
+            if loading_here || self.load_lock.try_lock().is_ok() {
+                self.refresh_baseline(loaded, self.quiet(loading_here));
+            }
+            let now = self.used(loaded);
+            if now + need > budget {
+                return Err(Error::OutOfBudget(format!(
+                    "{what} needs {}; after unloading {} to make room, {} of the {} budget is still in use",
+                    mib(need),
+                    victims.join(", "),
+                    mib(now),
+                    mib(budget)
+                )));
+            }
         }
         Ok(victims)
     }
@@ -335,7 +354,7 @@ impl Scheduler {
             }
             // Loading passes through a peak above the loaded size (the parsed graph and the
             // runtime's copies coexist for a moment): room is made for 1.3 × the estimate.
-            let evicted = self.make_room(&mut loaded, estimate.load_peak(), &what)?;
+            let evicted = self.make_room(&mut loaded, estimate.load_peak(), &what, true)?;
             if !evicted.is_empty() {
                 tracing::info!(model = name, evicted = ?evicted, "made room");
             }

@@ -120,3 +120,10 @@ pub async fn loaded_now(proxy: &ManagerProxy<'_>) -> Vec<String> {
     v.sort();
     v
 }
+
+/// The daemon's `Memory` property as it is now (read with `Get`, not from a proxy's cache,
+/// which follows PropertiesChanged and may lag behind).
+pub async fn memory_now(conn: &zbus::Connection) -> llamad_api::MemoryStatus {
+    let proxy = ManagerProxy::builder(conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+    proxy.memory().await.unwrap()
+}

@@ -29,8 +29,18 @@ pub async fn settled_proxy(d: &Daemon) -> (zbus::Connection, ManagerProxy<'stati
 impl Sizes {
     pub async fn probe() -> Sizes {
         let d = Daemon::start("").await;
-        let (_c, proxy) = settled_proxy(&d).await;
-        Sizes { baseline: proxy.memory().await.unwrap().used.unwrap() }
+        let (conn, _proxy) = settled_proxy(&d).await;
+        Sizes { baseline: super::client::memory_now(&conn).await.used.unwrap() }
+    }
+
+    /// As [`Sizes::probe`], after the daemon has run each of `models` (see [`exercise`]):
+    /// the baseline then holds what running them leaves behind (tract's code, the
+    /// allocator's state), as in a daemon that has been serving for a while.
+    pub async fn probe_after(models: &[&str], extra: &[(&str, &Path)]) -> Sizes {
+        let d = Daemon::start_with("", extra).await;
+        let (conn, proxy) = settled_proxy(&d).await;
+        exercise(&conn, &proxy, models).await;
+        Sizes { baseline: super::client::memory_now(&conn).await.used.unwrap() }
     }
 
     /// A budget (bytes) halfway through `[low, high)` above the baseline.
@@ -50,6 +60,16 @@ impl Sizes {
 
 fn mib(b: u64) -> f64 {
     b as f64 / 1048576.0
+}
+
+/// Loads each of `models` on tract, runs a short request on it and unloads it, then gives
+/// the daemon time to measure its baseline again (it does when idle, every 250 ms).
+pub async fn exercise(conn: &zbus::Connection, proxy: &ManagerProxy<'_>, models: &[&str]) {
+    for m in models {
+        super::client::stream(conn, proxy, m, "Once upon a time", super::client::request_opts(1, 10)).await.unwrap();
+        proxy.unload_model(m).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
 }
 
 /// The daemon's estimate for `dir` on tract; `first_load`: no tract model loaded yet.
