@@ -126,6 +126,8 @@ pub struct Scheduler {
     /// The daemon's own resident memory, counted as in use: measured at start, then again
     /// whenever it is idle (see `housekeeping`).
     baseline: AtomicU64,
+    /// Model directories being read (their graphs decoded) now.
+    reading: AtomicU32,
     /// Serialises setting ONNX Runtime up (see `set_up_onnxruntime`).
     ort_setup: Mutex<()>,
     /// Backends that have loaded a model in this process (their code is resident).
@@ -169,6 +171,7 @@ impl Scheduler {
             pressure: Mutex::new(None),
             room: std::sync::Condvar::new(),
             ort_setup: Mutex::new(()),
+            reading: AtomicU32::new(0),
             warm: Mutex::new(Default::default()),
             baseline: AtomicU64::new({
                 // ONNX Runtime's one-time setup (library, environment, thread pools) belongs to
@@ -335,8 +338,12 @@ impl Scheduler {
     /// then includes what estimates do not see (runtime code paged in by loads, what the
     /// allocator keeps after unloads, the bus connections). With nothing running (`quiet`)
     /// that is the baseline; otherwise requests may not have allocated all they reserved,
-    /// so it can only raise it. Call with no load in progress.
+    /// so it can only raise it. Call with no load in progress; skipped while a model
+    /// directory is being read.
     fn refresh_baseline(&self, loaded: &HashMap<String, Loaded>, quiet: bool) {
+        if self.reading.load(Ordering::SeqCst) > 0 {
+            return;
+        }
         crate::memory::measure::release_freed();
         let models: u64 = loaded.values().map(|l| l.measured.total + l.kv_reserved).sum();
         let now = crate::memory::measure::rss().total.saturating_sub(models);

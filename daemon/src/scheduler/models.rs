@@ -41,7 +41,12 @@ impl Scheduler {
             return Ok(dir.clone());
         }
         drop(catalog);
-        let dir = ModelDir::open(&path)?;
+        // Decoding the graph holds about its size for a moment: not the daemon's own memory.
+        self.reading.fetch_add(1, Ordering::SeqCst);
+        let dir = ModelDir::open(&path);
+        measure::release_freed();
+        self.reading.fetch_sub(1, Ordering::SeqCst);
+        let dir = dir?;
         catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
         match stamp {
             Some(t) => catalog.insert(name.to_string(), (t, dir.clone())),
