@@ -406,33 +406,35 @@ async fn a_larger_model_over_budget_is_refused_with_its_numbers() {
 async fn loading_a_larger_model_evicts_the_least_recently_used_idle_model_only() {
     let gen_dir = tempfile::tempdir().unwrap();
     let wide = larger_model(gen_dir.path());
-    // Two tiny models fit; the larger one fits after evicting one of them, not next to both.
-    let models = ["tiny-gguf", "tiny", "wide"];
-    let sizes = Sizes::probe_after(&models, &[("wide", &wide)]).await;
-    let (gguf, tiny, large) =
-        (estimate(&fixture("tiny-llama2-gguf-int4"), false), estimate(&fixture(TINY), false), estimate(&wide, false));
+    let mid = gen_dir.path().join("mid");
+    widen::widened_tiny_llama(&mid, 16384);
+    let extra = [("wide", wide.as_path()), ("mid", mid.as_path())];
+    // `mid` (MLP 16384) and `tiny` fit together; `wide` fits next to one of them, not both.
+    // Both daemons are run through the fixtures first; the generated models only in the
+    // scenario (what their loads leave behind varies from one daemon to the next).
+    let models = ["tiny-gguf", "tiny"];
+    let sizes = Sizes::probe_after(&models, &extra).await;
+    let (mid_e, tiny, large) = (estimate(&mid, false), estimate(&fixture(TINY), false), estimate(&wide, false));
     let budget = sizes.budget_between(
         "eviction order",
-        (gguf.resident() + tiny.load_peak()).max(tiny.resident() + large.load_peak()),
-        gguf.resident() + tiny.resident() + large.load_peak(),
+        mid_e.load_peak().max(mid_e.resident() + tiny.load_peak()).max(tiny.resident() + large.load_peak()),
+        mid_e.resident() + tiny.resident() + large.load_peak(),
     );
-    let d = Daemon::start_with(&with_budget("", budget), &[("wide", &wide)]).await;
+    let d = Daemon::start_with(&with_budget("", budget), &extra).await;
     let (conn, proxy) = settled_proxy(&d).await;
     exercise(&conn, &proxy, &models).await;
     let mut signals = manager_signals(&conn).await;
-    proxy.load_model("tiny-gguf", HashMap::new()).await.unwrap();
+    proxy.load_model("mid", HashMap::new()).await.unwrap();
     proxy.load_model("tiny", HashMap::new()).await.unwrap();
-    // tiny-gguf was loaded last but tiny served a request since: tiny-gguf is the least recently used.
-    stream(&conn, &proxy, "tiny-gguf", PROMPT, request_opts(1, 3)).await.unwrap();
+    // mid was loaded first and served a request first: it is the least recently used.
+    stream(&conn, &proxy, "mid", PROMPT, request_opts(1, 3)).await.unwrap();
     stream(&conn, &proxy, "tiny", PROMPT, request_opts(1, 3)).await.unwrap();
     let e = proxy.estimate("wide", HashMap::new()).await.unwrap();
     assert!(!e.fits_now && e.fits_after_eviction, "{e:?}");
     proxy.load_model("wide", HashMap::new()).await.unwrap();
     let (name, reason): (String, String) = wait_for(&mut signals, "ModelUnloaded").await.body().deserialize().unwrap();
-    assert_eq!((name.as_str(), reason.as_str()), ("tiny-gguf", "evicted"));
-    let mut loaded = loaded_now(&proxy).await;
-    loaded.sort();
-    assert_eq!(loaded, vec!["tiny".to_string(), "wide".to_string()]);
+    assert_eq!((name.as_str(), reason.as_str()), ("mid", "evicted"));
+    assert_eq!(loaded_now(&proxy).await, vec!["tiny".to_string(), "wide".to_string()], "{}", d.log());
     let mem = memory_now(&conn).await;
     assert!(mem.used.unwrap() <= mem.budget, "{mem:?}");
 }

@@ -3,12 +3,12 @@
 //! threads that run generations off the async runtime. Results leave as
 //! [`Event`]s on a channel; the D-Bus layer turns them into signals.
 //!
-//! Memory: a load is admitted only if the model's estimate fits the budget
-//! next to what is in use (each loaded model counts the larger of its estimate
-//! and its measured growth), after unloading idle models least recently used
-//! first when that makes it fit; a request reserves its KV cache (prompt +
-//! `max_tokens`) before it is queued. What does not fit is refused with
-//! `OutOfBudget` and the numbers.
+//! Memory ([`admission`]): a load is admitted only if its estimated peak fits
+//! the budget next to what is in use, after unloading idle models least
+//! recently used first when that makes it fit; a request reserves its KV cache
+//! (prompt + `max_tokens`) before it is queued or once others finish. What does
+//! not fit is refused with `OutOfBudget` and the numbers. Loading and the
+//! catalog are in [`models`], keep_alive and pressure in [`housekeeping`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -77,16 +77,6 @@ pub fn keep_alive(seconds: i64) -> Option<std::time::Duration> {
     (seconds >= 0).then(|| std::time::Duration::from_secs(seconds as u64))
 }
 
-impl Loaded {
-    fn held(&self) -> u64 {
-        self.estimate.resident().max(self.measured.total) + self.kv_reserved
-    }
-}
-
-fn held(loaded: &HashMap<String, Loaded>) -> u64 {
-    loaded.values().map(Loaded::held).sum()
-}
-
 struct Job {
     id: u64,
     owner: String,
@@ -150,6 +140,7 @@ pub fn request_error(e: GenerateError) -> Error {
     }
 }
 
+mod admission;
 mod housekeeping;
 mod models;
 
@@ -326,85 +317,6 @@ impl Scheduler {
     /// Requests not finished yet (queued or running).
     pub fn outstanding(&self) -> usize {
         self.requests.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// What counts against the budget: the daemon's own baseline, loaded models and reservations.
-    fn used(&self, loaded: &HashMap<String, Loaded>) -> u64 {
-        self.baseline() + held(loaded)
-    }
-
-    /// Measures the daemon's own memory again from what is resident: the resident size
-    /// less the loaded models' measured size and the running requests' reservations. It
-    /// then includes what estimates do not see (runtime code paged in by loads, what the
-    /// allocator keeps after unloads, the bus connections). With nothing running (`quiet`)
-    /// that is the baseline; otherwise requests may not have allocated all they reserved,
-    /// so it can only raise it. Call with no load in progress; skipped while a model
-    /// directory is being read.
-    fn refresh_baseline(&self, loaded: &HashMap<String, Loaded>, quiet: bool) {
-        if self.reading.load(Ordering::SeqCst) > 0 {
-            return;
-        }
-        crate::memory::measure::release_freed();
-        let models: u64 = loaded.values().map(|l| l.measured.total + l.kv_reserved).sum();
-        let now = crate::memory::measure::rss().total.saturating_sub(models);
-        if quiet {
-            self.baseline.store(now, Ordering::Relaxed);
-        } else {
-            self.baseline.fetch_max(now, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether no request is running and no load in progress (besides the caller's own,
-    /// when `loading_here`).
-    fn quiet(&self, loading_here: bool) -> bool {
-        self.running.load(Ordering::SeqCst) == 0 && (loading_here || self.load_lock.try_lock().is_ok())
-    }
-
-    fn baseline(&self) -> u64 {
-        self.baseline.load(Ordering::Relaxed)
-    }
-
-    /// A request ends: its KV reservation and its pin on the model go.
-    fn release(&self, name: &str, kv: u64) {
-        if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
-            l.active = l.active.saturating_sub(1);
-            l.kv_reserved = l.kv_reserved.saturating_sub(kv);
-            l.last_used = Instant::now();
-        }
-        self.room.notify_all();
-    }
-
-    /// A queued request that could not reserve at submission waits here until it can
-    /// (or is cancelled). Returns the bytes reserved, or why it never can be.
-    fn reserve_when_room(&self, job: &Job) -> Result<u64, Error> {
-        if job.reserved {
-            return Ok(job.kv);
-        }
-        let what = format!("the KV cache of request {}", job.id);
-        tracing::info!(request = job.id, kv = %mib(job.kv), "waiting for memory to reserve the KV cache");
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if job.cancel.load(Ordering::Relaxed) {
-                return Ok(0);
-            }
-            match self.make_room(&mut loaded, job.kv, &what, false) {
-                Ok(_) => {
-                    if let Some(l) = loaded.get_mut(&job.model_name) {
-                        l.kv_reserved += job.kv;
-                    }
-                    return Ok(job.kv);
-                }
-                // Nothing running, about to run (holding a reservation) or loading will free
-                // anything: it never fits.
-                Err(e) if self.quiet(false) && loaded.values().all(|l| l.kv_reserved == 0) => return Err(e),
-                Err(_) => {}
-            }
-            loaded = self
-                .room
-                .wait_timeout(loaded, std::time::Duration::from_millis(100))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
     }
 
     fn worker(&self, rx: Arc<Mutex<Receiver<Job>>>) {

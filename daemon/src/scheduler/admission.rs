@@ -1,0 +1,236 @@
+//! Memory admission: what is in use (the daemon's own memory, measured again from
+//! what is resident, plus each loaded model's larger of estimate and measurement,
+//! plus the KV reservations of requests), making room by unloading idle models
+//! least recently used first, reserving a request's KV cache (now or once others
+//! finish), the `Estimate` dry run and the `Memory` property.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use llamad_api::Error;
+
+use super::{Job, Loaded, Scheduler};
+use crate::engine::BackendKind;
+use crate::memory::estimate::Estimate;
+use crate::memory::{measure, mib};
+
+impl Loaded {
+    pub(super) fn held(&self) -> u64 {
+        self.estimate.resident().max(self.measured.total) + self.kv_reserved
+    }
+}
+
+pub(super) fn held(loaded: &HashMap<String, Loaded>) -> u64 {
+    loaded.values().map(Loaded::held).sum()
+}
+
+impl Scheduler {
+    /// What counts against the budget: the daemon's own baseline, loaded models and reservations.
+    pub(super) fn used(&self, loaded: &HashMap<String, Loaded>) -> u64 {
+        self.baseline() + held(loaded)
+    }
+
+    /// Measures the daemon's own memory again from what is resident: the resident size
+    /// less the loaded models' measured size and the running requests' reservations. It
+    /// then includes what estimates do not see (runtime code paged in by loads, what the
+    /// allocator keeps after unloads, the bus connections). With nothing running (`quiet`)
+    /// that is the baseline; otherwise requests may not have allocated all they reserved,
+    /// so it can only raise it. Call with no load in progress; skipped while a model
+    /// directory is being read.
+    pub(super) fn refresh_baseline(&self, loaded: &HashMap<String, Loaded>, quiet: bool) {
+        if self.reading.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        crate::memory::measure::release_freed();
+        let models: u64 = loaded.values().map(|l| l.measured.total + l.kv_reserved).sum();
+        let now = crate::memory::measure::rss().total.saturating_sub(models);
+        if quiet {
+            self.baseline.store(now, Ordering::Relaxed);
+        } else {
+            self.baseline.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether no request is running and no load in progress (besides the caller's own,
+    /// when `loading_here`).
+    pub(super) fn quiet(&self, loading_here: bool) -> bool {
+        self.running.load(Ordering::SeqCst) == 0 && (loading_here || self.load_lock.try_lock().is_ok())
+    }
+
+    pub(super) fn baseline(&self) -> u64 {
+        self.baseline.load(Ordering::Relaxed)
+    }
+
+    /// A request ends: its KV reservation and its pin on the model go.
+    pub(super) fn release(&self, name: &str, kv: u64) {
+        if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
+            l.active = l.active.saturating_sub(1);
+            l.kv_reserved = l.kv_reserved.saturating_sub(kv);
+            l.last_used = Instant::now();
+        }
+        self.room.notify_all();
+    }
+
+    /// A queued request that could not reserve at submission waits here until it can
+    /// (or is cancelled). Returns the bytes reserved, or why it never can be.
+    pub(super) fn reserve_when_room(&self, job: &Job) -> Result<u64, Error> {
+        if job.reserved {
+            return Ok(job.kv);
+        }
+        let what = format!("the KV cache of request {}", job.id);
+        tracing::info!(request = job.id, kv = %mib(job.kv), "waiting for memory to reserve the KV cache");
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if job.cancel.load(Ordering::Relaxed) {
+                return Ok(0);
+            }
+            match self.make_room(&mut loaded, job.kv, &what, false) {
+                Ok(_) => {
+                    if let Some(l) = loaded.get_mut(&job.model_name) {
+                        l.kv_reserved += job.kv;
+                    }
+                    return Ok(job.kv);
+                }
+                // Nothing running, about to run (holding a reservation) or loading will free
+                // anything: it never fits.
+                Err(e) if self.quiet(false) && loaded.values().all(|l| l.kv_reserved == 0) => return Err(e),
+                Err(_) => {}
+            }
+            loaded = self
+                .room
+                .wait_timeout(loaded, std::time::Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The memory budget and its use now.
+    pub fn memory_status(&self) -> llamad_api::MemoryStatus {
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let b = &self.budget;
+        llamad_api::MemoryStatus {
+            budget: b.effective,
+            config: b.config,
+            cgroup: b.cgroup,
+            cgroup_source: b.cgroup_source.clone(),
+            physical: Some(b.physical),
+            reserve: Some(b.reserve),
+            used: Some(self.used(&loaded)),
+            kv_reserved: Some(loaded.values().map(|l| l.kv_reserved).sum()),
+            rss: Some(measure::rss().total),
+        }
+    }
+
+    /// The estimate for loading `dir` on `kind` now: with the runtime's code pages when no
+    /// model has run on `kind` in this process yet.
+    pub(super) fn estimate_for(&self, dir: &crate::engine::ModelDir, kind: BackendKind) -> Estimate {
+        let first = !self.warm.lock().unwrap_or_else(|e| e.into_inner()).contains(&kind);
+        Estimate::for_model(dir, kind, first)
+    }
+
+    /// A dry run of loading `name` with `parallel` sequences of `context` tokens.
+    pub fn estimate(
+        &self,
+        name: &str,
+        backend: Option<BackendKind>,
+        context: Option<u32>,
+        parallel: u32,
+    ) -> Result<llamad_api::EstimateInfo, Error> {
+        self.model_path(name)?;
+        let kind = backend.unwrap_or_else(|| self.default_backend());
+        let dir = self.open_dir(name).map_err(|e| Error::ModelLoadFailed(format!("{name}: {e}")))?;
+        let est = self.estimate_for(&dir, kind);
+        let context = context.unwrap_or(dir.spec.context_length as u32).min(dir.spec.context_length as u32);
+        let kv = est.kv(context as u64);
+        let total = est.resident() + kv * parallel as u64;
+        // Loading passes through its peak before any request runs.
+        let need = total.max(est.load_peak());
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let in_use = self.used(&loaded);
+        let idle: u64 = loaded.values().filter(|l| l.active == 0).map(Loaded::held).sum();
+        let budget = self.budget.effective;
+        Ok(llamad_api::EstimateInfo {
+            backend: kind.to_string(),
+            weights: est.weights,
+            scratch: est.scratch,
+            kv_per_sequence: kv,
+            context,
+            parallel,
+            total,
+            load_peak: Some(est.load_peak()),
+            runtime_code: Some(est.runtime_code),
+            budget,
+            in_use,
+            fits_now: in_use + need <= budget,
+            fits_after_eviction: in_use - idle + need <= budget,
+        })
+    }
+
+    /// Makes room for `need` more bytes: unloads idle models (least recently used first)
+    /// if, and only if, that makes it fit. Returns the names unloaded.
+    /// `loading_here`: the caller holds the load lock (admitting its own load).
+    pub(super) fn make_room(
+        &self,
+        loaded: &mut HashMap<String, Loaded>,
+        need: u64,
+        what: &str,
+        loading_here: bool,
+    ) -> Result<Vec<String>, Error> {
+        let budget = self.budget.effective;
+        if loading_here || self.load_lock.try_lock().is_ok() {
+            self.refresh_baseline(loaded, self.quiet(loading_here));
+        }
+        let in_use = self.used(loaded);
+        if in_use + need <= budget {
+            return Ok(vec![]);
+        }
+        let mut idle: Vec<(&String, &Loaded)> = loaded.iter().filter(|(_, l)| l.active == 0).collect();
+        idle.sort_by_key(|(_, l)| l.last_used);
+        let mut freed = 0;
+        let mut victims = vec![];
+        for (name, l) in idle {
+            if in_use - freed + need <= budget {
+                break;
+            }
+            freed += l.held();
+            victims.push(name.clone());
+        }
+        if in_use - freed + need > budget {
+            let busy: Vec<String> =
+                loaded.iter().filter(|(_, l)| l.active > 0).map(|(n, l)| format!("{n} {}", mib(l.held()))).collect();
+            return Err(Error::OutOfBudget(format!(
+                "{what} needs {}; the budget is {}, {} is in use and {} available ({} by the daemon and \
+                 models serving requests: {}); unloading every idle model would free only {}",
+                mib(need),
+                mib(budget),
+                mib(in_use),
+                mib(budget.saturating_sub(in_use)),
+                mib(in_use - loaded.values().filter(|l| l.active == 0).map(Loaded::held).sum::<u64>()),
+                if busy.is_empty() { "none".into() } else { busy.join(", ") },
+                mib(freed)
+            )));
+        }
+        for v in &victims {
+            self.remove_model(loaded, v, "evicted");
+        }
+        if !victims.is_empty() {
+            // What the unloaded models really gave back can be less than they were counted
+            // for (the allocator keeps some): measure again and check.
+            if loading_here || self.load_lock.try_lock().is_ok() {
+                self.refresh_baseline(loaded, self.quiet(loading_here));
+            }
+            let now = self.used(loaded);
+            if now + need > budget {
+                return Err(Error::OutOfBudget(format!(
+                    "{what} needs {}; after unloading {} to make room, {} of the {} budget is still in use",
+                    mib(need),
+                    victims.join(", "),
+                    mib(now),
+                    mib(budget)
+                )));
+            }
+        }
+        Ok(victims)
+    }
+}
