@@ -2,7 +2,6 @@
 //! (`SerializeDict`): new keys can be added without breaking clients, and
 //! every field is optional on the receiving side.
 
-use serde::{Deserialize, Serialize};
 use zbus::zvariant::{DeserializeDict, OwnedValue, SerializeDict, Type, Value};
 
 /// One model of the models directory (`ListModels`).
@@ -86,16 +85,6 @@ pub struct FinishStats {
 
 /// A chat message on the wire: `(role, content)`, role `system`, `user` or `assistant`.
 pub type WireMessage = (String, String);
-
-/// Finish reasons as they appear in [`FinishStats::finish_reason`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Type)]
-pub enum FinishReason {
-    Eos,
-    Length,
-    Stop,
-    Cancelled,
-    Error,
-}
 
 /// Keys accepted in the `a{sv}` options of `Generate` and `Chat`, with their D-Bus types.
 pub const REQUEST_OPTIONS: &[(&str, &str)] = &[

@@ -98,9 +98,7 @@ struct GenerateArgs {
 }
 
 fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    llamad::memory::measure::status_kib(&std::fs::read_to_string("/proc/self/status").ok()?, "VmHWM:")
 }
 
 fn parse_ids(s: &str) -> Result<Vec<u32>, String> {

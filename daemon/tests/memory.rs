@@ -13,6 +13,8 @@ use common::client::*;
 use common::sizes::{Sizes, estimate, exercise, settled_proxy, tokens, with_budget};
 use common::*;
 use llamad::engine::{BackendKind, Model, Prompt, SamplingParams};
+use llamad::memory::measure::status_kib;
+use llamad::memory::mib;
 use llamad_api::Error;
 use zbus::zvariant::Value;
 
@@ -193,11 +195,7 @@ async fn requests_that_do_not_fit_together_wait_or_are_refused_as_configured() {
     for _ in 0..4 {
         let (conn, proxy) = d.proxy().await;
         let prompt = prompt.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut o = request_opts(4, 30);
-            o.insert("temperature", Value::from(0.8f64));
-            stream(&conn, &proxy, "long", &prompt, o).await
-        }));
+        tasks.push(tokio::spawn(async move { stream(&conn, &proxy, "long", &prompt, request_opts(4, 30)).await }));
     }
     for t in tasks {
         let (text, stats, _) = t.await.unwrap().expect("queued, not refused");
@@ -259,9 +257,7 @@ async fn peak_memory_stays_within_the_budget_under_mixed_load() {
             let (conn, proxy) = d.proxy().await;
             let model = if client < 3 { this } else { other };
             tasks.push(tokio::spawn(async move {
-                let mut o = request_opts(round * 4 + client, 40);
-                o.insert("temperature", Value::from(0.8f64));
-                match stream(&conn, &proxy, model, PROMPT, o).await {
+                match stream(&conn, &proxy, model, PROMPT, request_opts(round * 4 + client, 40)).await {
                     Ok((_, stats, _)) => {
                         assert_eq!(stats.finish_reason, "length");
                         Ok(())
@@ -280,17 +276,13 @@ async fn peak_memory_stays_within_the_budget_under_mixed_load() {
         }
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib = |k: &str| -> u64 {
-        status.lines().find(|l| l.starts_with(k)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
-    };
-    let peak = kib("VmHWM:") * 1024;
+    let peak = status_kib(&status, "VmHWM:").unwrap() * 1024;
     let log = d.log();
     let evictions = log.matches("\"evicted\"").count();
     eprintln!(
-        "stress: {completed} of 24 requests completed, {refused} refused, {evictions} evictions, peak RSS {:.1} MiB, \
-         budget {:.1} MiB",
-        peak as f64 / 1048576.0,
-        budget as f64 / 1048576.0
+        "stress: {completed} of 24 requests completed, {refused} refused, {evictions} evictions, peak RSS {}, budget {}",
+        mib(peak),
+        mib(budget)
     );
     assert!(completed >= 6, "{completed}: requests complete");
     assert!(evictions >= 1, "the models never had to make room for each other");
@@ -303,10 +295,6 @@ fn larger_model(dir: &std::path::Path) -> std::path::PathBuf {
     let bytes = widen::widened_tiny_llama(&path, 49152);
     assert!(bytes > 30 << 20, "{bytes}");
     path
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / 1048576.0)
 }
 
 fn backend_opt(backend: &str) -> HashMap<&'static str, Value<'static>> {

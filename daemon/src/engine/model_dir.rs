@@ -92,8 +92,6 @@ pub struct ModelDir {
     pub path: PathBuf,
     pub layout: Layout,
     pub onnx: PathBuf,
-    /// External data files the graph references (checked to exist and be long enough).
-    pub external_data: Vec<PathBuf>,
     pub spec: ModelSpec,
     pub io: IoNames,
     pub graph: GraphSummary,
@@ -121,6 +119,18 @@ pub enum LayoutError {
 }
 
 impl ModelDir {
+    /// Whether ONNX Runtime runs this model with one preallocated KV buffer per layer, bound
+    /// as both past and present (the whole context per sequence): the builder's float32 GQA
+    /// graphs with `past_present_share_buffer` and no `position_ids` input.
+    pub fn ort_shares_kv_buffer(&self) -> bool {
+        let past_f16 =
+            self.graph.input(&self.io.past_key[0]).is_some_and(|i| i.elem_type == super::onnx_graph::ONNX_FLOAT16);
+        self.past_present_share_buffer
+            && !past_f16
+            && self.graph.has_op("com.microsoft::GroupQueryAttention")
+            && self.io.position_ids.is_none()
+    }
+
     /// Recognises `dir` and reads everything needed to load it.
     pub fn open(dir: &Path) -> Result<ModelDir, LayoutError> {
         if !dir.is_dir() {
@@ -401,14 +411,12 @@ fn finish(
         });
     }
     let quantization = graph.quantization();
-    let external_data = graph.external_files.iter().map(|f| dir.join(f)).collect();
     let file_size = graph.file_size + graph.external_bytes;
     let opt_file = |n: &str| Some(dir.join(n)).filter(|p| p.is_file());
     Ok(ModelDir {
         path: dir.to_owned(),
         layout,
         onnx,
-        external_data,
         spec,
         io,
         quantization,

@@ -46,8 +46,6 @@ pub struct GraphSummary {
 }
 
 pub const ONNX_FLOAT: i32 = 1;
-pub const ONNX_INT64: i32 = 7;
-pub const ONNX_BOOL: i32 = 9;
 pub const ONNX_FLOAT16: i32 = 10;
 
 impl GraphSummary {

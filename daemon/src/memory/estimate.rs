@@ -16,11 +16,12 @@ const TRACT_CONST_FOLD_MAX: u64 = 4 << 20;
 /// What `backend` keeps resident of the graph's weights, and what it repacks at each
 /// run (held only for a moment).
 fn resident_weights(weights: &[Weight], backend: BackendKind) -> (u64, u64) {
+    let panel = tract_panel();
     let (mut resident, mut repacked) = (0, 0);
     for w in weights {
         let (kept, again) = match backend {
             BackendKind::Onnxruntime => (onnxruntime_keeps(w), 0),
-            BackendKind::Tract => tract_keeps(w, tract_panel()),
+            BackendKind::Tract => tract_keeps(w, panel),
         };
         resident += kept;
         repacked += again;
@@ -120,7 +121,7 @@ impl Estimate {
             runtime_code,
             load_extra,
             kv_per_token,
-            kv_whole_context: backend == BackendKind::Onnxruntime && dir.past_present_share_buffer,
+            kv_whole_context: backend == BackendKind::Onnxruntime && dir.ort_shares_kv_buffer(),
             context: s.context_length as u64,
             logits_per_token: s.vocab_size as u64 * 4,
             activations_per_token: 15 * s.hidden as u64 * 4,

@@ -21,16 +21,13 @@ impl Rss {
     }
 }
 
+/// The value of a `Key:  N kB` line of a `/proc/PID/status` text, in KiB.
+pub fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+}
+
 pub fn parse_status(status: &str) -> Rss {
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
+    let kib = |key: &str| status_kib(status, key).unwrap_or(0) * 1024;
     Rss { total: kib("VmRSS:"), anon: kib("RssAnon:"), file: kib("RssFile:") + kib("RssShmem:") }
 }
 
@@ -38,8 +35,9 @@ pub fn rss() -> Rss {
     std::fs::read_to_string("/proc/self/status").map(|s| parse_status(&s)).unwrap_or_default()
 }
 
-/// Resident bytes from `/proc/self/statm` (cheaper to read than `status`).
-fn statm_rss() -> u64 {
+/// Resident bytes from `/proc/self/statm` (the same count as `VmRSS`, cheaper to read
+/// than `status`).
+pub fn resident() -> u64 {
     static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     // SAFETY: sysconf has no preconditions.
     let page = *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64);
@@ -63,12 +61,12 @@ impl PeakSampler {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut peak = statm_rss();
+            let mut peak = resident();
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(statm_rss());
+                peak = peak.max(resident());
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
-            peak.max(statm_rss())
+            peak.max(resident())
         });
         PeakSampler { stop, thread }
     }
@@ -123,7 +121,7 @@ mod tests {
 
     #[test]
     fn the_sampler_sees_a_passing_allocation() {
-        let before = super::statm_rss();
+        let before = super::resident();
         let sampler = super::PeakSampler::start();
         let block = vec![1u8; 64 << 20];
         std::thread::sleep(std::time::Duration::from_millis(30));

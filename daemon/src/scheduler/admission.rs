@@ -16,8 +16,13 @@ use crate::memory::estimate::Estimate;
 use crate::memory::{measure, mib};
 
 impl Loaded {
+    /// The model itself: the larger of its estimate and its measured growth.
+    pub(super) fn resident(&self) -> u64 {
+        self.estimate.resident().max(self.measured.total)
+    }
+
     pub(super) fn held(&self) -> u64 {
-        self.estimate.resident().max(self.measured.total) + self.kv_reserved
+        self.resident() + self.kv_reserved
     }
 }
 
@@ -42,9 +47,9 @@ impl Scheduler {
         if self.reading.load(Ordering::SeqCst) > 0 {
             return;
         }
-        crate::memory::measure::release_freed();
+        measure::release_freed();
         let models: u64 = loaded.values().map(|l| l.measured.total + l.kv_reserved).sum();
-        let now = crate::memory::measure::rss().total.saturating_sub(models);
+        let now = measure::resident().saturating_sub(models);
         if quiet {
             self.baseline.store(now, Ordering::Relaxed);
         } else {
@@ -52,10 +57,23 @@ impl Scheduler {
         }
     }
 
-    /// Whether no request is running and no load in progress (besides the caller's own,
-    /// when `loading_here`).
-    pub(super) fn quiet(&self, loading_here: bool) -> bool {
-        self.running.load(Ordering::SeqCst) == 0 && (loading_here || self.load_lock.try_lock().is_ok())
+    /// [`Scheduler::refresh_baseline`] unless a load other than the caller's own (when
+    /// `loading_here`) is in progress; quiet when no request runs either.
+    pub(super) fn refresh_baseline_unless_loading(&self, loaded: &HashMap<String, Loaded>, loading_here: bool) {
+        let _no_other_load = if loading_here {
+            None
+        } else {
+            match self.load_lock.try_lock() {
+                Ok(guard) => Some(guard),
+                Err(_) => return,
+            }
+        };
+        self.refresh_baseline(loaded, self.running.load(Ordering::SeqCst) == 0);
+    }
+
+    /// Whether no request is running and no load is in progress.
+    pub(super) fn quiet(&self) -> bool {
+        self.running.load(Ordering::SeqCst) == 0 && self.load_lock.try_lock().is_ok()
     }
 
     pub(super) fn baseline(&self) -> u64 {
@@ -94,7 +112,7 @@ impl Scheduler {
                 }
                 // Nothing running, about to run (holding a reservation) or loading will free
                 // anything: it never fits.
-                Err(e) if self.quiet(false) && loaded.values().all(|l| l.kv_reserved == 0) => return Err(e),
+                Err(e) if self.quiet() && loaded.values().all(|l| l.kv_reserved == 0) => return Err(e),
                 Err(_) => {}
             }
             loaded = self
@@ -118,7 +136,7 @@ impl Scheduler {
             reserve: Some(b.reserve),
             used: Some(self.used(&loaded)),
             kv_reserved: Some(loaded.values().map(|l| l.kv_reserved).sum()),
-            rss: Some(measure::rss().total),
+            rss: Some(measure::resident()),
         }
     }
 
@@ -178,9 +196,7 @@ impl Scheduler {
         loading_here: bool,
     ) -> Result<Vec<String>, Error> {
         let budget = self.budget.effective;
-        if loading_here || self.load_lock.try_lock().is_ok() {
-            self.refresh_baseline(loaded, self.quiet(loading_here));
-        }
+        self.refresh_baseline_unless_loading(loaded, loading_here);
         let in_use = self.used(loaded);
         if in_use + need <= budget {
             return Ok(vec![]);
@@ -206,7 +222,8 @@ impl Scheduler {
                 mib(budget),
                 mib(in_use),
                 mib(budget.saturating_sub(in_use)),
-                mib(in_use - loaded.values().filter(|l| l.active == 0).map(Loaded::held).sum::<u64>()),
+                // Every idle model was counted in `freed`: the rest is the daemon's and the busy ones'.
+                mib(in_use - freed),
                 if busy.is_empty() { "none".into() } else { busy.join(", ") },
                 mib(freed)
             )));
@@ -217,9 +234,7 @@ impl Scheduler {
         if !victims.is_empty() {
             // What the unloaded models really gave back can be less than they were counted
             // for (the allocator keeps some): measure again and check.
-            if loading_here || self.load_lock.try_lock().is_ok() {
-                self.refresh_baseline(loaded, self.quiet(loading_here));
-            }
+            self.refresh_baseline_unless_loading(loaded, loading_here);
             let now = self.used(loaded);
             if now + need > budget {
                 return Err(Error::OutOfBudget(format!(

@@ -2,7 +2,6 @@
 //! memory pressure (PSI avg10 and trigger, cgroup events) unloads every idle
 //! model and stops admitting new work until it ends.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{Event, Scheduler};
@@ -95,18 +94,9 @@ impl Scheduler {
             if any {
                 crate::memory::measure::release_freed();
             }
-            drop(loaded);
-            self.measure_baseline();
+            // The daemon's own memory, measured again every tick (see `refresh_baseline`).
+            self.refresh_baseline_unless_loading(&loaded, false);
         }
-    }
-
-    /// Every tick with no load in progress, the daemon's own memory is measured again
-    /// (see `refresh_baseline`).
-    fn measure_baseline(&self) {
-        let Ok(_no_load) = self.load_lock.try_lock() else { return };
-        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        let quiet = self.running.load(Ordering::SeqCst) == 0;
-        self.refresh_baseline(&loaded, quiet);
     }
 
     pub fn under_pressure(&self) -> bool {

@@ -124,6 +124,16 @@ pub struct Scheduler {
     warm: Mutex<std::collections::HashSet<BackendKind>>,
 }
 
+/// The final message of a request that ended with `e`.
+fn failed(e: &Error) -> FinishStats {
+    FinishStats {
+        finish_reason: "error".into(),
+        error_name: Some(e.name().to_string()),
+        error: e.description().map(str::to_string),
+        ..Default::default()
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> Error {
     Error::Internal(e.to_string())
 }
@@ -172,7 +182,7 @@ impl Scheduler {
                     let _ =
                         crate::engine::backend::onnxruntime::available_providers(config.onnxruntime.library.as_deref());
                 }
-                crate::memory::measure::rss().total
+                crate::memory::measure::resident()
             }),
             budget: Budget::detect(config.memory.budget, config.memory.reserve),
             config,
@@ -219,7 +229,7 @@ impl Scheduler {
             let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
             let (kv, resident) = loaded
                 .get(model_name)
-                .map(|l| (l.estimate.request(prompt_ids.len() as u64, tokens), l.held() - l.kv_reserved))
+                .map(|l| (l.estimate.request(prompt_ids.len() as u64, tokens), l.resident()))
                 .unwrap_or((0, 0));
             let what = format!("the KV cache of this request ({tokens} tokens: prompt + max_tokens)");
             let reserved = match self.make_room(&mut loaded, kv, &what, false) {
@@ -331,15 +341,7 @@ impl Scheduler {
             let _ = self.events.send(Event::Started);
             let (kv, stats) = match reserved {
                 Ok(kv) => (kv, self.run(&job)),
-                Err(e) => (
-                    0,
-                    FinishStats {
-                        finish_reason: "error".into(),
-                        error_name: Some(e.name().to_string()),
-                        error: e.description().map(str::to_string),
-                        ..Default::default()
-                    },
-                ),
+                Err(e) => (0, failed(&e)),
             };
             tracing::info!(request = job.id, client = %job.owner, model = %job.model_name,
                 finish = %stats.finish_reason, generated = stats.generated_tokens.unwrap_or(0), "request finished");
@@ -380,9 +382,7 @@ impl Scheduler {
             }
             Err(e) => {
                 tracing::error!(request = job.id, error = %e, "generation failed");
-                stats.finish_reason = "error".into();
-                stats.error_name = Some(format!("{}.Internal", llamad_api::ERROR_PREFIX));
-                stats.error = Some(e.to_string());
+                stats = FinishStats { backend: stats.backend, provider: stats.provider, ..failed(&internal(e)) };
             }
         }
         stats

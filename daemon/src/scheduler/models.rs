@@ -67,9 +67,9 @@ impl Scheduler {
         if onnxruntime::environment_tried() {
             return;
         }
-        let before = measure::rss().total;
+        let before = measure::resident();
         let _ = onnxruntime::environment(self.config.onnxruntime.library.as_deref());
-        let grown = measure::rss().total.saturating_sub(before);
+        let grown = measure::resident().saturating_sub(before);
         self.baseline.fetch_add(grown, Ordering::Relaxed);
         tracing::info!(grown = %mib(grown), "ONNX Runtime set up: counted in the daemon's baseline");
     }
@@ -95,7 +95,16 @@ impl Scheduler {
         names.sort();
         // Directories are read (or taken from the catalog) before the lock is taken: workers
         // need it to finish requests.
-        let dirs: Vec<_> = names.iter().map(|n| self.open_dir(n)).collect();
+        let kind = self.default_backend();
+        let dirs: Vec<_> = names
+            .iter()
+            .map(|n| {
+                self.open_dir(n).map(|d| {
+                    let est = self.estimate_for(&d, kind);
+                    (d, est)
+                })
+            })
+            .collect();
         let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         names
             .into_iter()
@@ -103,8 +112,7 @@ impl Scheduler {
             .map(|(name, dir)| {
                 let mut info = ModelInfo { name: name.clone(), ..Default::default() };
                 match dir {
-                    Ok(d) => {
-                        let est = self.estimate_for(&d, self.default_backend());
+                    Ok((d, est)) => {
                         info.estimated_bytes = Some(est.resident());
                         info.estimated_peak_bytes = Some(est.load_peak());
                         info.kv_bytes_per_token = Some(est.kv_per_token);
@@ -216,8 +224,8 @@ impl Scheduler {
                 match lru.map(|(n, _)| n.clone()) {
                     Some(victim) => {
                         tracing::info!(model = %victim, "max_loaded_models reached");
+                        // make_room below hands the freed memory back.
                         self.remove_model(&mut loaded, &victim, "evicted");
-                        measure::release_freed();
                     }
                     None => {
                         return Err(Error::Busy(format!(
@@ -228,7 +236,7 @@ impl Scheduler {
                 }
             }
             // Loading passes through a peak above the loaded size (the parsed graph and the
-            // runtime's copies coexist for a moment): room is made for 1.3 × the estimate.
+            // runtime's copies coexist for a moment): room is made for the estimated peak.
             let evicted = self.make_room(&mut loaded, estimate.load_peak(), &what, true)?;
             if !evicted.is_empty() {
                 tracing::info!(model = name, evicted = ?evicted, "made room");

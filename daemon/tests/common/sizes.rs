@@ -9,6 +9,7 @@ use std::path::Path;
 
 use llamad::engine::{BackendKind, ModelDir, Prompt};
 use llamad::memory::estimate::Estimate;
+use llamad::memory::mib;
 use llamad_api::ManagerProxy;
 
 use super::bus::Daemon;
@@ -48,7 +49,7 @@ impl Sizes {
         assert!(high > low + (2 << 20), "{what}: the window [{low}, {high}) above the baseline is too narrow to test");
         let b = self.baseline + (low + high) / 2;
         eprintln!(
-            "{what}: baseline {:.1} MiB, window [{:.1}, {:.1}) MiB above it, budget {:.1} MiB",
+            "{what}: baseline {}, window [{}, {}) above it, budget {}",
             mib(self.baseline),
             mib(low),
             mib(high),
@@ -56,10 +57,6 @@ impl Sizes {
         );
         b
     }
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / 1048576.0
 }
 
 /// Loads each of `models` on tract, runs a short request on it and unloads it, then gives

@@ -177,8 +177,9 @@ impl OrtModel {
         let provider = provider.unwrap_or_else(|| "cpu".to_string());
         tracing::info!(model = %dir.name(), %provider, "ONNX Runtime session");
         let session = builder.commit_from_file(&dir.onnx).map_err(|e| load_err(e.to_string()))?;
-        let past_f16 = dir.graph.input(&dir.io.past_key[0]).is_some_and(|i| i.elem_type == ONNX_FLOAT16);
-        if let Some(i) = dir.graph.input(&dir.io.past_key[0])
+        let past = dir.graph.input(&dir.io.past_key[0]);
+        let past_f16 = past.is_some_and(|i| i.elem_type == ONNX_FLOAT16);
+        if let Some(i) = past
             && i.elem_type != ONNX_FLOAT
             && i.elem_type != ONNX_FLOAT16
         {
@@ -187,10 +188,7 @@ impl OrtModel {
                 reason: format!("KV cache element type {} (only float32 and float16 are supported)", i.elem_type),
             });
         }
-        let share_buffer = dir.past_present_share_buffer
-            && !past_f16
-            && dir.graph.has_op("com.microsoft::GroupQueryAttention")
-            && dir.io.position_ids.is_none();
+        let share_buffer = dir.ort_shares_kv_buffer();
         Ok(OrtModel {
             session: Mutex::new(session),
             dir: dir.clone(),
