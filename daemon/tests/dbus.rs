@@ -194,12 +194,27 @@ async fn errors_are_typed() {
     assert!(matches!(e, Error::InvalidArgs(_)), "{e:?}");
     for bad in [
         HashMap::from([("parallel", Value::from(0u32))]),
+        HashMap::from([("parallel", Value::from(65u32))]),
+        HashMap::from([("parallel", Value::from(u32::MAX))]),
+        HashMap::from([("parallel", Value::from(-1i32))]),
+        HashMap::from([("context", Value::from(0u32))]),
         HashMap::from([("context", Value::from("long"))]),
+        HashMap::from([("backend", Value::from("gpu"))]),
+        HashMap::from([("backend", Value::from(1u32))]),
         HashMap::from([("ctx", Value::from(5u32))]),
     ] {
-        let e = Error::from(proxy.estimate("tiny", bad).await.unwrap_err());
-        assert!(matches!(e, Error::InvalidArgs(_)), "{e:?}");
+        let e = Error::from(proxy.estimate("tiny", bad.clone()).await.unwrap_err());
+        assert!(matches!(e, Error::InvalidArgs(_)), "{bad:?}: {e:?}");
     }
+    // A context beyond the model's (256 tokens) is refused, not cut down.
+    match Error::from(proxy.estimate("tiny", HashMap::from([("context", Value::from(257u32))])).await.unwrap_err()) {
+        Error::ContextOverflow(m) => assert!(m.contains("256"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    assert!(matches!(Error::from(proxy.estimate("../etc", HashMap::new()).await.unwrap_err()), Error::InvalidArgs(_)));
+    // Integers may come as any integer type, as for Generate.
+    let e = proxy.estimate("tiny", HashMap::from([("context", Value::from(64i32))])).await.unwrap();
+    assert_eq!(e.context, 64);
     assert!(matches!(Error::from(proxy.estimate("nope", HashMap::new()).await.unwrap_err()), Error::UnknownModel(_)));
     proxy.load_model("tiny-genai", HashMap::from([("backend", Value::from("onnxruntime"))])).await.unwrap();
     let m = proxy.list_models().await.unwrap().into_iter().find(|m| m.name == "tiny-genai").unwrap();

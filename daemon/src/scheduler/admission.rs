@@ -159,7 +159,13 @@ impl Scheduler {
         let kind = backend.unwrap_or_else(|| self.default_backend());
         let dir = self.open_dir(name).map_err(|e| Error::ModelLoadFailed(format!("{name}: {e}")))?;
         let est = self.estimate_for(&dir, kind);
-        let context = context.unwrap_or(dir.spec.context_length as u32).min(dir.spec.context_length as u32);
+        let model_context = dir.spec.context_length as u32;
+        let context = context.unwrap_or(model_context);
+        if context > model_context {
+            return Err(Error::ContextOverflow(format!(
+                "context {context}: {name}'s context is {model_context} tokens"
+            )));
+        }
         let kv = est.kv(context as u64);
         let total = est.resident() + kv * parallel as u64;
         // Loading passes through its peak before any request runs.

@@ -14,7 +14,6 @@ use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedValue;
 
 use super::options;
-use crate::engine::BackendKind;
 use crate::engine::chat::{Message, Role};
 use crate::engine::{Model, Prompt};
 use crate::scheduler::{Scheduler, request_error};
@@ -107,17 +106,7 @@ impl Manager {
     ) -> Result<(), Error> {
         check_name(name)?;
         self.check_admin(conn, &header).await?;
-        let mut backend = None;
-        for (k, v) in &options {
-            match k.as_str() {
-                "backend" => {
-                    let s: &str =
-                        v.downcast_ref().map_err(|_| Error::InvalidArgs("option backend: expected s".into()))?;
-                    backend = Some(s.parse::<BackendKind>().map_err(Error::InvalidArgs)?);
-                }
-                other => return Err(Error::InvalidArgs(format!("unknown option {other} (known: backend)"))),
-            }
-        }
+        let backend = options::load(&options)?;
         let (s, name) = (self.scheduler.clone(), name.to_string());
         tokio::task::spawn_blocking(move || s.get_or_load(&name, backend, "admin").map(|_| ()))
             .await
@@ -182,26 +171,7 @@ impl Manager {
         options: HashMap<String, OwnedValue>,
     ) -> Result<llamad_api::EstimateInfo, Error> {
         check_name(model)?;
-        let (mut backend, mut context, mut parallel) = (None, None, 1u32);
-        for (k, v) in &options {
-            let bad = |t: &str| Error::InvalidArgs(format!("option {k}: expected {t}"));
-            match k.as_str() {
-                "backend" => {
-                    let s: &str = v.downcast_ref().map_err(|_| bad("s"))?;
-                    backend = Some(s.parse::<BackendKind>().map_err(Error::InvalidArgs)?);
-                }
-                "context" => context = Some(u32::try_from(v.clone()).map_err(|_| bad("u"))?),
-                "parallel" => parallel = u32::try_from(v.clone()).map_err(|_| bad("u"))?,
-                other => {
-                    return Err(Error::InvalidArgs(format!(
-                        "unknown option {other} (known: backend, context, parallel)"
-                    )));
-                }
-            }
-        }
-        if parallel == 0 || context == Some(0) {
-            return Err(Error::InvalidArgs("context and parallel must be at least 1".into()));
-        }
+        let (backend, context, parallel) = options::estimate(&options)?;
         let (s, name) = (self.scheduler.clone(), model.to_string());
         tokio::task::spawn_blocking(move || s.estimate(&name, backend, context, parallel))
             .await

@@ -1,13 +1,19 @@
-//! Request options from the wire (`a{sv}`) to [`SamplingParams`], strictly:
-//! an unknown key or a value of the wrong D-Bus type is `InvalidArgs` naming
-//! the key, and the values are then checked by `SamplingParams::validate`.
+//! Method options from the wire (`a{sv}`), strictly: an unknown key or a value
+//! of the wrong D-Bus type is `InvalidArgs` naming the key. Request options
+//! become [`SamplingParams`] (then checked by `SamplingParams::validate`);
+//! `LoadModel` and `Estimate` take a backend, a context and a parallelism.
 
 use std::collections::HashMap;
 
 use llamad_api::Error;
 use zbus::zvariant::{OwnedValue, Value};
 
-use crate::engine::SamplingParams;
+use crate::engine::{BackendKind, SamplingParams};
+
+type Options = HashMap<String, OwnedValue>;
+
+/// Sequences an `Estimate` dry run may ask for (as many as `max_parallel` allows).
+pub const MAX_PARALLEL: u32 = 64;
 
 fn wrong(key: &str, want: &str, v: &Value<'_>) -> Error {
     Error::InvalidArgs(format!("option {key}: expected D-Bus type {want}, got {}", v.value_signature()))
@@ -63,6 +69,50 @@ pub fn request(options: &HashMap<String, OwnedValue>) -> Result<(SamplingParams,
     }
     p.validate().map_err(|e| Error::InvalidArgs(e.to_string()))?;
     Ok((p, keep_alive))
+}
+
+fn backend_of(key: &str, v: &Value<'_>) -> Result<BackendKind, Error> {
+    match v {
+        Value::Str(s) => {
+            s.as_str().parse::<BackendKind>().map_err(|e| Error::InvalidArgs(format!("option {key}: {e}")))
+        }
+        _ => Err(wrong(key, "s", v)),
+    }
+}
+
+/// `LoadModel`'s options: the backend.
+pub fn load(options: &Options) -> Result<Option<BackendKind>, Error> {
+    let mut backend = None;
+    for (key, value) in options {
+        match key.as_str() {
+            "backend" => backend = Some(backend_of(key, value)?),
+            other => return Err(Error::InvalidArgs(format!("unknown option {other} (known: backend)"))),
+        }
+    }
+    Ok(backend)
+}
+
+/// `Estimate`'s options: the backend, the context (at least 1; the model's when absent)
+/// and the number of sequences (1 to [`MAX_PARALLEL`]).
+pub fn estimate(options: &Options) -> Result<(Option<BackendKind>, Option<u32>, u32), Error> {
+    let (mut backend, mut context, mut parallel) = (None, None, 1);
+    for (key, value) in options {
+        match key.as_str() {
+            "backend" => backend = Some(backend_of(key, value)?),
+            "context" => context = Some(u32_of(key, value)?),
+            "parallel" => parallel = u32_of(key, value)?,
+            other => {
+                return Err(Error::InvalidArgs(format!("unknown option {other} (known: backend, context, parallel)")));
+            }
+        }
+    }
+    if context == Some(0) {
+        return Err(Error::InvalidArgs("option context: must be at least 1".into()));
+    }
+    if !(1..=MAX_PARALLEL).contains(&parallel) {
+        return Err(Error::InvalidArgs(format!("option parallel: {parallel} (1 to {MAX_PARALLEL})")));
+    }
+    Ok((backend, context, parallel))
 }
 
 fn f64_of(key: &str, v: &Value<'_>) -> Result<f64, Error> {
