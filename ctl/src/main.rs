@@ -274,7 +274,7 @@ fn json_stats(s: &FinishStats) -> serde_json::Value {
         "finish_reason": s.finish_reason, "prompt_tokens": s.prompt_tokens, "generated_tokens": s.generated_tokens,
         "time_to_first_token_ms": s.time_to_first_token_ms, "prompt_tokens_per_s": s.prompt_tokens_per_s,
         "decode_tokens_per_s": s.decode_tokens_per_s, "seed": s.seed, "backend": s.backend,
-        "provider": s.provider, "error": s.error,
+        "provider": s.provider, "error_name": s.error_name, "error": s.error,
     })
 }
 
