@@ -761,8 +761,34 @@ def build_tokenizer(reader: GGUFReader):
 # --------------------------------------------------------------------------------------
 
 
+def write_genai_config(path: str, m: GGUFModel, bos_id, eos_id, pad_id):
+    """genai_config.json for the fused graph: what llamad's onnxruntime-genai layout reads (one KV
+    buffer shared by past and present), and what onnxruntime-genai itself needs to run the file."""
+    decoder = {
+        "filename": "model.onnx",
+        "session_options": {"log_id": "llamad", "provider_options": []},
+        "head_size": m.head_dim, "hidden_size": m.hidden, "num_attention_heads": m.n_heads,
+        "num_key_value_heads": m.n_kv, "num_hidden_layers": m.n_layers,
+        "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                   "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+        "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value"},
+    }
+    first_eos = eos_id[0] if isinstance(eos_id, list) else eos_id
+    cfg = {
+        "model": {"bos_token_id": bos_id, "eos_token_id": eos_id,
+                  "pad_token_id": pad_id if pad_id is not None else first_eos,
+                  "context_length": m.ctx, "vocab_size": m.vocab, "type": "llama", "decoder": decoder},
+        "search": {"past_present_share_buffer": True, "max_length": m.ctx, "do_sample": False,
+                   "num_beams": 1, "num_return_sequences": 1, "min_length": 0},
+    }
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(cfg, f, indent=2)
+        f.write("\n")
+
+
 def convert(gguf_path: str, outdir: str, precision: str, log=print, int4_scheme: str = "transcode",
-            external_data: str = "auto", int4_lm_head: bool = False):
+            external_data: str = "auto", int4_lm_head: bool = False, graph: str = "standard"):
     t_start = time.time()
     m = GGUFModel(gguf_path)
     log(f"{os.path.basename(gguf_path)}: llama, {m.n_layers} layers, hidden {m.hidden}, "
@@ -792,16 +818,26 @@ def convert(gguf_path: str, outdir: str, precision: str, log=print, int4_scheme:
     for pth in (model_path, data_path):
         if os.path.exists(pth):
             os.remove(pth)
+    if graph == "fused" and precision != "int4":
+        raise ConversionError("--graph fused writes int4 MatMulNBits: use it with --precision int4")
     g = GraphBuilder(data_path if external else None)
     try:
-        model = LlamaGraph(m, precision, g, log, scheme=int4_scheme, int4_lm_head=int4_lm_head).build()
+        if graph == "fused":
+            from ort_graph import FusedLlamaGraph
+            model = FusedLlamaGraph(m, g, log, quantize_q4, q4_scheme=int4_scheme).build()
+            model.ir_version = IR_VERSION
+        else:
+            model = LlamaGraph(m, precision, g, log, scheme=int4_scheme, int4_lm_head=int4_lm_head).build()
     finally:
         g.close()
     log(f"graph: {len(model.graph.node)} nodes, {len(model.graph.initializer)} initializers, "
         f"{g.weight_bytes / 1e6:.1f} MB of weights{' (external data)' if external else ''}")
     onnx.save_model(model, model_path)
     try:
-        onnx.checker.check_model(model_path if external else model)
+        # The fused graph uses ONNX Runtime's SimplifiedLayerNormalization, which it registers in
+        # the ONNX domain although ONNX has no such operator: the checker cannot know it.
+        if graph != "fused":
+            onnx.checker.check_model(model_path if external else model)
     except Exception as e:
         raise ConversionError(f"onnx checker rejected the graph: {e}") from e
 
@@ -863,6 +899,12 @@ def convert(gguf_path: str, outdir: str, precision: str, log=print, int4_scheme:
     if eot is not None and eot != eos_id:
         gen["eos_token_id"] = [eos_id, eot]
 
+    if graph == "fused":
+        config["gguf_source"]["graph"] = ("fused for ONNX Runtime (models/ort_graph.py): packed QKV MatMulNBits "
+                                          "accuracy_level 4, GroupQueryAttention with rotary and a shared KV "
+                                          "buffer, SkipSimplifiedLayerNormalization, 8-bit head, last-position "
+                                          "logits")
+        write_genai_config(os.path.join(outdir, "genai_config.json"), m, bos_id, gen["eos_token_id"], pad_id)
     tok.save(os.path.join(outdir, "tokenizer.json"))
     chat_template = field(m.reader, "tokenizer.chat_template")
     tcfg = {
@@ -911,12 +953,16 @@ def main(argv=None):
                          "and faster, but on small models such as SmolLM2-135M it costs most of "
                          "int4's accuracy; by default the head reuses the float embedding, at no "
                          "extra size)")
+    ap.add_argument("--graph", choices=["standard", "fused"], default="standard",
+                    help="standard (default): standard ONNX operators, runs on tract and ONNX Runtime; "
+                         "fused (int4 only): ONNX Runtime's fused CPU operators (models/ort_graph.py), the "
+                         "fast graph for the onnxruntime backend, not loadable by tract")
     args = ap.parse_args(argv)
     if not os.path.isfile(args.gguf):
         sys.exit(f"error: {args.gguf}: no such file")
     try:
         convert(args.gguf, args.outdir, args.precision, int4_scheme=args.int4_scheme,
-                external_data=args.external_data, int4_lm_head=args.int4_lm_head)
+                external_data=args.external_data, int4_lm_head=args.int4_lm_head, graph=args.graph)
     except ConversionError as e:
         sys.exit(f"error: {e}")
 

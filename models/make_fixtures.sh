@@ -40,12 +40,13 @@ step() { printf '\n=== %s\n' "$*"; }
 
 # Remove only what this script makes: models/ and models/fixtures/ may hold other files.
 FIXTURES=(stories260k-optimum-fp32 stories260k-optimum-int8 tiny-llama2-genai-fp32 tiny-llama2-genai-int4
-          tiny-llama2-genai-int4-unfused tiny-llama2-optimum-fp32 tiny-llama2-gguf-int4)
+          tiny-llama2-genai-int4-unfused tiny-llama2-optimum-fp32 tiny-llama2-gguf-int4 tiny-gguf-fused
+          tiny-gguf-fp32)
 WORK_DIRS=(stories260k-hf stories260k-optimum-fp32 tiny-llama2-hf tiny-llama2-genai-fp32 tiny-llama2-genai-int4
            tiny-llama2-genai-int4-unfused tiny-llama2-optimum-fp32 genai-cache)
 for d in "${FIXTURES[@]}"; do rm -rf "${FIX:?}/$d"; done
 for d in "${WORK_DIRS[@]}"; do rm -rf "${WORK:?}/$d"; done
-rm -f "$WORK/tiny-llama2.Q4_0.gguf"
+rm -f "$WORK/tiny-llama2.Q4_0.gguf" "$WORK/tiny-fused-source.gguf"
 rm -f "$FIX/CHECKS.txt" "$FIX/CHECK_REFERENCE.txt" "$FIX/REFERENCE.json"
 mkdir -p "$WORK" "$FIX"
 
@@ -110,6 +111,13 @@ step "tiny-llama2: GGUF (make_tiny_gguf.py) -> gguf_to_onnx.py --precision int4"
 "$GPY" "$MODELS/make_tiny_gguf.py" "$WORK/tiny-llama2-hf" "$TOKENIZER_DIR/tokenizer.model" \
     "$WORK/tiny-llama2.Q4_0.gguf"
 "$GPY" "$MODELS/gguf_to_onnx.py" "$WORK/tiny-llama2.Q4_0.gguf" "$FIX/tiny-llama2-gguf-int4" --precision int4
+
+# The fused graph for ONNX Runtime (models/ort_graph.py) and its float reference, from one random
+# GGUF with Q4_0, Q4_1 and Q8_0 tensors and tied embeddings (make_bench_gguf.py --fixture).
+step "tiny GGUF (make_bench_gguf.py --fixture) -> gguf_to_onnx.py --graph fused, and fp32"
+"$GPY" "$MODELS/make_bench_gguf.py" --fixture "$WORK/tiny-fused-source.gguf"
+"$GPY" "$MODELS/gguf_to_onnx.py" "$WORK/tiny-fused-source.gguf" "$FIX/tiny-gguf-fused" --precision int4 --graph fused
+"$GPY" "$MODELS/gguf_to_onnx.py" "$WORK/tiny-fused-source.gguf" "$FIX/tiny-gguf-fp32" --precision fp32
 
 # Files copied from the read-only shared folder keep their mode; make them writable.
 for d in "${FIXTURES[@]}"; do chmod -R u+w "$FIX/$d"; done

@@ -33,8 +33,6 @@ import gguf
 import numpy as np
 import sentencepiece as spm
 from gguf import GGMLQuantizationType as Q
-from safetensors.numpy import load_file
-
 LINEAR = {  # HF suffix in model.layers.N -> GGUF name in blk.N
     "self_attn.q_proj": "attn_q",
     "self_attn.k_proj": "attn_k",
@@ -52,43 +50,10 @@ def permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def main():
-    if len(sys.argv) != 4:
-        sys.exit(__doc__)
-    hf_dir, sp_model, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-    cfg = json.loads((hf_dir / "config.json").read_text())
-    assert cfg["model_type"] == "llama" and cfg["tie_word_embeddings"], "expects the tiny tied Llama"
-    n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
-    weights = load_file(str(hf_dir / "model.safetensors"))
-    weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
-
-    part = out.with_name(out.name + ".part")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(str(part), "llama")
-    # general.*
-    w.add_type("model")
-    w.add_name("tiny-llama2 random (llamad test fixture)")
-    w.add_license("other")
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
-    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    # llama.*
-    w.add_vocab_size(cfg["vocab_size"])
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_rope_dimension_count(head_dim)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_rope_freq_base(cfg["rope_theta"])
-
-    # tokenizer.ggml.* (SentencePiece vocabulary, as convert_hf_to_gguf.py's _create_vocab_sentencepiece)
+def sentencepiece_vocab(sp_model: Path):
+    """(pieces, scores, token types) of a SentencePiece model, as convert_hf_to_gguf.py's
+    _create_vocab_sentencepiece reads them."""
     sp = spm.SentencePieceProcessor(model_file=str(sp_model))
-    assert sp.vocab_size() == cfg["vocab_size"], (sp.vocab_size(), cfg["vocab_size"])
     tokens, scores, types = [], [], []
     for i in range(sp.vocab_size()):
         tokens.append(sp.id_to_piece(i).encode("utf-8"))
@@ -103,6 +68,39 @@ def main():
             types.append(gguf.TokenType.BYTE)
         else:
             types.append(gguf.TokenType.NORMAL)
+    return tokens, scores, types
+
+
+def llama_writer(part: Path, cfg: dict, vocab, name: str, file_type) -> gguf.GGUFWriter:
+    """A GGUFWriter with general.*, llama.* (from an HF LlamaConfig dict) and a SentencePiece-style
+    vocabulary `vocab` ((pieces, scores, token types), unk 0, bos 1, eos 2) written, ready for
+    the tensors."""
+    n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
+    part.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(str(part), "llama")
+    # general.*
+    w.add_type("model")
+    w.add_name(name)
+    w.add_license("other")
+    w.add_file_type(file_type)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    # llama.*
+    w.add_vocab_size(cfg["vocab_size"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_rope_dimension_count(head_dim)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(cfg["rope_theta"])
+    # tokenizer.ggml.* (a SentencePiece vocabulary, as convert_hf_to_gguf.py writes it)
+    tokens, scores, types = vocab
+    assert len(tokens) == cfg["vocab_size"], (len(tokens), cfg["vocab_size"])
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
@@ -113,6 +111,24 @@ def main():
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
+    return w
+
+
+def main():
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    hf_dir, sp_model, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["tie_word_embeddings"], "expects the tiny tied Llama"
+    n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    from safetensors.numpy import load_file
+
+    weights = load_file(str(hf_dir / "model.safetensors"))
+    weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+
+    part = out.with_name(out.name + ".part")
+    w = llama_writer(part, cfg, sentencepiece_vocab(sp_model), "tiny-llama2 random (llamad test fixture)",
+                     gguf.LlamaFileType.MOSTLY_Q4_0)
 
     # tensors
     def add(name, x, qtype):
@@ -147,7 +163,7 @@ def main():
     w.close()
     os.replace(part, out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): tensor types {counts}, "
-          f"vocab {len(tokens)}, tied embeddings (no output.weight)")
+          f"vocab {cfg['vocab_size']}, tied embeddings (no output.weight)")
 
 
 if __name__ == "__main__":
