@@ -81,6 +81,10 @@ pub struct FinishStats {
     /// With `finish_reason` = `error`: the D-Bus error name and message.
     pub error_name: Option<String>,
     pub error: Option<String>,
+    /// With `prompt_lookup`: draft tokens verified, and how many of them the model kept
+    /// (the acceptance rate is their ratio).
+    pub draft_tokens: Option<u32>,
+    pub draft_accepted: Option<u32>,
 }
 
 /// A chat message on the wire: `(role, content)`, role `system`, `user` or `assistant`.
@@ -97,6 +101,7 @@ pub const REQUEST_OPTIONS: &[(&str, &str)] = &[
     ("max_tokens", "u"),
     ("stop", "as"),
     ("keep_alive", "x"),
+    ("prompt_lookup", "u"),
 ];
 
 /// A dry run of loading a model (`Estimate`).

@@ -51,6 +51,9 @@ struct Sampling {
     /// Stop before this text (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    /// Speculative decoding by prompt lookup: verify up to N draft tokens a pass (0 = off).
+    #[arg(long)]
+    prompt_lookup: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -163,6 +166,9 @@ fn options(s: &Sampling) -> HashMap<&'static str, Value<'static>> {
     if let Some(v) = s.top_p {
         o.insert("top_p", v.into());
     }
+    if let Some(v) = s.prompt_lookup {
+        o.insert("prompt_lookup", v.into());
+    }
     if let Some(v) = s.repetition_penalty {
         o.insert("repetition_penalty", v.into());
     }
@@ -257,7 +263,7 @@ fn finish_code(stats: &FinishStats) -> Result<(), Failure> {
 
 fn print_stats(stats: &FinishStats) {
     eprintln!(
-        "[{} / {}] prompt {} tok, {:.1} tok/s | ttft {:.1} ms | generated {} tok, {:.1} tok/s | finish {}",
+        "[{} / {}] prompt {} tok, {:.1} tok/s | ttft {:.1} ms | generated {} tok, {:.1} tok/s | finish {}{}",
         stats.backend.as_deref().unwrap_or("?"),
         stats.provider.as_deref().unwrap_or("?"),
         stats.prompt_tokens.unwrap_or(0),
@@ -265,7 +271,11 @@ fn print_stats(stats: &FinishStats) {
         stats.time_to_first_token_ms.unwrap_or(0.0),
         stats.generated_tokens.unwrap_or(0),
         stats.decode_tokens_per_s.unwrap_or(0.0),
-        stats.finish_reason
+        stats.finish_reason,
+        match (stats.draft_tokens, stats.draft_accepted) {
+            (Some(d), Some(a)) if d > 0 => format!(" | drafts {a} of {d} kept"),
+            _ => String::new(),
+        }
     );
 }
 
@@ -275,6 +285,7 @@ fn json_stats(s: &FinishStats) -> serde_json::Value {
         "time_to_first_token_ms": s.time_to_first_token_ms, "prompt_tokens_per_s": s.prompt_tokens_per_s,
         "decode_tokens_per_s": s.decode_tokens_per_s, "seed": s.seed, "backend": s.backend,
         "provider": s.provider, "error_name": s.error_name, "error": s.error,
+        "draft_tokens": s.draft_tokens, "draft_accepted": s.draft_accepted,
     })
 }
 

@@ -92,6 +92,9 @@ struct GenerateArgs {
     /// Do not stop at end-of-sequence tokens (for benchmarks).
     #[arg(long)]
     ignore_eos: bool,
+    /// Speculative decoding by prompt lookup: verify up to N draft tokens a pass (0 = off).
+    #[arg(long, default_value_t = 0)]
+    prompt_lookup: u32,
     /// Print the stats as one JSON object on stderr.
     #[arg(long)]
     json: bool,
@@ -141,6 +144,7 @@ fn generate(a: GenerateArgs) -> Result<(), String> {
         max_tokens: a.max_tokens,
         stop: a.stop.clone(),
         ignore_eos: a.ignore_eos,
+        prompt_lookup: a.prompt_lookup,
         ..Default::default()
     };
     let cancel = AtomicBool::new(false);
@@ -166,11 +170,12 @@ fn generate(a: GenerateArgs) -> Result<(), String> {
             "ttft_ms": s.time_to_first_token.as_secs_f64() * 1e3,
             "prompt_tokens_per_s": s.prompt_tokens_per_s(), "decode_tokens_per_s": s.decode_tokens_per_s(),
             "finish": s.finish, "seed": s.seed, "peak_rss_kib": rss,
+            "draft_tokens": s.draft.drafted, "draft_accepted": s.draft.accepted,
         });
         eprintln!("{v}");
     } else {
         eprintln!(
-            "[{} / {}] load {:.2}s | prompt {} tok, {:.1} tok/s | ttft {:.1} ms | decode {} tok, {:.1} tok/s | finish {} | seed {} | peak RSS {:.1} MiB",
+            "[{} / {}] load {:.2}s | prompt {} tok, {:.1} tok/s | ttft {:.1} ms | decode {} tok, {:.1} tok/s | finish {} | seed {} | peak RSS {:.1} MiB{}",
             served.backend,
             served.provider,
             load_time.as_secs_f64(),
@@ -181,7 +186,12 @@ fn generate(a: GenerateArgs) -> Result<(), String> {
             s.decode_tokens_per_s(),
             s.finish.as_str(),
             s.seed,
-            rss as f64 / 1024.0
+            rss as f64 / 1024.0,
+            if s.draft.drafted > 0 {
+                format!(" | drafts {} of {} kept", s.draft.accepted, s.draft.drafted)
+            } else {
+                String::new()
+            }
         );
     }
     Ok(())

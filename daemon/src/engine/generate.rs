@@ -1,7 +1,8 @@
-//! The decoding loop: prompt → tokens → prefill → sample, one token per step,
-//! until EOS, a stop string, `max_tokens`, the context's end, or cancellation.
-//! Text is streamed through a callback as it becomes complete; stop strings
-//! are held back until they can no longer match, and are never emitted.
+//! The decoding loop: prompt → tokens → prefill → next tokens (one a step, or
+//! more with speculation: `speculate.rs`), until EOS, a stop string,
+//! `max_tokens`, the context's end, or cancellation. Text is streamed through a
+//! callback as it becomes complete; stop strings are held back until they can no
+//! longer match, and are never emitted.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use super::backend::BackendError;
 use super::chat::{self, ChatError, Message};
 use super::detok::Detokenizer;
 use super::sampler::{InvalidOption, Sampler, SamplingParams};
+use super::speculate::{Decoder, DraftStats, Lookup, Steps};
 use super::tokenizer::TokenizerError;
 
 /// What to continue from.
@@ -55,6 +57,8 @@ pub struct Stats {
     pub decode_time: Duration,
     pub finish: FinishReason,
     pub seed: u64,
+    /// Prompt lookup: draft tokens verified and kept (zero without it).
+    pub draft: DraftStats,
 }
 
 impl Stats {
@@ -159,40 +163,47 @@ impl Model {
         let mut first_token_at = None;
         seq.forward(&prompt_ids, &mut logits)?;
         let prompt_time = started.elapsed();
-        while generated.len() < budget {
+        let decoder = match params.prompt_lookup {
+            n if n > 0 && seq.can_truncate() => Decoder::Lookup(Lookup::new(n as usize)),
+            _ => Decoder::Plain,
+        };
+        let mut steps = Steps::new(decoder);
+        let is_end = |id| !params.ignore_eos && self.eos_ids.contains(&id);
+        'decode: while generated.len() < budget {
             if cancel.load(Ordering::Relaxed) {
                 finish = FinishReason::Cancelled;
                 break;
             }
-            let id = sampler.sample(&mut logits, &history);
+            let ids =
+                steps.next(&mut *seq, &mut sampler, &mut logits, &mut history, budget - generated.len(), is_end)?;
             first_token_at.get_or_insert_with(|| started.elapsed());
-            if !params.ignore_eos && self.eos_ids.contains(&id) {
-                finish = FinishReason::Eos;
-                break;
-            }
-            generated.push(id);
-            history.push(id);
-            if let Some(d) = detok.as_mut()
-                && let Some(piece) = d.push(id)?
-            {
-                text.push_str(&piece);
-                if let Some((at, _)) =
-                    params.stop.iter().filter_map(|s| text[emitted..].find(s.as_str()).map(|i| (i + emitted, s))).min()
+            for id in ids {
+                if is_end(id) {
+                    finish = FinishReason::Eos;
+                    break 'decode;
+                }
+                generated.push(id);
+                if let Some(d) = detok.as_mut()
+                    && let Some(piece) = d.push(id)?
                 {
-                    text.truncate(at);
-                    finish = FinishReason::Stop;
-                    break;
-                }
-                let ready = text.len() - held_back(&text, &params.stop);
-                if ready > emitted {
-                    on_text(&text[emitted..ready]);
-                    emitted = ready;
+                    text.push_str(&piece);
+                    if let Some((at, _)) = params
+                        .stop
+                        .iter()
+                        .filter_map(|s| text[emitted..].find(s.as_str()).map(|i| (i + emitted, s)))
+                        .min()
+                    {
+                        text.truncate(at);
+                        finish = FinishReason::Stop;
+                        break 'decode;
+                    }
+                    let ready = text.len() - held_back(&text, &params.stop);
+                    if ready > emitted {
+                        on_text(&text[emitted..ready]);
+                        emitted = ready;
+                    }
                 }
             }
-            if generated.len() == budget {
-                break;
-            }
-            seq.forward(&[id], &mut logits)?;
         }
         if finish != FinishReason::Stop
             && let Some(d) = detok.as_mut()
@@ -215,6 +226,7 @@ impl Model {
                 decode_time: started.elapsed().saturating_sub(first),
                 finish,
                 seed: sampler.seed,
+                draft: steps.stats,
             },
         })
     }

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod model_dir;
 pub mod onnx_graph;
 pub mod sampler;
+pub mod speculate;
 pub mod tokenizer;
 pub mod weights;
 

@@ -79,6 +79,9 @@ pub struct IoNames {
     pub position_ids: Option<String>,
     /// Present in Optimum's merged decoders: true once a past is fed.
     pub use_cache_branch: Option<String>,
+    /// How many of the last positions get logits (HF's `logits_to_keep`; the converter's fused
+    /// graph): an int64 scalar, 1 when not fed. Graphs without it give logits for every position.
+    pub logits_to_keep: Option<String>,
     pub past_key: Vec<String>,
     pub past_value: Vec<String>,
     pub logits: String,
@@ -259,6 +262,7 @@ fn open_genai(dir: &Path, file: &Path) -> Result<ModelDir, LayoutError> {
         attention_mask: Some(name(&d.inputs, "attention_mask", "attention_mask")),
         position_ids: Some(name(&d.inputs, "position_ids", "position_ids")),
         use_cache_branch: None,
+        logits_to_keep: Some("logits_to_keep".into()),
         past_key: per_layer(name(&d.inputs, "past_key_names", "past_key_values.%d.key")),
         past_value: per_layer(name(&d.inputs, "past_value_names", "past_key_values.%d.value")),
         logits: name(&d.outputs, "logits", "logits"),
@@ -341,6 +345,7 @@ fn open_optimum(dir: &Path, file: &Path) -> Result<ModelDir, LayoutError> {
         attention_mask: Some("attention_mask".into()),
         position_ids: Some("position_ids".into()),
         use_cache_branch: Some("use_cache_branch".into()),
+        logits_to_keep: Some("logits_to_keep".into()),
         past_key: per_layer("past_key_values.{}.key"),
         past_value: per_layer("past_key_values.{}.value"),
         logits: "logits".into(),
@@ -396,10 +401,14 @@ fn finish(
             *opt = None;
         }
     }
+    if io.logits_to_keep.as_ref().is_some_and(|n| !has_in(n) && !graph.defaulted_inputs.contains(n)) {
+        io.logits_to_keep = None;
+    }
     let known: Vec<&str> = [Some(&io.input_ids), io.attention_mask.as_ref(), io.position_ids.as_ref()]
         .into_iter()
         .flatten()
         .chain(io.use_cache_branch.as_ref())
+        .chain(io.logits_to_keep.as_ref())
         .chain(io.past_key.iter())
         .chain(io.past_value.iter())
         .map(String::as_str)

@@ -30,6 +30,8 @@ pub struct ValueInfo {
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct GraphSummary {
     pub inputs: Vec<ValueInfo>,
+    /// Inputs that also have an initializer: fed only to override their default.
+    pub defaulted_inputs: Vec<String>,
     pub outputs: Vec<ValueInfo>,
     /// Operator counts keyed by `domain::OpType` (plain `OpType` for the default domain).
     pub ops: BTreeMap<String, usize>,
@@ -168,12 +170,19 @@ fn summarize(file: &Path, proto: &pb::ModelProto, file_size: u64) -> Result<Grap
         external_bytes += len;
     }
     Ok(GraphSummary {
-        // Old IR versions list initializers among the inputs: they are not fed.
+        // Old IR versions list initializers among the inputs: they need not be fed (a runtime
+        // may override them: `defaulted_inputs`).
         inputs: graph
             .input
             .iter()
             .filter(|i| !graph.initializer.iter().any(|t| t.name == i.name))
             .map(value_info)
+            .collect(),
+        defaulted_inputs: graph
+            .input
+            .iter()
+            .filter(|i| graph.initializer.iter().any(|t| t.name == i.name))
+            .map(|i| i.name.clone())
             .collect(),
         outputs: graph.output.iter().map(value_info).collect(),
         ops,

@@ -27,6 +27,9 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Keep going past end-of-sequence tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Speculative decoding by prompt lookup: the most draft tokens verified in one pass
+    /// (0 = off). The output is what plain decoding gives (see `speculate.rs`).
+    pub prompt_lookup: u32,
 }
 
 impl Default for SamplingParams {
@@ -41,6 +44,7 @@ impl Default for SamplingParams {
             max_tokens: 256,
             stop: vec![],
             ignore_eos: false,
+            prompt_lookup: 0,
         }
     }
 }
@@ -62,6 +66,8 @@ pub struct InvalidOption {
 
 pub const MAX_STOP_STRINGS: usize = 16;
 pub const MAX_STOP_LEN: usize = 256;
+/// The most draft tokens `prompt_lookup` may ask to verify in one pass.
+pub const MAX_DRAFT: u32 = 32;
 
 impl SamplingParams {
     pub fn validate(&self) -> Result<(), InvalidOption> {
@@ -77,6 +83,9 @@ impl SamplingParams {
         }
         if self.max_tokens == 0 {
             return err("max_tokens", "must be at least 1");
+        }
+        if self.prompt_lookup > MAX_DRAFT {
+            return err("prompt_lookup", "at most 32 draft tokens");
         }
         if self.stop.len() > MAX_STOP_STRINGS {
             return err("stop", "at most 16 stop strings");

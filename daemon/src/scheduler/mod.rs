@@ -174,16 +174,9 @@ impl Scheduler {
             ort_setup: Mutex::new(()),
             reading: AtomicU32::new(0),
             warm: Mutex::new(Default::default()),
-            baseline: AtomicU64::new({
-                // ONNX Runtime's one-time setup (library, environment, thread pools) belongs to
-                // the daemon's baseline, not to the first model loaded on it (unless the daemon
-                // is configured for tract alone).
-                if config.backend != Some(BackendKind::Tract) {
-                    let _ =
-                        crate::engine::backend::onnxruntime::available_providers(config.onnxruntime.library.as_deref());
-                }
-                crate::memory::measure::resident()
-            }),
+            // ONNX Runtime is set up when first needed (a load on it, or reading `Providers`),
+            // and what that takes is added to this baseline then (`set_up_onnxruntime`).
+            baseline: AtomicU64::new(crate::memory::measure::resident()),
             budget: Budget::detect(config.memory.budget, config.memory.reserve),
             config,
         });
@@ -379,6 +372,10 @@ impl Scheduler {
                 stats.prompt_tokens_per_s = Some(s.prompt_tokens_per_s());
                 stats.decode_tokens_per_s = Some(s.decode_tokens_per_s());
                 stats.seed = Some(s.seed);
+                if job.params.prompt_lookup > 0 {
+                    stats.draft_tokens = Some(s.draft.drafted as u32);
+                    stats.draft_accepted = Some(s.draft.accepted as u32);
+                }
             }
             Err(e) => {
                 tracing::error!(request = job.id, error = %e, "generation failed");

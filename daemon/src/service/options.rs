@@ -40,6 +40,7 @@ pub fn request(options: &HashMap<String, OwnedValue>) -> Result<(SamplingParams,
             "top_k" => p.top_k = u32_of(key, v)?,
             "repeat_last_n" => p.repeat_last_n = u32_of(key, v)?,
             "max_tokens" => p.max_tokens = u32_of(key, v)?,
+            "prompt_lookup" => p.prompt_lookup = u32_of(key, v)?,
             "seed" => {
                 p.seed = Some(match v {
                     Value::U64(x) => *x,

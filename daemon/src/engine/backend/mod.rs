@@ -2,9 +2,11 @@
 //!
 //! A [`LoadedModel`] is read-only and shared (`Arc`) by any number of
 //! [`Sequence`]s; each sequence owns its KV cache and position. A sequence is
-//! fed tokens (a whole prompt first, then one token per step) and writes the
-//! logits of the last token it was fed. Tokenizing, sampling and stopping are
-//! not the backend's business.
+//! fed tokens (a whole prompt first, then one token per step, or a few at once
+//! to verify a draft) and writes the logits of the last positions it was fed.
+//! It can be rolled back to an earlier position: what was fed after it is
+//! forgotten, exactly, as if it had never been fed. Tokenizing, sampling,
+//! drafting and stopping are not the backend's business.
 
 pub mod onnxruntime;
 pub mod providers;
@@ -114,6 +116,8 @@ pub enum BackendError {
     NoTokens,
     #[error("sequence is full: {position} tokens + {adding} new exceed the context of {context}")]
     ContextFull { position: usize, adding: usize, context: usize },
+    #[error("cannot roll a sequence of {position} tokens back to {to}")]
+    BadTruncate { position: usize, to: usize },
 }
 
 /// A model loaded on a backend; shared by all its sequences.
@@ -125,8 +129,21 @@ pub trait LoadedModel: Send + Sync {
 
 /// One generation stream with its own KV cache.
 pub trait Sequence: Send {
+    /// Feeds `tokens` after those already fed and writes the logits of the last `rows` of them
+    /// into `logits`, one row of the vocabulary's width after another (`1 <= rows <= tokens.len()`).
+    fn forward_rows(&mut self, tokens: &[u32], rows: usize, logits: &mut Vec<f32>) -> Result<(), BackendError>;
     /// Feeds `tokens` after those already fed and writes the logits of the last one into `logits`.
-    fn forward(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), BackendError>;
+    fn forward(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), BackendError> {
+        self.forward_rows(tokens, 1, logits)
+    }
+    /// Forgets every token after the first `position` (at most [`Sequence::position`]): the
+    /// next token fed goes at `position`. Backends that cannot roll back say `Unsupported`
+    /// without changing anything.
+    fn truncate(&mut self, position: usize) -> Result<(), BackendError>;
+    /// Whether [`Sequence::truncate`] works on this sequence (asked after the first forward).
+    fn can_truncate(&self) -> bool {
+        true
+    }
     /// Tokens fed so far.
     fn position(&self) -> usize;
 }
@@ -147,5 +164,34 @@ pub(crate) fn check_room(position: usize, adding: usize, context: usize) -> Resu
     if position + adding > context {
         return Err(BackendError::ContextFull { position, adding, context });
     }
+    Ok(())
+}
+
+/// Checks a `forward_rows` call's row count.
+pub(crate) fn check_rows(backend: BackendKind, rows: usize, adding: usize) -> Result<(), BackendError> {
+    if rows == 0 || rows > adding {
+        return Err(BackendError::Run {
+            backend,
+            reason: format!("asked for the logits of {rows} of {adding} tokens"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a `truncate` call.
+pub(crate) fn check_truncate(position: usize, to: usize) -> Result<(), BackendError> {
+    if to > position {
+        return Err(BackendError::BadTruncate { position, to });
+    }
+    Ok(())
+}
+
+/// Copies the last `rows` rows of `vocab` values out of `all` into `logits`.
+pub(crate) fn last_rows(all: &[f32], vocab: usize, rows: usize, logits: &mut Vec<f32>) -> Result<(), String> {
+    if vocab == 0 || all.len() < rows * vocab || !all.len().is_multiple_of(vocab) {
+        return Err(format!("logits of {} values do not hold {rows} rows of {vocab}", all.len()));
+    }
+    logits.clear();
+    logits.extend_from_slice(&all[all.len() - rows * vocab..]);
     Ok(())
 }

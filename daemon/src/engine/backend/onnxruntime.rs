@@ -8,10 +8,11 @@
 //! KV cache, two ways:
 //! - graphs whose attention is onnxruntime's `GroupQueryAttention` and whose
 //!   `genai_config.json` sets `past_present_share_buffer` (the builder's CPU
-//!   output): one buffer per layer and kind, `[1, kv_heads, context, head_dim]`,
+//!   output): one buffer per layer and kind, `[1, kv_heads, capacity, head_dim]`,
 //!   bound with an `IoBinding` as both `past_*` input and `present_*` output,
 //!   so each step writes only the new positions in place (what
-//!   onnxruntime-genai does);
+//!   onnxruntime-genai does); the buffer starts at 256 positions and doubles
+//!   as the sequence grows (the graph reads its length from the buffer);
 //! - other graphs (Optimum: `present = Concat(past, new)`): each step's
 //!   `present.N.*` outputs are moved, as ONNX Runtime values, into the next
 //!   step's `past_key_values.N.*` inputs; nothing goes through Rust memory.
@@ -26,7 +27,10 @@ use ort::session::{IoBinding, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 
 use super::providers::{ProviderName, register};
-use super::{BackendError, BackendKind, KvCache, LoadOptions, LoadedModel, Sequence, Served, check_room};
+use super::{
+    BackendError, BackendKind, KvCache, LoadOptions, LoadedModel, Sequence, Served, check_room, check_rows,
+    check_truncate, last_rows,
+};
 use crate::engine::model_dir::ModelDir;
 use crate::engine::onnx_graph::{ONNX_FLOAT, ONNX_FLOAT16};
 
@@ -222,24 +226,14 @@ impl LoadedModel for OrtModel {
     fn new_sequence(self: Arc<Self>) -> Result<Box<dyn Sequence>, BackendError> {
         let n = self.dir.spec.layers * 2;
         let kv = if self.share_buffer {
-            let s = &self.dir.spec;
-            let io = &self.dir.io;
             let session = self.session.lock().unwrap_or_else(|e| e.into_inner());
             let mut binding = session.create_binding().map_err(run_err)?;
-            let mut buffers = Vec::with_capacity(n);
-            let names = io.past_key.iter().zip(&io.present_key).chain(io.past_value.iter().zip(&io.present_value));
-            for (past, present) in names {
-                let mut buf =
-                    Tensor::<f32>::new(&Allocator::default(), [1usize, s.kv_heads, s.context_length, s.head_dim])
-                        .map_err(run_err)?;
-                buf.extract_tensor_mut().1.fill(0.0);
-                binding.bind_input(past, &buf).map_err(run_err)?;
-                binding.bind_output(present, &mut buf).map_err(run_err)?;
-                buffers.push(buf);
-            }
+            drop(session);
+            let capacity = FIRST_CAPACITY.min(self.dir.spec.context_length);
+            let buffers = self.shared_buffers(&mut binding, capacity, &[], 0, 0)?;
             let cpu = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::CPUOutput)
                 .map_err(run_err)?;
-            Kv::Shared { binding: Box::new(binding), cpu, _buffers: buffers }
+            Kv::Shared { binding: Box::new(binding), cpu, buffers, capacity }
         } else {
             let mut past = Vec::with_capacity(n);
             for _ in 0..n {
@@ -260,8 +254,46 @@ pub struct OrtSequence {
 enum Kv {
     /// Key 0, value 0, key 1, value 1, ...: last step's present values.
     Moved(Vec<DynValue>),
-    /// Keys of every layer, then values; bound as both past and present.
-    Shared { binding: Box<IoBinding>, cpu: MemoryInfo<'static>, _buffers: Vec<Tensor<f32>> },
+    /// Keys of every layer, then values, `[1, kv_heads, capacity, head_dim]` each; bound as both
+    /// past and present.
+    Shared { binding: Box<IoBinding>, cpu: MemoryInfo<'static>, buffers: Vec<Tensor<f32>>, capacity: usize },
+}
+
+/// Positions a shared KV buffer holds at first; it doubles (up to the context) as the sequence
+/// grows, so its memory follows what the sequence uses, not the model's whole context (8192
+/// positions of SmolLM2 are 377 MiB, and `Tensor::new` clears what it allocates).
+const FIRST_CAPACITY: usize = 256;
+
+impl OrtModel {
+    /// Shared KV buffers of `capacity` positions, bound to `binding`, holding the first `keep`
+    /// positions of `old` (buffers of `old_capacity` positions).
+    fn shared_buffers(
+        &self,
+        binding: &mut IoBinding,
+        capacity: usize,
+        old: &[Tensor<f32>],
+        old_capacity: usize,
+        keep: usize,
+    ) -> Result<Vec<Tensor<f32>>, BackendError> {
+        let (s, io) = (&self.dir.spec, &self.dir.io);
+        let names = io.past_key.iter().zip(&io.present_key).chain(io.past_value.iter().zip(&io.present_value));
+        let d = s.head_dim;
+        let mut buffers = Vec::with_capacity(s.layers * 2);
+        for (i, (past, present)) in names.enumerate() {
+            let mut buf =
+                Tensor::<f32>::new(&Allocator::default(), [1usize, s.kv_heads, capacity, d]).map_err(run_err)?;
+            if let Some(o) = old.get(i) {
+                let (src, dst) = (o.extract_tensor().1, buf.extract_tensor_mut().1);
+                for h in 0..s.kv_heads {
+                    dst[h * capacity * d..][..keep * d].copy_from_slice(&src[h * old_capacity * d..][..keep * d]);
+                }
+            }
+            binding.bind_input(past, &buf).map_err(run_err)?;
+            binding.bind_output(present, &mut buf).map_err(run_err)?;
+            buffers.push(buf);
+        }
+        Ok(buffers)
+    }
 }
 
 fn i64_tensor(values: Vec<i64>) -> Result<Tensor<i64>, BackendError> {
@@ -269,40 +301,71 @@ fn i64_tensor(values: Vec<i64>) -> Result<Tensor<i64>, BackendError> {
     Tensor::<i64>::from_array(([1usize, n], values)).map_err(run_err)
 }
 
-/// The last position's row of a `[1, S, vocab]` logits value (float32 or float16).
-fn read_logits(out: &DynValue, logits: &mut Vec<f32>) -> Result<(), BackendError> {
-    logits.clear();
+/// The last `rows` rows of a `[1, S, vocab]` logits value (float32 or float16).
+fn read_logits(out: &DynValue, rows: usize, logits: &mut Vec<f32>) -> Result<(), BackendError> {
     if let Ok((shape, data)) = out.try_extract_tensor::<f32>() {
-        let vocab = *shape.last().unwrap_or(&0) as usize;
-        logits.extend_from_slice(&data[data.len() - vocab..]);
+        last_rows(data, *shape.last().unwrap_or(&0) as usize, rows, logits).map_err(run_err)
     } else {
         let (shape, data) = out.try_extract_tensor::<f16>().map_err(run_err)?;
-        let vocab = *shape.last().unwrap_or(&0) as usize;
-        logits.extend(data[data.len() - vocab..].iter().map(|x| x.to_f32()));
+        let wide: Vec<f32> = data.iter().map(|x| x.to_f32()).collect();
+        last_rows(&wide, *shape.last().unwrap_or(&0) as usize, rows, logits).map_err(run_err)
     }
-    Ok(())
+}
+
+/// The first `keep` positions of a `[1, heads, T, head_dim]` past value (float32 or float16).
+fn slice_past(past: &DynValue, keep: usize) -> Result<DynValue, BackendError> {
+    fn cut<T: Copy>(shape: &[i64], data: &[T], keep: usize) -> Result<(Vec<usize>, Vec<T>), BackendError> {
+        let [b, h, t, d] = <[i64; 4]>::try_from(shape).map_err(|_| run_err(format!("past of shape {shape:?}")))?;
+        let (t, d) = (t as usize, d as usize);
+        let mut out = Vec::with_capacity((b * h) as usize * keep * d);
+        for row in data.chunks(t * d) {
+            out.extend_from_slice(&row[..keep * d]);
+        }
+        Ok((vec![b as usize, h as usize, keep, d], out))
+    }
+    if let Ok((shape, data)) = past.try_extract_tensor::<f32>() {
+        let (shape, data) = cut(shape, data, keep)?;
+        Ok(Tensor::<f32>::from_array((shape, data)).map_err(run_err)?.into_dyn())
+    } else {
+        let (shape, data) = past.try_extract_tensor::<f16>().map_err(run_err)?;
+        let (shape, data) = cut(shape, data, keep)?;
+        Ok(Tensor::<f16>::from_array((shape, data)).map_err(run_err)?.into_dyn())
+    }
 }
 
 impl Sequence for OrtSequence {
-    fn forward(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), BackendError> {
+    fn forward_rows(&mut self, tokens: &[u32], rows: usize, logits: &mut Vec<f32>) -> Result<(), BackendError> {
         let m = &self.model;
         let io = &m.dir.io;
         check_room(self.position, tokens.len(), m.dir.spec.context_length)?;
+        check_rows(BackendKind::Onnxruntime, rows, tokens.len())?;
         let n = tokens.len();
+        let keep = match &io.logits_to_keep {
+            Some(_) => Some(Tensor::<i64>::from_array(([0usize; 0], vec![rows as i64])).map_err(run_err)?),
+            None => None,
+        };
         let start = self.position as i64;
         let ids = i64_tensor(tokens.iter().map(|&t| t as i64).collect())?;
         let mask = i64_tensor(vec![1; self.position + n])?;
         let mut session = m.session.lock().unwrap_or_else(|e| e.into_inner());
         match &mut self.kv {
-            Kv::Shared { binding, cpu, .. } => {
+            Kv::Shared { binding, cpu, buffers, capacity } => {
+                if self.position + n > *capacity {
+                    let grown = (self.position + n).next_power_of_two().min(m.dir.spec.context_length);
+                    *buffers = m.shared_buffers(binding, grown, buffers, *capacity, self.position)?;
+                    *capacity = grown;
+                }
                 binding.bind_input(&io.input_ids, &ids).map_err(run_err)?;
                 // Rebound every step: a bound output keeps its first shape ([1, S, vocab]).
                 binding.bind_output_to_device(&io.logits, cpu).map_err(run_err)?;
                 if let Some(name) = &io.attention_mask {
                     binding.bind_input(name, &mask).map_err(run_err)?;
                 }
+                if let (Some(name), Some(keep)) = (&io.logits_to_keep, &keep) {
+                    binding.bind_input(name, keep).map_err(run_err)?;
+                }
                 let outputs = session.run_binding(binding).map_err(run_err)?;
-                read_logits(&outputs[io.logits.as_str()], logits)?;
+                read_logits(&outputs[io.logits.as_str()], rows, logits)?;
             }
             Kv::Moved(past) => {
                 let mut inputs: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(4 + past.len());
@@ -317,13 +380,16 @@ impl Sequence for OrtSequence {
                     let t = Tensor::<bool>::from_array(([1usize], vec![self.position > 0])).map_err(run_err)?;
                     inputs.push((name, t.into()));
                 }
+                if let (Some(name), Some(keep)) = (&io.logits_to_keep, keep) {
+                    inputs.push((name, keep.into()));
+                }
                 for (layer, (k, v)) in io.past_key.iter().zip(&io.past_value).enumerate() {
                     inputs.push((k, (&past[2 * layer]).into()));
                     inputs.push((v, (&past[2 * layer + 1]).into()));
                 }
                 let mut outputs = session.run(inputs).map_err(run_err)?;
                 let out = outputs.remove(&io.logits).ok_or_else(|| run_err("no logits output"))?;
-                read_logits(&out, logits)?;
+                read_logits(&out, rows, logits)?;
                 for (layer, (k, v)) in io.present_key.iter().zip(&io.present_value).enumerate() {
                     past[2 * layer] = outputs.remove(k.as_str()).ok_or_else(|| run_err(format!("no output {k}")))?;
                     past[2 * layer + 1] =
@@ -332,6 +398,22 @@ impl Sequence for OrtSequence {
             }
         }
         self.position += n;
+        Ok(())
+    }
+
+    /// Shared buffer: the position alone (the next step writes over what was after it).
+    /// Moved values: each past cut to its first `position` entries (a copy).
+    fn truncate(&mut self, position: usize) -> Result<(), BackendError> {
+        check_truncate(self.position, position)?;
+        if position == self.position {
+            return Ok(());
+        }
+        if let Kv::Moved(past) = &mut self.kv {
+            for p in past.iter_mut() {
+                *p = slice_past(p, position)?;
+            }
+        }
+        self.position = position;
         Ok(())
     }
 

@@ -12,8 +12,12 @@ use std::sync::Arc;
 use tract_linalg::multithread::{Executor, multithread_tract_scope};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::transform::get_transform;
+use tract_transformers::ops::dyn_kv_cache::DynKeyValueCacheState;
 
-use super::{BackendError, BackendKind, KvCache, LoadOptions, LoadedModel, Sequence, Served, check_room};
+use super::{
+    BackendError, BackendKind, KvCache, LoadOptions, LoadedModel, Sequence, Served, check_room, check_rows,
+    check_truncate, last_rows,
+};
 use crate::engine::model_dir::{Layout, ModelDir, Quantization};
 use crate::engine::onnx_graph::read_proto;
 
@@ -231,16 +235,64 @@ fn run_err(e: impl std::fmt::Display) -> BackendError {
 }
 
 impl Sequence for TractSequence {
-    fn forward(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), BackendError> {
+    fn forward_rows(&mut self, tokens: &[u32], rows: usize, logits: &mut Vec<f32>) -> Result<(), BackendError> {
         check_room(self.position, tokens.len(), self.model.context)?;
+        check_rows(BackendKind::Tract, rows, tokens.len())?;
         if self.model.one_token {
-            for t in tokens {
-                self.run(std::slice::from_ref(t), logits)?;
+            let mut all = Vec::with_capacity(rows * logits.len().max(1));
+            for (i, t) in tokens.iter().enumerate() {
+                self.run(std::slice::from_ref(t), 1, logits)?;
+                if i + rows >= tokens.len() {
+                    all.extend_from_slice(logits);
+                }
             }
+            *logits = all;
             Ok(())
         } else {
-            self.run(tokens, logits)
+            self.run(tokens, rows, logits)
         }
+    }
+
+    fn can_truncate(&self) -> bool {
+        !self.model.one_token
+            && (!self.model.present_slots.is_empty()
+                || self.state.op_states.iter().flatten().all(|s| s.is::<DynKeyValueCacheState>()))
+    }
+
+    /// Explicit KV: each past cut along its sequence axis. Stateful: each of tract's
+    /// `DynKeyValueCache` states truncated (any other cache state is `Unsupported`,
+    /// checked before anything changes).
+    fn truncate(&mut self, position: usize) -> Result<(), BackendError> {
+        check_truncate(self.position, position)?;
+        if position == self.position {
+            return Ok(());
+        }
+        if !self.model.present_slots.is_empty() {
+            for kv in &mut self.kv {
+                *kv = kv.slice(2, 0, position).map_err(run_err)?.into_tvalue();
+            }
+        } else {
+            let caches: Vec<usize> =
+                self.state.op_states.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|_| i)).collect();
+            if let Some(&other) = caches
+                .iter()
+                .find(|&&i| !self.state.op_states[i].as_ref().is_some_and(|s| s.is::<DynKeyValueCacheState>()))
+            {
+                return Err(unsupported(format!(
+                    "rolling back this graph's state ({:?}) is not supported",
+                    self.state.op_states[other]
+                )));
+            }
+            for i in caches {
+                if let Some(s) =
+                    self.state.op_states[i].as_mut().and_then(|s| s.downcast_mut::<DynKeyValueCacheState>())
+                {
+                    s.truncate(position).map_err(run_err)?;
+                }
+            }
+        }
+        self.position = position;
+        Ok(())
     }
 
     fn position(&self) -> usize {
@@ -249,7 +301,7 @@ impl Sequence for TractSequence {
 }
 
 impl TractSequence {
-    fn run(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), BackendError> {
+    fn run(&mut self, tokens: &[u32], rows: usize, logits: &mut Vec<f32>) -> Result<(), BackendError> {
         let n = tokens.len();
         let start = self.position as i64;
         let mut inputs: TVec<TValue> = tvec![];
@@ -276,12 +328,7 @@ impl TractSequence {
         let out = outputs[0].cast_to::<f32>().map_err(run_err)?;
         let view = out.try_as_plain_ram().map_err(run_err)?;
         let all = view.as_slice::<f32>().map_err(run_err)?;
-        let vocab = *out.shape().last().unwrap_or(&0);
-        if vocab == 0 || all.len() < vocab {
-            return Err(run_err(format!("unexpected logits shape {:?}", out.shape())));
-        }
-        logits.clear();
-        logits.extend_from_slice(&all[all.len() - vocab..]);
+        last_rows(all, *out.shape().last().unwrap_or(&0), rows, logits).map_err(run_err)?;
         self.position += n;
         Ok(())
     }

@@ -5,8 +5,17 @@
 
 use tract_onnx::pb;
 
+/// `producer_name` of the converter's fused graph (models/ort_graph.py).
+const FUSED_PRODUCER: &str = "llamad gguf_to_onnx (fused)";
+
 /// Rewrites what can be rewritten, refuses what cannot (with the reason).
 pub fn prepare_genai(proto: &mut pb::ModelProto) -> Result<(), String> {
+    if proto.producer_name.starts_with(FUSED_PRODUCER) {
+        return Err("this is models/gguf_to_onnx.py's fused graph, made for ONNX Runtime's fused CPU \
+                    operators; load it with the onnxruntime backend, or convert the GGUF again with \
+                    `--graph standard` for tract"
+            .into());
+    }
     let graph = proto.graph.as_mut().ok_or("the file holds no graph")?;
     for node in &graph.node {
         if node.op_type == "GroupQueryAttention" {

@@ -1,0 +1,174 @@
+//! Decoding strategies: how the loop in `generate.rs` gets its next tokens.
+//!
+//! [`Decoder::Plain`] feeds the last token and samples one. [`Decoder::Lookup`] is
+//! speculative decoding by prompt lookup: it copies a draft from the text so far
+//! (the tokens that followed the most recent earlier occurrence of the last few
+//! tokens: grounded work such as summarizing, rewriting or editing a given text
+//! repeats it), feeds the last token and the draft in one forward pass with logits
+//! for each position, and keeps the draft up to its first token that the model
+//! does not choose itself, then rolls the sequence back past the rest.
+//!
+//! Exact: each kept token is the token sampled, with the request's sampler and
+//! history, from the logits after the tokens before it, as plain decoding would
+//! sample it. The draft is deterministic, so "sample from the model, keep the draft
+//! token while they agree" is the speculative-sampling rule for a draft
+//! distribution that is a point mass: greedy output is the same, and sampled output
+//! comes from the same distribution with the same seed drawing the same random
+//! numbers in the same order. Only the logits' rounding differs (a forward pass over
+//! k tokens against k of one token).
+
+use super::backend::{BackendError, Sequence};
+use super::sampler::Sampler;
+
+/// Prompt-lookup settings of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lookup {
+    /// The most draft tokens verified in one pass.
+    pub max_draft: usize,
+    /// The longest and shortest n-gram looked up (longest first).
+    pub max_ngram: usize,
+    pub min_ngram: usize,
+}
+
+impl Lookup {
+    pub fn new(max_draft: usize) -> Lookup {
+        Lookup { max_draft, max_ngram: 4, min_ngram: 2 }
+    }
+
+    /// The draft after `history`: the tokens that followed the most recent earlier occurrence
+    /// of its last n tokens (n from `max_ngram` down to `min_ngram`), at most `limit` of them.
+    pub fn draft<'h>(&self, history: &'h [u32], limit: usize) -> &'h [u32] {
+        let limit = limit.min(self.max_draft);
+        if limit == 0 {
+            return &[];
+        }
+        for n in (self.min_ngram..=self.max_ngram).rev() {
+            if history.len() <= n {
+                continue;
+            }
+            let tail = &history[history.len() - n..];
+            // most recent match first; the match must leave at least one token after it
+            if let Some(start) = (0..history.len() - n).rev().find(|&i| &history[i..i + n] == tail) {
+                let from = start + n;
+                return &history[from..(from + limit).min(history.len())];
+            }
+        }
+        &[]
+    }
+}
+
+/// Counts of a request's speculation (zero without it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DraftStats {
+    /// Draft tokens verified.
+    pub drafted: usize,
+    /// Draft tokens the model chose too (kept).
+    pub accepted: usize,
+}
+
+/// How the next tokens are produced; see the module doc.
+pub enum Decoder {
+    Plain,
+    Lookup(Lookup),
+}
+
+/// One decoding strategy's state over a request.
+pub struct Steps {
+    decoder: Decoder,
+    /// The last sampled token, not fed yet (fed at the start of the next step).
+    unfed: Option<u32>,
+    /// Logits rows of the last verification pass, vocab wide each.
+    rows: Vec<f32>,
+    pub stats: DraftStats,
+}
+
+impl Steps {
+    pub fn new(decoder: Decoder) -> Steps {
+        Steps { decoder, unfed: None, rows: vec![], stats: DraftStats::default() }
+    }
+
+    /// The next tokens, at least one and at most `left`, each pushed on `history` as it is
+    /// sampled. `logits` holds the prompt's logits at the first step and is scratch after it.
+    /// A step that samples an end token (`is_end`) returns it last: nothing after it is
+    /// sampled.
+    pub fn next(
+        &mut self,
+        seq: &mut dyn Sequence,
+        sampler: &mut Sampler,
+        logits: &mut Vec<f32>,
+        history: &mut Vec<u32>,
+        left: usize,
+        is_end: impl Fn(u32) -> bool,
+    ) -> Result<Vec<u32>, BackendError> {
+        debug_assert!(left > 0);
+        let Some(last) = self.unfed.take() else {
+            let id = sampler.sample(logits, history);
+            history.push(id);
+            self.unfed = Some(id);
+            return Ok(vec![id]);
+        };
+        let draft: Vec<u32> = match &self.decoder {
+            Decoder::Plain => vec![],
+            Decoder::Lookup(l) => l.draft(history, left - 1).to_vec(),
+        };
+        if draft.is_empty() {
+            seq.forward(&[last], logits)?;
+            let id = sampler.sample(logits, history);
+            history.push(id);
+            self.unfed = Some(id);
+            return Ok(vec![id]);
+        }
+        let start = seq.position();
+        let mut fed = Vec::with_capacity(1 + draft.len());
+        fed.push(last);
+        fed.extend_from_slice(&draft);
+        seq.forward_rows(&fed, fed.len(), &mut self.rows)?;
+        let vocab = self.rows.len() / fed.len();
+        let mut out = Vec::with_capacity(fed.len());
+        for (j, row) in self.rows.chunks_mut(vocab).enumerate() {
+            let id = sampler.sample(row, history);
+            history.push(id);
+            out.push(id);
+            if j == draft.len() || id != draft[j] || is_end(id) {
+                break;
+            }
+        }
+        // the draft tokens the model chose too stay fed; the sequence forgets the rest
+        let kept = out.iter().zip(&draft).take_while(|(a, b)| a == b).count();
+        self.stats.drafted += draft.len();
+        self.stats.accepted += kept;
+        seq.truncate(start + 1 + kept)?;
+        self.unfed = out.last().copied();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draft_follows_the_latest_match_of_the_longest_ngram() {
+        let l = Lookup::new(3);
+        // "1 2 3 4 5 ... 1 2 3" -> 4 5 6
+        let h = [1, 2, 3, 4, 5, 6, 9, 1, 2, 3];
+        assert_eq!(l.draft(&h, 10), &[4, 5, 6]);
+        // limit and max_draft cut it
+        assert_eq!(l.draft(&h, 2), &[4, 5]);
+        // the most recent occurrence wins: "7 8" was followed by 1 then by 2
+        let h = [7, 8, 1, 0, 7, 8, 2, 0, 7, 8];
+        assert_eq!(l.draft(&h, 1), &[2]);
+        // no n-gram of 2 or more repeats: no draft
+        assert!(l.draft(&[1, 2, 3, 4], 5).is_empty());
+        assert!(l.draft(&[1], 5).is_empty());
+        assert!(l.draft(&h, 0).is_empty());
+    }
+
+    #[test]
+    fn draft_stops_at_the_end_of_the_history() {
+        let l = Lookup::new(8);
+        // the match is right before the tail: only what follows it, up to the end
+        let h = [5, 6, 5, 6];
+        assert_eq!(l.draft(&h, 8), &[5, 6]);
+    }
+}
