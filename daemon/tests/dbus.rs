@@ -145,6 +145,28 @@ async fn llamactl_busctl_and_a_python_client() {
     assert_eq!(v["finish_reason"], "length");
 }
 
+/// `prompt_lookup` over D-Bus: the same text as without it, and the draft counts in `Finished`.
+#[tokio::test(flavor = "multi_thread")]
+async fn prompt_lookup_reports_its_drafts_and_changes_no_text() {
+    let d = Daemon::start("").await;
+    let (conn, proxy) = d.proxy().await;
+    let prompt = "one two three four five one two three four five one two three";
+    let greedy = |lookup: u32| {
+        HashMap::from([
+            ("max_tokens", Value::from(40u32)),
+            ("temperature", Value::from(0.0f64)),
+            ("repetition_penalty", Value::from(1.0f64)),
+            ("prompt_lookup", Value::from(lookup)),
+        ])
+    };
+    let (plain, s0, _) = stream(&conn, &proxy, "tiny", prompt, greedy(0)).await.unwrap();
+    let (spec, s1, _) = stream(&conn, &proxy, "tiny", prompt, greedy(6)).await.unwrap();
+    assert_eq!(spec, plain);
+    assert_eq!((s0.draft_tokens, s0.draft_accepted), (None, None));
+    let (drafted, kept) = (s1.draft_tokens.unwrap(), s1.draft_accepted.unwrap());
+    assert!(drafted > 0 && kept <= drafted, "{kept} of {drafted}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn errors_are_typed() {
     let d = Daemon::start("").await;
@@ -162,6 +184,12 @@ async fn errors_are_typed() {
     match err(proxy.generate("tiny", "hi", HashMap::from([("max_tokens", Value::from("ten"))])).await) {
         Error::InvalidArgs(m) => assert!(m.contains("max_tokens"), "{m}"),
         e => panic!("{e:?}"),
+    }
+    for bad in [Value::from(33u32), Value::from("eight"), Value::from(-1i32)] {
+        match err(proxy.generate("tiny", "hi", HashMap::from([("prompt_lookup", bad)])).await) {
+            Error::InvalidArgs(m) => assert!(m.contains("prompt_lookup"), "{m}"),
+            e => panic!("{e:?}"),
+        }
     }
     match err(proxy.generate("tiny", "hi", HashMap::from([("temprature", Value::from(1.0f64))])).await) {
         Error::InvalidArgs(m) => assert!(m.contains("temprature"), "{m}"),
