@@ -3,7 +3,9 @@
 #  - decode tokens/s of the same request (model, prompt, seed, sampling) through
 #    llamad + llamactl on a private bus, and through the core's own command
 #    (`llamad generate`), alternating, N rounds each;
-#  - the daemon's RSS when idle and with the model loaded (from /proc, outside the process).
+#  - the daemon's RSS (from /proc, outside the process): idle, as started (nothing asked of it
+#    yet but its bus name); after `llamactl status` (reading `Providers` sets ONNX Runtime up);
+#    with the model loaded; after the requests.
 #   models/bench-dbus.sh MODEL_DIR [ROUNDS] [MAX_TOKENS]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,9 +19,15 @@ dbus-run-session -- bash -c '
   ctl="$ROOT/target/debug/llamactl --session"
   "$ROOT/target/debug/llamad" serve --session --models-dir "$MODELS_DIR" 2>/dev/null &
   pid=$!
-  for _ in $(seq 100); do $ctl status >/dev/null 2>&1 && break; sleep 0.1; done
+  for _ in $(seq 100); do
+    busctl --address="$DBUS_SESSION_BUS_ADDRESS" status org.llamad.Llama1 >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  sleep 1  # the housekeeping thread has measured its baseline
   rss() { awk "/VmRSS/ {print \$2}" /proc/$pid/status; }
   echo "idle daemon RSS: $(( $(rss) / 1024 )) MiB"
+  $ctl status >/dev/null
+  echo "RSS after llamactl status (ONNX Runtime set up): $(( $(rss) / 1024 )) MiB"
   args="--seed 1 --temperature 0.8 --max-tokens $MAX"
   $ctl load m
   echo "RSS with the model loaded: $(( $(rss) / 1024 )) MiB"

@@ -21,7 +21,10 @@ export ORT_DYLIB_PATH
 
 models=$(mktemp -d)
 trap 'rm -rf "$models"' EXIT
-ln -s "$root/models/demo/smollm2-135m-instruct-int4" "$models/smollm2"
+# smollm2: the fused graph, ONNX Runtime's fast path (the daemon's backend when the library is
+# there, as here); smollm2-int4 and smollm2-fp32: the standard graphs, on either backend.
+ln -s "$root/models/demo/smollm2-135m-instruct-fused" "$models/smollm2"
+ln -s "$root/models/demo/smollm2-135m-instruct-int4" "$models/smollm2-int4"
 ln -s "$root/models/demo/smollm2-135m-instruct-fp32" "$models/smollm2-fp32"
 export LLAMAD_MODELS="$models" QUESTION="$question" ROOT="$root"
 

