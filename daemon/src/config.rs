@@ -66,6 +66,8 @@ pub struct Memory {
     /// The cgroup's `memory.events` to watch (`high`/`max`/`oom` counters); unset: the
     /// daemon's own cgroup v2 file when there is one.
     pub events: Option<PathBuf>,
+    /// Back loaded weights with transparent huge pages (`MADV_HUGEPAGE`, `MADV_COLLAPSE`).
+    pub huge_pages: bool,
 }
 
 impl Default for Memory {
@@ -78,6 +80,7 @@ impl Default for Memory {
             psi_trigger: "some 150000 2000000".into(),
             when_full: WhenFull::Queue,
             events: None,
+            huge_pages: true,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod chat;
 pub mod detok;
 pub mod generate;
+pub mod hugepages;
 pub mod model_dir;
 pub mod onnx_graph;
 pub mod sampler;
@@ -68,6 +69,11 @@ impl Model {
             Err(e) => return Err(e.into()),
         };
         let backend = backend::load(kind, &dir, opts)?;
+        if opts.huge_pages {
+            let h = hugepages::collapse_weights();
+            tracing::debug!(model = %dir.name(), mappings = h.mappings, advised_mib = h.bytes >> 20,
+                collapsed_mib = h.collapsed >> 20, "huge pages");
+        }
         let mut eos_ids = dir.spec.eos_ids.clone();
         if let Some(id) =
             tokenizer.as_ref().and_then(|t| t.eos_token.as_deref()).and_then(|e| tokenizer.as_ref()?.token_id(e))

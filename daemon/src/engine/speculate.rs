@@ -142,7 +142,9 @@ impl Steps {
             return Ok(vec![id]);
         };
         let (draft, max_draft): (Vec<u32>, usize) = match &self.decoder {
-            Decoder::Lookup(l) if self.pause == 0 => (l.draft(history, (left - 1).min(self.draft_len)).to_vec(), l.max_draft),
+            Decoder::Lookup(l) if self.pause == 0 => {
+                (l.draft(history, (left - 1).min(self.draft_len)).to_vec(), l.max_draft)
+            }
             _ => (vec![], 0),
         };
         self.pause = self.pause.saturating_sub(1);

@@ -247,6 +247,7 @@ impl Scheduler {
             providers: self.config.onnxruntime.providers.clone(),
             tract_block_quant: self.config.tract.block_quant,
             ort_library: self.config.onnxruntime.library.clone(),
+            huge_pages: self.config.memory.huge_pages,
         };
         let started = Instant::now();
         // Both readings after returning freed heap pages, so that the growth is what the

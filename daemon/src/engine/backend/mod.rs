@@ -64,6 +64,8 @@ pub struct LoadOptions {
     pub tract_block_quant: bool,
     /// `libonnxruntime.so` to load (otherwise `ORT_DYLIB_PATH`, then a search).
     pub ort_library: Option<std::path::PathBuf>,
+    /// Back the loaded weights with huge pages (`engine/hugepages.rs`).
+    pub huge_pages: bool,
 }
 
 impl Default for LoadOptions {
@@ -73,6 +75,7 @@ impl Default for LoadOptions {
             providers: vec![ProviderConfig::cpu()],
             tract_block_quant: false,
             ort_library: None,
+            huge_pages: true,
         }
     }
 }

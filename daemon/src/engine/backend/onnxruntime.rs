@@ -207,6 +207,16 @@ impl OrtModel {
         })
     }
 
+    /// The logits' width: the graph's declared last dimension, else the configs' vocabulary.
+    fn vocab(&self) -> usize {
+        let declared =
+            self.dir.graph.outputs.iter().find(|o| o.name == self.dir.io.logits).and_then(|o| match o.dims.last() {
+                Some(crate::engine::onnx_graph::Dim::Fixed(n)) if *n > 0 => Some(*n as usize),
+                _ => None,
+            });
+        declared.unwrap_or(self.dir.spec.vocab_size)
+    }
+
     fn empty_past(&self) -> Result<DynValue, BackendError> {
         let s = &self.dir.spec;
         let shape = [1usize, s.kv_heads, 0, s.head_dim];
@@ -233,7 +243,13 @@ impl LoadedModel for OrtModel {
             let buffers = self.shared_buffers(&mut binding, capacity, &[], 0, 0)?;
             let cpu = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::CPUOutput)
                 .map_err(run_err)?;
-            Kv::Shared { binding: Box::new(binding), cpu, buffers, capacity }
+            // One row of logits, written in place by each step that asks for one row (the graphs
+            // with `logits_to_keep`): no output allocated per token.
+            let one_row = match &self.dir.io.logits_to_keep {
+                Some(_) => Some(Tensor::<f32>::new(&Allocator::default(), [1usize, 1, self.vocab()]).map_err(run_err)?),
+                None => None,
+            };
+            Kv::Shared { binding: Box::new(binding), cpu, buffers, capacity, one_row }
         } else {
             let mut past = Vec::with_capacity(n);
             for _ in 0..n {
@@ -256,7 +272,13 @@ enum Kv {
     Moved(Vec<DynValue>),
     /// Keys of every layer, then values, `[1, kv_heads, capacity, head_dim]` each; bound as both
     /// past and present.
-    Shared { binding: Box<IoBinding>, cpu: MemoryInfo<'static>, buffers: Vec<Tensor<f32>>, capacity: usize },
+    Shared {
+        binding: Box<IoBinding>,
+        cpu: MemoryInfo<'static>,
+        buffers: Vec<Tensor<f32>>,
+        capacity: usize,
+        one_row: Option<Tensor<f32>>,
+    },
 }
 
 /// Positions a shared KV buffer holds at first; it doubles (up to the context) as the sequence
@@ -349,15 +371,18 @@ impl Sequence for OrtSequence {
         let mask = i64_tensor(vec![1; self.position + n])?;
         let mut session = m.session.lock().unwrap_or_else(|e| e.into_inner());
         match &mut self.kv {
-            Kv::Shared { binding, cpu, buffers, capacity } => {
+            Kv::Shared { binding, cpu, buffers, capacity, one_row } => {
                 if self.position + n > *capacity {
                     let grown = (self.position + n).next_power_of_two().min(m.dir.spec.context_length);
                     *buffers = m.shared_buffers(binding, grown, buffers, *capacity, self.position)?;
                     *capacity = grown;
                 }
                 binding.bind_input(&io.input_ids, &ids).map_err(run_err)?;
-                // Rebound every step: a bound output keeps its first shape ([1, S, vocab]).
-                binding.bind_output_to_device(&io.logits, cpu).map_err(run_err)?;
+                match one_row {
+                    Some(out) if rows == 1 => binding.bind_output(&io.logits, out).map_err(run_err)?,
+                    // Rebound every step: a bound output keeps its first shape ([1, S, vocab]).
+                    _ => binding.bind_output_to_device(&io.logits, cpu).map_err(run_err)?,
+                }
                 if let Some(name) = &io.attention_mask {
                     binding.bind_input(name, &mask).map_err(run_err)?;
                 }

@@ -1,0 +1,122 @@
+//! Huge pages for a loaded model's weights: every decoded token streams all of them, and
+//! with 4 KiB pages that is a page walk every 4 KiB. After a load, the process's large
+//! anonymous mappings that are (almost) wholly resident, which is where a backend keeps
+//! its packed weights, are marked `MADV_HUGEPAGE` and collapsed into 2 MiB pages
+//! (`MADV_COLLAPSE`, Linux 6.1+). Mappings that are mostly untouched (a KV cache reserved
+//! for a whole context) are left alone: collapsing them would make them resident.
+//! Everything is best effort: a kernel without the advice, or without transparent huge
+//! pages, leaves the mappings as they are.
+
+/// Mappings smaller than this are not worth it.
+const MIN_BYTES: u64 = 16 << 20;
+/// A mapping this resident (or more) counts as wholly used.
+const MIN_RESIDENT: f64 = 0.9;
+const HUGE: u64 = 2 << 20;
+/// `MADV_COLLAPSE` (linux/mman.h; not in every libc crate release).
+const MADV_COLLAPSE: i32 = 25;
+
+/// What [`collapse_weights`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Collapsed {
+    pub mappings: usize,
+    /// Bytes advised (2 MiB aligned).
+    pub bytes: u64,
+    /// Bytes the kernel collapsed into huge pages there and then.
+    pub collapsed: u64,
+}
+
+/// One anonymous, private, writable mapping of `smaps`: (start, end, resident bytes).
+fn anonymous_mappings(smaps: &str) -> Vec<(u64, u64, u64)> {
+    let mut out = vec![];
+    let mut current: Option<(u64, u64)> = None;
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-')
+            && let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
+        {
+            let perms = f.next().unwrap_or("");
+            let inode = f.nth(2).unwrap_or("1");
+            let path = f.next();
+            let anon = inode == "0" && matches!(path, None | Some("[heap]"));
+            current = (anon && perms.starts_with("rw") && perms.ends_with('p')).then_some((a, b));
+        } else if first == "Rss:"
+            && let Some((a, b)) = current.take()
+            && let Some(kib) = f.next().and_then(|v| v.parse::<u64>().ok())
+        {
+            out.push((a, b, kib * 1024));
+        }
+    }
+    out
+}
+
+/// Advises and collapses the large, resident anonymous mappings (see the module doc).
+pub fn collapse_weights() -> Collapsed {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return Collapsed::default();
+    };
+    let mut done = Collapsed::default();
+    for (start, end, rss) in anonymous_mappings(&smaps) {
+        let size = end - start;
+        if size < MIN_BYTES || (rss as f64) < MIN_RESIDENT * size as f64 {
+            continue;
+        }
+        let (from, to) = (start.div_ceil(HUGE) * HUGE, end / HUGE * HUGE);
+        if to <= from {
+            continue;
+        }
+        let (ptr, len) = (from as *mut libc::c_void, (to - from) as usize);
+        // SAFETY: madvise takes an address range of this process's own, currently mapped,
+        // anonymous memory (read from smaps a moment ago) and changes only how the kernel
+        // backs it, never its contents.
+        let advised = unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) } == 0;
+        if !advised {
+            continue;
+        }
+        done.mappings += 1;
+        done.bytes += to - from;
+        // SAFETY: as above; MADV_COLLAPSE copies the pages into huge pages in place.
+        if unsafe { libc::madvise(ptr, len, MADV_COLLAPSE) } == 0 {
+            done.collapsed += to - from;
+        }
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_anonymous_private_writable_mappings_with_their_resident_size() {
+        let smaps = "\
+55d0c0000000-55d0c2000000 rw-p 00000000 00:00 0 \n\
+Size:              32768 kB\n\
+Rss:               32000 kB\n\
+7f0000000000-7f0001000000 r--p 00000000 08:01 1234 /usr/lib/libonnxruntime.so\n\
+Size:              16384 kB\n\
+Rss:                 100 kB\n\
+7f1000000000-7f1004000000 rw-p 00000000 00:00 0 [heap]\n\
+Size:              65536 kB\n\
+Rss:                   4 kB\n\
+7f2000000000-7f2000001000 rw-s 00000000 00:01 99 /dev/zero (deleted)\n\
+Rss:                   4 kB\n";
+        assert_eq!(
+            anonymous_mappings(smaps),
+            vec![(0x55d0c0000000, 0x55d0c2000000, 32000 * 1024), (0x7f1000000000, 0x7f1004000000, 4096)]
+        );
+    }
+
+    #[test]
+    fn collapsing_is_harmless_on_this_process() {
+        // A resident 64 MiB buffer is advised (its contents unchanged); whether the kernel
+        // collapses it depends on its transparent huge page settings.
+        let mut v = vec![1u8; 64 << 20];
+        v[12345] = 7;
+        let done = collapse_weights();
+        assert!(done.mappings >= 1 && done.bytes >= 32 << 20, "{done:?}");
+        assert_eq!((v[12345], v[0], v[(64 << 20) - 1]), (7, 1, 1));
+        v[0] = 2;
+        assert_eq!(v.iter().map(|&x| x as u64).sum::<u64>(), (64 << 20) + 6 + 1);
+    }
+}
