@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_peers import Daemon  # noqa: E402
 
-PROMPT = "Write a long story about a dragon who learns to cook."
+PROMPT = "Once upon a time"
 
 
 def requests(daemon, n, tokens):

@@ -229,8 +229,8 @@ def report(rows, a):
     med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
     print(f"\nprompt {a.prompt} token ids, {a.gen} greedy tokens; medians of {a.rounds} interleaved rounds")
     print("| model | threads | tool | prompt tok/s | decode tok/s | TTFT ms | peak RSS MiB | "
-          "decode vs best peer (per round) | prompt vs best peer |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "decode vs llama.cpp (per round) | decode vs best peer | prompt vs llama.cpp | prompt vs best peer |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     keys = []
     for _, t, m, tool, _ in rows:
         if (m, t, tool) not in keys:
@@ -239,15 +239,18 @@ def report(rows, a):
         got = [(r, res) for r, tt, mm, tl, res in rows if mm == m and tt == t and tl == tool and "error" not in res]
         if not got:
             err = next(res["error"] for _, tt, mm, tl, res in rows if mm == m and tt == t and tl == tool)
-            print(f"| {m} | {t} | {tool} | error: {err[:80]} | | | | | |")
+            print(f"| {m} | {t} | {tool} | error: {err[:80]} | | | | | | | |")
             continue
-        ratios_d, ratios_p = [], []
+        ratios_d, ratios_p, cpp_d, cpp_p = [], [], [], []
         for r, res in got:
-            peers = [x for rr, tt, mm, tl, x in rows if rr == r and tt == t and mm == m
-                     and tl in ("llama.cpp", "onnxruntime-genai") and "error" not in x]
+            peers = {tl: x for rr, tt, mm, tl, x in rows if rr == r and tt == t and mm == m
+                     and tl in ("llama.cpp", "onnxruntime-genai") and "error" not in x}
             if peers and tool.startswith("llamad"):
-                ratios_d.append(res["decode"] / max(p["decode"] for p in peers))
-                ratios_p.append(res["prompt"] / max(p["prompt"] for p in peers))
+                ratios_d.append(res["decode"] / max(p["decode"] for p in peers.values()))
+                ratios_p.append(res["prompt"] / max(p["prompt"] for p in peers.values()))
+                if "llama.cpp" in peers:
+                    cpp_d.append(res["decode"] / peers["llama.cpp"]["decode"])
+                    cpp_p.append(res["prompt"] / peers["llama.cpp"]["prompt"])
         rss = [res["rss"] for _, res in got if res.get("rss")]
         extra = ""
         acc = [res["acceptance"] for _, res in got if "acceptance" in res]
@@ -256,7 +259,7 @@ def report(rows, a):
         fmt = lambda xs: " ".join(f"{x:.2f}" for x in xs) if xs else "-"  # noqa: E731
         print(f"| {m} | {t} | {tool}{extra} | {med([x['prompt'] for _, x in got]):.1f} | "
               f"{med([x['decode'] for _, x in got]):.1f} | {med([x['ttft_ms'] for _, x in got]):.1f} | "
-              f"{med(rss):.0f} | {fmt(ratios_d)} | {fmt(ratios_p)} |")
+              f"{med(rss):.0f} | {fmt(cpp_d)} | {fmt(ratios_d)} | {fmt(cpp_p)} | {fmt(ratios_p)} |")
 
 
 if __name__ == "__main__":
