@@ -20,7 +20,10 @@ pub struct Use {
     pub transposed_other: bool,
     /// By a quantized operator (MatMulNBits, MatMulInteger, GatherBlockQuantized).
     pub quantized: bool,
-    /// By anything else (Gather, norms, shape arithmetic).
+    /// As the weights of a `MatMulNBits` with `accuracy_level` 4, which ONNX Runtime packs
+    /// for its int8 kernels (a copy in its own layout; the original goes unless read otherwise).
+    pub int8_packed: bool,
+    /// By anything else (Gather, GatherBlockQuantized, norms, shape arithmetic): as it is.
     pub other: bool,
 }
 
@@ -58,13 +61,14 @@ fn elem_size(data_type: i32) -> u64 {
 
 /// Each initializer with its size and use.
 pub fn classify(graph: &pb::GraphProto) -> Vec<Weight> {
-    // tensor name → (op type, input index) of each consumer
-    let mut consumers: HashMap<&str, Vec<(&str, usize)>> = HashMap::new();
+    // tensor name → (op type, input index, accuracy_level 4) of each consumer
+    let mut consumers: HashMap<&str, Vec<(&str, usize, bool)>> = HashMap::new();
     // tensor name → outputs of the Transpose nodes that read it
     let mut transposed: HashMap<&str, Vec<&str>> = HashMap::new();
     for node in &graph.node {
+        let int8 = node.attribute.iter().any(|a| a.name == "accuracy_level" && a.i == 4);
         for (i, input) in node.input.iter().enumerate() {
-            consumers.entry(input.as_str()).or_default().push((node.op_type.as_str(), i));
+            consumers.entry(input.as_str()).or_default().push((node.op_type.as_str(), i, int8));
         }
         if node.op_type == "Transpose"
             && let Some(input) = node.input.first()
@@ -73,7 +77,7 @@ pub fn classify(graph: &pb::GraphProto) -> Vec<Weight> {
         }
     }
     let is_matmul_rhs = |tensor: &str| {
-        consumers.get(tensor).is_some_and(|c| !c.is_empty() && c.iter().all(|&(op, i)| op == "MatMul" && i == 1))
+        consumers.get(tensor).is_some_and(|c| !c.is_empty() && c.iter().all(|&(op, i, _)| op == "MatMul" && i == 1))
     };
     graph
         .initializer
@@ -83,10 +87,12 @@ pub fn classify(graph: &pb::GraphProto) -> Vec<Weight> {
             let bytes = dims.iter().product::<u64>() * elem_size(t.data_type);
             let float = matches!(t.data_type, 1 | 10 | 16);
             let mut usage = Use::default();
-            for &(op, i) in consumers.get(t.name.as_str()).map(Vec::as_slice).unwrap_or_default() {
+            for &(op, i, int8) in consumers.get(t.name.as_str()).map(Vec::as_slice).unwrap_or_default() {
                 match (op, i) {
                     ("MatMul", 1) => usage.matmul = true,
-                    ("MatMulNBits" | "MatMulInteger" | "GatherBlockQuantized", _) => usage.quantized = true,
+                    ("MatMulNBits", 1) if int8 => (usage.quantized, usage.int8_packed) = (true, true),
+                    ("GatherBlockQuantized", _) => (usage.quantized, usage.other) = (true, true),
+                    ("MatMulNBits" | "MatMulInteger", _) => usage.quantized = true,
                     ("Transpose", _) => {}
                     _ => usage.other = true,
                 }
