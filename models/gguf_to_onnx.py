@@ -367,6 +367,20 @@ class GraphBuilder:
         return outputs[0] if len(outputs) == 1 else outputs
 
 
+def kv_cache_io(m: GGUFModel, present_len: str):
+    """The graph's past_key_values.{i}.key/value inputs and present.{i}.key/value outputs (float32,
+    [batch_size, kv_heads, length, head_dim]; presents `present_len` long)."""
+    past, present = [], []
+    for i in range(m.n_layers):
+        for kind in ("key", "value"):
+            past.append(helper.make_tensor_value_info(
+                f"past_key_values.{i}.{kind}", TensorProto.FLOAT,
+                ["batch_size", m.n_kv, "past_sequence_length", m.head_dim]))
+            present.append(helper.make_tensor_value_info(
+                f"present.{i}.{kind}", TensorProto.FLOAT, ["batch_size", m.n_kv, present_len, m.head_dim]))
+    return past, present
+
+
 class LlamaGraph:
     def __init__(self, m: GGUFModel, precision: str, g: GraphBuilder, log, scheme="transcode",
                  int4_lm_head=False):
@@ -501,12 +515,9 @@ class LlamaGraph:
             helper.make_tensor_value_info("position_ids", i64, ["batch_size", "sequence_length"]),
         ]
         outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "sequence_length", m.vocab])]
-        for i in range(L):
-            for kind in ("key", "value"):
-                inputs.append(helper.make_tensor_value_info(
-                    f"past_key_values.{i}.{kind}", f32, ["batch_size", kv, "past_sequence_length", d]))
-                outputs.append(helper.make_tensor_value_info(
-                    f"present.{i}.{kind}", f32, ["batch_size", kv, PS, d]))
+        past, present = kv_cache_io(m, PS)
+        inputs += past
+        outputs += present
 
         t0 = time.time()
         emb = m.weight("token_embd.weight")  # [vocab, hidden]

@@ -157,12 +157,11 @@ class FusedLlamaGraph:
             helper.make_tensor_value_info("attention_mask", i64, ["batch_size", "total_sequence_length"]),
         ]
         outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "logits_length", m.vocab])]
-        for i in range(L):
-            for kind in ("key", "value"):
-                inputs.append(helper.make_tensor_value_info(
-                    f"past_key_values.{i}.{kind}", f32, ["batch_size", kv, "past_sequence_length", d]))
-                outputs.append(helper.make_tensor_value_info(
-                    f"present.{i}.{kind}", f32, ["batch_size", kv, "total_sequence_length", d]))
+        from gguf_to_onnx import kv_cache_io
+
+        past, present = kv_cache_io(m, "total_sequence_length")
+        inputs += past
+        outputs += present
         # How many of the last positions get logits: an input with an initializer, so a runtime
         # that does not know it (onnxruntime-genai, which expects every position's) gets the
         # default, 0: every position. llamad feeds 1, or k to verify a draft.
