@@ -10,7 +10,8 @@ For each round, thread count and model, every tool runs once, in the same order 
 GGUF, onnxruntime-genai's Python loop (models/bench_genai.py) and llamad's core on the fused
 graph (ONNX Runtime), llamad's core on the standard graph (tract), and with --dbus the same
 text request ("Once upon a time", greedy, until EOS or GEN tokens) through llamad's core and
-through the daemon on a private bus. The prompt is PROMPT token ids, then GEN greedy tokens
+through the daemon on a private bus. llamad runs with huge pages for its weights
+(`--huge-pages`, `memory.huge_pages`), which it does not do by default. The prompt is PROMPT token ids, then GEN greedy tokens
 (`--ignore-eos`). With --grounded, llamad also runs a grounded request (rewrite the given
 passage) with and without prompt lookup.
 
@@ -76,7 +77,7 @@ def prompt_ids(a):
 
 def llamad_core(a, model_dir, backend, threads, extra=(), prompt=None):
     cmd = [a.llamad, "generate", "--model", model_dir, "--backend", backend, "--threads", str(threads),
-           "--max-tokens", str(a.gen), "--json", *extra]
+           "--max-tokens", str(a.gen), "--json", "--huge-pages", *extra]
     cmd += prompt if prompt else ["--tokens", prompt_ids(a), "--ignore-eos"]
     _, err = run(cmd)
     r = json.loads(err.strip().splitlines()[-1])
@@ -108,7 +109,8 @@ class Daemon:
         self.stop()
         cfg = os.path.join(self.tmp, "llamad.toml")
         with open(cfg, "w") as f:
-            f.write(f'models_dir = "{self.models}"\nbackend = "onnxruntime"\nthreads = {threads}\n{extra}')
+            f.write(f'models_dir = "{self.models}"\nbackend = "onnxruntime"\nthreads = {threads}\n{extra}'
+                    '[memory]\nhuge_pages = true\n')
         self.proc = subprocess.Popen([self.a.llamad, "serve", "--address", self.address, "--config", cfg],
                                      stderr=subprocess.DEVNULL, env=self.env)
         for _ in range(200):

@@ -74,9 +74,9 @@ struct GenerateArgs {
     /// tract: re-quantize fp32 weights to Q4_0 at load.
     #[arg(long)]
     block_quant: bool,
-    /// Leave the loaded weights on ordinary pages (no MADV_HUGEPAGE / MADV_COLLAPSE).
+    /// Back the loaded weights with huge pages (MADV_HUGEPAGE, MADV_COLLAPSE).
     #[arg(long)]
-    no_huge_pages: bool,
+    huge_pages: bool,
     #[arg(long, default_value_t = 128)]
     max_tokens: u32,
     /// 0 = greedy.
@@ -120,7 +120,7 @@ fn generate(a: GenerateArgs) -> Result<(), String> {
         providers: a.providers.iter().map(|&p| ProviderConfig::named(p)).collect(),
         tract_block_quant: a.block_quant,
         ort_library: None,
-        huge_pages: !a.no_huge_pages,
+        huge_pages: a.huge_pages,
     };
     let prompt = match (&a.prompt, &a.chat, &a.tokens) {
         (Some(p), _, _) => Prompt::Text(p.clone()),

@@ -64,7 +64,8 @@ pub struct LoadOptions {
     pub tract_block_quant: bool,
     /// `libonnxruntime.so` to load (otherwise `ORT_DYLIB_PATH`, then a search).
     pub ort_library: Option<std::path::PathBuf>,
-    /// Back the loaded weights with huge pages (`engine/hugepages.rs`).
+    /// Back the loaded weights with huge pages (`engine/hugepages.rs`); off by default, see
+    /// `memory.huge_pages` in the configuration.
     pub huge_pages: bool,
 }
 
@@ -75,7 +76,7 @@ impl Default for LoadOptions {
             providers: vec![ProviderConfig::cpu()],
             tract_block_quant: false,
             ort_library: None,
-            huge_pages: true,
+            huge_pages: false,
         }
     }
 }
