@@ -67,10 +67,9 @@ pub struct Memory {
     /// daemon's own cgroup v2 file when there is one.
     pub events: Option<PathBuf>,
     /// Back loaded weights with transparent huge pages (`MADV_HUGEPAGE`, `MADV_COLLAPSE`):
-    /// decode 10-13 % faster (measured), but off by default: heap memory collapsed into huge
-    /// pages is not all returned when a model is unloaded (`malloc_trim` frees 4 KiB pages,
-    /// not parts of a huge page), so the resident size stops following the loaded models
-    /// (a later load of the same model was measured 19 % smaller, reusing what was left).
+    /// decode 10-13 % faster (measured), but off by default until its effect on the memory
+    /// accounting is understood: heap memory collapsed into huge pages may not all be returned
+    /// when a model is unloaded (`malloc_trim` frees 4 KiB pages, not parts of a huge page).
     pub huge_pages: bool,
 }
 
