@@ -60,7 +60,9 @@ impl Scheduler {
             {
                 why = Some(format!("{}: PSI trigger \"{}\" fired", m.psi.display(), t.spec));
             }
-            let was = self.pressure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            // Stored before it is announced: a client that acts on the signal must find the
+            // admission already in the state the signal says.
+            let was = std::mem::replace(&mut *self.pressure.lock().unwrap_or_else(|e| e.into_inner()), why.clone());
             match (&was, &why) {
                 (None, Some(reason)) => {
                     tracing::warn!(%reason, "memory pressure: unloading idle models, not admitting new work");
@@ -72,7 +74,6 @@ impl Scheduler {
                 }
                 _ => {}
             }
-            *self.pressure.lock().unwrap_or_else(|e| e.into_inner()) = why.clone();
             let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
             let expired: Vec<(String, &'static str)> = loaded
                 .iter()
