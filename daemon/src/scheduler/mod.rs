@@ -174,9 +174,18 @@ impl Scheduler {
             ort_setup: Mutex::new(()),
             reading: AtomicU32::new(0),
             warm: Mutex::new(Default::default()),
-            // ONNX Runtime is set up when first needed (a load on it, or reading `Providers`),
-            // and what that takes is added to this baseline then (`set_up_onnxruntime`).
-            baseline: AtomicU64::new(crate::memory::measure::resident()),
+            baseline: AtomicU64::new({
+                // ONNX Runtime's one-time setup (library, environment, thread pools) belongs to
+                // the daemon's baseline, not to the first model loaded on it (unless the daemon
+                // is configured for tract alone). Setting it up lazily instead (idle RSS 13 MiB
+                // instead of 33) was tried and reverted: the memory tests' reload measurements
+                // then failed now and again (a load measured up to 35 % below its estimate).
+                if config.backend != Some(BackendKind::Tract) {
+                    let _ =
+                        crate::engine::backend::onnxruntime::available_providers(config.onnxruntime.library.as_deref());
+                }
+                crate::memory::measure::resident()
+            }),
             budget: Budget::detect(config.memory.budget, config.memory.reserve),
             config,
         });
