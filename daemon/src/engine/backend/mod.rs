@@ -190,12 +190,18 @@ pub(crate) fn check_truncate(position: usize, to: usize) -> Result<(), BackendEr
     Ok(())
 }
 
-/// Copies the last `rows` rows of `vocab` values out of `all` into `logits`.
-pub(crate) fn last_rows(all: &[f32], vocab: usize, rows: usize, logits: &mut Vec<f32>) -> Result<(), String> {
+/// Copies the last `rows` rows of `vocab` values out of `all` into `logits`, as float32.
+pub(crate) fn last_rows<T: Copy>(
+    all: &[T],
+    vocab: usize,
+    rows: usize,
+    logits: &mut Vec<f32>,
+    to_f32: impl Fn(T) -> f32,
+) -> Result<(), String> {
     if vocab == 0 || all.len() < rows * vocab || !all.len().is_multiple_of(vocab) {
         return Err(format!("logits of {} values do not hold {rows} rows of {vocab}", all.len()));
     }
     logits.clear();
-    logits.extend_from_slice(&all[all.len() - rows * vocab..]);
+    logits.extend(all[all.len() - rows * vocab..].iter().map(|&x| to_f32(x)));
     Ok(())
 }

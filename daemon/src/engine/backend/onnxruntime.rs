@@ -326,11 +326,10 @@ fn i64_tensor(values: Vec<i64>) -> Result<Tensor<i64>, BackendError> {
 /// The last `rows` rows of a `[1, S, vocab]` logits value (float32 or float16).
 fn read_logits(out: &DynValue, rows: usize, logits: &mut Vec<f32>) -> Result<(), BackendError> {
     if let Ok((shape, data)) = out.try_extract_tensor::<f32>() {
-        last_rows(data, *shape.last().unwrap_or(&0) as usize, rows, logits).map_err(run_err)
+        last_rows(data, *shape.last().unwrap_or(&0) as usize, rows, logits, |x| x).map_err(run_err)
     } else {
         let (shape, data) = out.try_extract_tensor::<f16>().map_err(run_err)?;
-        let wide: Vec<f32> = data.iter().map(|x| x.to_f32()).collect();
-        last_rows(&wide, *shape.last().unwrap_or(&0) as usize, rows, logits).map_err(run_err)
+        last_rows(data, *shape.last().unwrap_or(&0) as usize, rows, logits, f16::to_f32).map_err(run_err)
     }
 }
 

@@ -238,7 +238,9 @@ impl Sequence for TractSequence {
     fn forward_rows(&mut self, tokens: &[u32], rows: usize, logits: &mut Vec<f32>) -> Result<(), BackendError> {
         check_room(self.position, tokens.len(), self.model.context)?;
         check_rows(BackendKind::Tract, rows, tokens.len())?;
-        if self.model.one_token {
+        if self.model.one_token && rows == 1 {
+            tokens.iter().try_for_each(|t| self.run(std::slice::from_ref(t), 1, logits))
+        } else if self.model.one_token {
             let mut all = Vec::with_capacity(rows * logits.len().max(1));
             for (i, t) in tokens.iter().enumerate() {
                 self.run(std::slice::from_ref(t), 1, logits)?;
@@ -328,7 +330,7 @@ impl TractSequence {
         let out = outputs[0].cast_to::<f32>().map_err(run_err)?;
         let view = out.try_as_plain_ram().map_err(run_err)?;
         let all = view.as_slice::<f32>().map_err(run_err)?;
-        last_rows(all, *out.shape().last().unwrap_or(&0), rows, logits).map_err(run_err)?;
+        last_rows(all, *out.shape().last().unwrap_or(&0), rows, logits, |x| x).map_err(run_err)?;
         self.position += n;
         Ok(())
     }
