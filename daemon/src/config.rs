@@ -25,7 +25,9 @@ pub struct Config {
     pub threads: usize,
     /// Requests waiting for a worker beyond which new ones get `Busy`.
     pub max_queue: usize,
-    /// Requests computed at the same time.
+    /// Requests computed at the same time. On ONNX Runtime's shared-buffer graphs those on one
+    /// model decode in one forward pass (`onnxruntime.batch_decode`): 4 at once give about 2×
+    /// the tokens/s of one (docs/benchmarks.md); elsewhere they take turns.
     pub max_parallel: usize,
     /// Upper bound on a request's `max_tokens`.
     pub max_tokens_limit: u32,
@@ -102,6 +104,9 @@ pub struct OnnxRuntime {
     pub library: Option<PathBuf>,
     /// Execution providers in order of preference.
     pub providers: Vec<ProviderConfig>,
+    /// Concurrent requests on one model decode in one forward pass (graphs with a shared KV
+    /// buffer); only matters with `max_parallel` above 1.
+    pub batch_decode: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -119,7 +124,7 @@ impl Default for Config {
             backend: None,
             threads: 0,
             max_queue: 16,
-            max_parallel: 1,
+            max_parallel: 4,
             max_tokens_limit: 4096,
             admin_uids: vec![],
             keep_alive: 300,
@@ -133,7 +138,7 @@ impl Default for Config {
 
 impl Default for OnnxRuntime {
     fn default() -> Self {
-        OnnxRuntime { library: None, providers: vec![ProviderConfig::cpu()] }
+        OnnxRuntime { library: None, providers: vec![ProviderConfig::cpu()], batch_decode: true }
     }
 }
 

@@ -101,6 +101,64 @@ struct GenerateArgs {
     /// Print the stats as one JSON object on stderr.
     #[arg(long)]
     json: bool,
+    /// Run N copies of the request at once, on threads (as the daemon's workers do), and print
+    /// their aggregate speed instead of the text (a benchmark of batched decoding).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    parallel: u32,
+    /// With --parallel: the sequences take turns instead of decoding in batches.
+    #[arg(long)]
+    no_batch: bool,
+}
+
+/// `n` copies of one request at once; prints their aggregate tokens/s.
+fn generate_parallel(
+    model: &Model,
+    prompt: &Prompt,
+    params: &SamplingParams,
+    n: usize,
+    json: bool,
+) -> Result<(), String> {
+    let start = std::sync::Barrier::new(n);
+    let t0 = std::time::Instant::now();
+    let results: Vec<Result<llamad::engine::Output, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                scope.spawn(|| {
+                    start.wait();
+                    model.generate(prompt, params, &AtomicBool::new(false), |_| {}).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a request panicked".into()))).collect()
+    });
+    let wall = t0.elapsed().as_secs_f64();
+    let outputs = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let generated: usize = outputs.iter().map(|o| o.stats.generated_tokens).sum();
+    let mut decode: Vec<f64> = outputs.iter().map(|o| o.stats.decode_tokens_per_s()).collect();
+    decode.sort_by(f64::total_cmp);
+    let c = model.backend.batch_counters();
+    let rows = c.rows as f64 / c.steps.max(1) as f64;
+    let aggregate = generated as f64 / wall;
+    if json {
+        let v = serde_json::json!({
+            "parallel": n, "generated_tokens": generated, "wall_s": wall, "aggregate_tokens_per_s": aggregate,
+            "decode_tokens_per_s": decode, "batch_steps": c.steps, "batch_rows": c.rows,
+            "batch_placeholders": c.placeholders,
+            "batch_run_s": c.running.as_secs_f64(), "batch_collect_s": c.collecting.as_secs_f64(), "peak_rss_kib": peak_rss_kib().unwrap_or(0),
+        });
+        eprintln!("{v}");
+    } else {
+        eprintln!(
+            "{n} at once: {generated} tokens in {wall:.2} s, {aggregate:.1} tok/s in all | each decodes {:.1}-{:.1} tok/s | \
+             {} batched passes, {rows:.2} rows a pass, {:.2} ms each, {:.3} ms collecting",
+            decode[0],
+            decode[decode.len() - 1],
+            c.steps,
+            c.running.as_secs_f64() * 1e3 / c.steps.max(1) as f64,
+            c.collecting.as_secs_f64() * 1e3 / c.steps.max(1) as f64,
+        );
+    }
+    Ok(())
 }
 
 fn peak_rss_kib() -> Option<u64> {
@@ -121,6 +179,7 @@ fn generate(a: GenerateArgs) -> Result<(), String> {
         tract_block_quant: a.block_quant,
         ort_library: None,
         huge_pages: a.huge_pages,
+        batch_decode: !a.no_batch,
     };
     let prompt = match (&a.prompt, &a.chat, &a.tokens) {
         (Some(p), _, _) => Prompt::Text(p.clone()),
@@ -151,6 +210,9 @@ fn generate(a: GenerateArgs) -> Result<(), String> {
         prompt_lookup: a.prompt_lookup,
         ..Default::default()
     };
+    if a.parallel > 1 {
+        return generate_parallel(&model, &prompt, &params, a.parallel as usize, a.json);
+    }
     let cancel = AtomicBool::new(false);
     let mut out = std::io::stdout().lock();
     let result = model

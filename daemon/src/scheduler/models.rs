@@ -248,6 +248,7 @@ impl Scheduler {
             tract_block_quant: self.config.tract.block_quant,
             ort_library: self.config.onnxruntime.library.clone(),
             huge_pages: self.config.memory.huge_pages,
+            batch_decode: self.config.onnxruntime.batch_decode,
         };
         let started = Instant::now();
         // Both readings after returning freed heap pages, so that the growth is what the

@@ -67,6 +67,9 @@ pub struct LoadOptions {
     /// Back the loaded weights with huge pages (`engine/hugepages.rs`); off by default, see
     /// `memory.huge_pages` in the configuration.
     pub huge_pages: bool,
+    /// ONNX Runtime, shared-buffer graphs: concurrent sequences' one-token steps run as one
+    /// forward pass (`onnxruntime/batch.rs`).
+    pub batch_decode: bool,
 }
 
 impl Default for LoadOptions {
@@ -77,6 +80,7 @@ impl Default for LoadOptions {
             tract_block_quant: false,
             ort_library: None,
             huge_pages: false,
+            batch_decode: true,
         }
     }
 }
@@ -129,6 +133,10 @@ pub trait LoadedModel: Send + Sync {
     fn served(&self) -> &Served;
     /// Starts a sequence with an empty KV cache.
     fn new_sequence(self: Arc<Self>) -> Result<Box<dyn Sequence>, BackendError>;
+    /// What batched decoding has done (zero where the backend does not batch).
+    fn batch_counters(&self) -> onnxruntime::BatchCounters {
+        Default::default()
+    }
 }
 
 /// One generation stream with its own KV cache.

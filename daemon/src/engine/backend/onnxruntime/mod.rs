@@ -16,10 +16,16 @@
 //! - other graphs (Optimum: `present = Concat(past, new)`): each step's
 //!   `present.N.*` outputs are moved, as ONNX Runtime values, into the next
 //!   step's `past_key_values.N.*` inputs; nothing goes through Rust memory.
+//!
+//! Concurrent sequences of a shared-buffer model decode in batches: [`batch`].
+
+mod batch;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+pub use batch::BatchCounters;
 use half::f16;
 use ort::environment::Environment;
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
@@ -124,13 +130,25 @@ fn register_plugin(env: &Environment, name: ProviderName, lib: &Path) -> Result<
 }
 
 pub struct OrtModel {
-    /// `Session::run` takes `&mut`: sequences of one model take turns.
-    session: Mutex<Session>,
+    /// `Session::run` takes `&mut`: sequences of one model take turns (or batch).
+    engine: Mutex<Engine>,
     dir: ModelDir,
     served: Served,
     past_f16: bool,
     /// Past and present share one preallocated buffer (IoBinding), see the module doc.
     share_buffer: bool,
+    /// One-token steps of concurrent sequences run as one pass ([`batch`]).
+    batch_decode: bool,
+    batch: batch::Batcher,
+    /// Sequences alive (a sequence joins the batch only when it is not alone).
+    live: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+/// The session and the KV caches of the sequences that decode in batches.
+struct Engine {
+    session: Session,
+    arena: batch::Arena,
 }
 
 fn load_err(reason: impl std::fmt::Display) -> BackendError {
@@ -193,8 +211,14 @@ impl OrtModel {
             });
         }
         let share_buffer = dir.ort_shares_kv_buffer();
+        let logits_f32 =
+            dir.graph.outputs.iter().find(|o| o.name == dir.io.logits).is_some_and(|o| o.elem_type == ONNX_FLOAT);
         Ok(OrtModel {
-            session: Mutex::new(session),
+            engine: Mutex::new(Engine { session, arena: Default::default() }),
+            batch_decode: opts.batch_decode && share_buffer && !past_f16 && logits_f32,
+            batch: Default::default(),
+            live: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
             dir: dir.clone(),
             served: Served {
                 backend: BackendKind::Onnxruntime,
@@ -236,20 +260,7 @@ impl LoadedModel for OrtModel {
     fn new_sequence(self: Arc<Self>) -> Result<Box<dyn Sequence>, BackendError> {
         let n = self.dir.spec.layers * 2;
         let kv = if self.share_buffer {
-            let session = self.session.lock().unwrap_or_else(|e| e.into_inner());
-            let mut binding = session.create_binding().map_err(run_err)?;
-            drop(session);
-            let capacity = FIRST_CAPACITY.min(self.dir.spec.context_length);
-            let buffers = self.shared_buffers(&mut binding, capacity, &[], 0, 0)?;
-            let cpu = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::CPUOutput)
-                .map_err(run_err)?;
-            // One row of logits, written in place by each step that asks for one row (the graphs
-            // with `logits_to_keep`): no output allocated per token.
-            let one_row = match &self.dir.io.logits_to_keep {
-                Some(_) => Some(Tensor::<f32>::new(&Allocator::default(), [1usize, 1, self.vocab()]).map_err(run_err)?),
-                None => None,
-            };
-            Kv::Shared { binding: Box::new(binding), cpu, buffers, capacity, one_row }
+            self.own_buffers(FIRST_CAPACITY, &[], 0, 0)?
         } else {
             let mut past = Vec::with_capacity(n);
             for _ in 0..n {
@@ -257,7 +268,13 @@ impl LoadedModel for OrtModel {
             }
             Kv::Moved(past)
         };
-        Ok(Box::new(OrtSequence { model: self, kv, position: 0 }))
+        self.live.fetch_add(1, Ordering::SeqCst);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Ok(Box::new(OrtSequence { model: self, kv, position: 0, id, batchable: true }))
+    }
+
+    fn batch_counters(&self) -> BatchCounters {
+        OrtModel::batch_counters(self)
     }
 }
 
@@ -265,6 +282,9 @@ pub struct OrtSequence {
     model: Arc<OrtModel>,
     kv: Kv,
     position: usize,
+    id: u64,
+    /// May decode in batches: false once it has verified drafts (logits of several rows).
+    batchable: bool,
 }
 
 enum Kv {
@@ -279,6 +299,8 @@ enum Kv {
         capacity: usize,
         one_row: Option<Tensor<f32>>,
     },
+    /// In the model's batch arena, as row `OrtSequence::id`.
+    Batched,
 }
 
 /// Positions a shared KV buffer holds at first; it doubles (up to the context) as the sequence
@@ -287,6 +309,30 @@ enum Kv {
 const FIRST_CAPACITY: usize = 256;
 
 impl OrtModel {
+    /// A sequence's own shared KV buffers (`capacity` positions at least `FIRST_CAPACITY`,
+    /// at most the context), holding what [`OrtModel::shared_buffers`] copies.
+    fn own_buffers(
+        &self,
+        capacity: usize,
+        old: &[Tensor<f32>],
+        old_capacity: usize,
+        keep: usize,
+    ) -> Result<Kv, BackendError> {
+        let mut binding =
+            self.engine.lock().unwrap_or_else(|e| e.into_inner()).session.create_binding().map_err(run_err)?;
+        let capacity = capacity.max(FIRST_CAPACITY).next_power_of_two().min(self.dir.spec.context_length);
+        let buffers = self.shared_buffers(&mut binding, capacity, old, old_capacity, keep)?;
+        let cpu =
+            MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::CPUOutput).map_err(run_err)?;
+        // One row of logits, written in place by each step that asks for one row (the graphs
+        // with `logits_to_keep`): no output allocated per token.
+        let one_row = match &self.dir.io.logits_to_keep {
+            Some(_) => Some(Tensor::<f32>::new(&Allocator::default(), [1usize, 1, self.vocab()]).map_err(run_err)?),
+            None => None,
+        };
+        Ok(Kv::Shared { binding: Box::new(binding), cpu, buffers, capacity, one_row })
+    }
+
     /// Shared KV buffers of `capacity` positions, bound to `binding`, holding the first `keep`
     /// positions of `old` (buffers of `old_capacity` positions).
     fn shared_buffers(
@@ -356,10 +402,18 @@ fn slice_past(past: &DynValue, keep: usize) -> Result<DynValue, BackendError> {
 
 impl Sequence for OrtSequence {
     fn forward_rows(&mut self, tokens: &[u32], rows: usize, logits: &mut Vec<f32>) -> Result<(), BackendError> {
+        check_room(self.position, tokens.len(), self.model.dir.spec.context_length)?;
+        check_rows(BackendKind::Onnxruntime, rows, tokens.len())?;
+        if rows > 1 {
+            self.batchable = false;
+        }
+        if self.batched_step(tokens, rows)? {
+            self.model.step(self.id, tokens[0], logits)?;
+            self.position += 1;
+            return Ok(());
+        }
         let m = &self.model;
         let io = &m.dir.io;
-        check_room(self.position, tokens.len(), m.dir.spec.context_length)?;
-        check_rows(BackendKind::Onnxruntime, rows, tokens.len())?;
         let n = tokens.len();
         let keep = match &io.logits_to_keep {
             Some(_) => Some(Tensor::<i64>::from_array(([0usize; 0], vec![rows as i64])).map_err(run_err)?),
@@ -368,7 +422,8 @@ impl Sequence for OrtSequence {
         let start = self.position as i64;
         let ids = i64_tensor(tokens.iter().map(|&t| t as i64).collect())?;
         let mask = i64_tensor(vec![1; self.position + n])?;
-        let mut session = m.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut engine = m.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let session = &mut engine.session;
         match &mut self.kv {
             Kv::Shared { binding, cpu, buffers, capacity, one_row } => {
                 if self.position + n > *capacity {
@@ -391,6 +446,7 @@ impl Sequence for OrtSequence {
                 let outputs = session.run_binding(binding).map_err(run_err)?;
                 read_logits(&outputs[io.logits.as_str()], rows, logits)?;
             }
+            Kv::Batched => unreachable!("batched_step moves a batched sequence's cache back first"),
             Kv::Moved(past) => {
                 let mut inputs: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(4 + past.len());
                 inputs.push((&io.input_ids, ids.into()));
@@ -432,10 +488,14 @@ impl Sequence for OrtSequence {
         if position == self.position {
             return Ok(());
         }
-        if let Kv::Moved(past) = &mut self.kv {
-            for p in past.iter_mut() {
-                *p = slice_past(p, position)?;
+        match &mut self.kv {
+            Kv::Moved(past) => {
+                for p in past.iter_mut() {
+                    *p = slice_past(p, position)?;
+                }
             }
+            Kv::Batched => self.model.set_position(self.id, position),
+            Kv::Shared { .. } => {}
         }
         self.position = position;
         Ok(())
@@ -443,5 +503,46 @@ impl Sequence for OrtSequence {
 
     fn position(&self) -> usize {
         self.position
+    }
+}
+
+impl OrtSequence {
+    /// Whether a forward of `tokens` (`rows` of logits) goes through the batch: a one-token
+    /// step after the prompt, while other sequences of the model are alive. Joins the batch
+    /// when it should, and leaves it (its cache copied back) before anything else.
+    fn batched_step(&mut self, tokens: &[u32], rows: usize) -> Result<bool, BackendError> {
+        let m = self.model.clone();
+        let step = tokens.len() == 1 && rows == 1 && self.batchable && self.position > 0;
+        if matches!(self.kv, Kv::Batched) {
+            if step {
+                return Ok(true);
+            }
+            let mut own = m.own_buffers(self.position + tokens.len(), &[], 0, 0)?;
+            let Kv::Shared { buffers, capacity, .. } = &mut own else { unreachable!("own_buffers gives Shared") };
+            m.leave(self.id, Some((buffers, *capacity)))?;
+            self.kv = own;
+            return Ok(false);
+        }
+        if let Kv::Shared { buffers, capacity, .. } = &self.kv
+            && step
+            && m.batches()
+            && m.live.load(Ordering::SeqCst) > 1
+            && m.join(self.id, self.position, buffers, *capacity)?
+        {
+            self.kv = Kv::Batched;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+impl Drop for OrtSequence {
+    fn drop(&mut self) {
+        self.model.live.fetch_sub(1, Ordering::SeqCst);
+        if matches!(self.kv, Kv::Batched)
+            && let Err(e) = self.model.leave(self.id, None)
+        {
+            tracing::warn!(error = %e, "leaving the batch");
+        }
     }
 }
