@@ -29,6 +29,8 @@ pub enum Error {
     /// The model or the request's KV cache does not fit the memory budget, even after
     /// unloading idle models (the message has the numbers).
     OutOfBudget(String),
+    /// No such session (closed, expired, or never opened).
+    UnknownSession(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

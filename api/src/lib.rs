@@ -12,7 +12,7 @@ pub mod proxy;
 pub mod types;
 
 pub use error::Error;
-pub use proxy::ManagerProxy;
+pub use proxy::{ManagerProxy, SessionProxy};
 pub use types::*;
 
 /// Well-known bus name of the daemon.
@@ -21,5 +21,13 @@ pub const BUS_NAME: &str = "org.llamad.Llama1";
 pub const MANAGER_PATH: &str = "/org/llamad/Llama1";
 /// Interface of the manager object.
 pub const MANAGER_INTERFACE: &str = "org.llamad.Llama1.Manager";
+/// Interface of the session objects, `/org/llamad/Llama1/session/N`.
+pub const SESSION_INTERFACE: &str = "org.llamad.Llama1.Session";
+
+/// Object path of session `id`.
+pub fn session_path(id: u64) -> String {
+    format!("{MANAGER_PATH}/session/{id}")
+}
+
 /// Prefix of every error name.
 pub const ERROR_PREFIX: &str = "org.llamad.Llama1.Error";

@@ -1,9 +1,10 @@
-//! The client proxy of `org.llamad.Llama1.Manager` (what `llamactl` uses).
+//! The client proxies of `org.llamad.Llama1.Manager` and `org.llamad.Llama1.Session`
+//! (what `llamactl` uses).
 
 use std::collections::HashMap;
 
 use zbus::proxy;
-use zbus::zvariant::Value;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
 use crate::types::{EstimateInfo, FinishStats, MemoryStatus, ModelInfo, WireMessage};
 
@@ -25,6 +26,12 @@ pub trait Manager {
     fn chat(&self, model: &str, messages: &[WireMessage], options: HashMap<&str, Value<'_>>) -> zbus::Result<u64>;
     /// Cancels one of the caller's requests.
     fn cancel(&self, request: u64) -> zbus::Result<()>;
+    /// Opens a session (a conversation that keeps its KV cache) on `model` for the caller.
+    /// Options: `ttl` (u, seconds idle before it closes).
+    fn open_session(&self, model: &str, options: HashMap<&str, Value<'_>>) -> zbus::Result<OwnedObjectPath>;
+    /// Every open session (`id`, `path`, `owner`, `model`, `tokens`, `kv_bytes`, `turns`,
+    /// `idle_seconds`, `busy`).
+    fn list_sessions(&self) -> zbus::Result<Vec<HashMap<String, OwnedValue>>>;
     /// Dry run of loading `model`: options `context` (u), `parallel` (u), `backend` (s).
     fn estimate(&self, model: &str, options: HashMap<&str, Value<'_>>) -> zbus::Result<EstimateInfo>;
 
@@ -58,4 +65,29 @@ pub trait Manager {
     fn memory(&self) -> zbus::Result<MemoryStatus>;
     #[zbus(property)]
     fn under_memory_pressure(&self) -> zbus::Result<bool>;
+}
+
+/// A session object, `/org/llamad/Llama1/session/N` (build with `.path(...)`).
+#[proxy(interface = "org.llamad.Llama1.Session", default_service = "org.llamad.Llama1")]
+pub trait Session {
+    /// Appends `messages` (`role`, `content`) and answers; the text comes as the manager's
+    /// `Token` signals, then `Finished`, with the returned request id.
+    fn chat(&self, messages: &[HashMap<&str, Value<'_>>], options: HashMap<&str, Value<'_>>) -> zbus::Result<u64>;
+    /// Drops the last `turns` turns.
+    fn rewind(&self, turns: u32) -> zbus::Result<()>;
+    fn close(&self) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    fn closed(&self, reason: &str) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    fn model(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn tokens(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn kv_bytes(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn turns(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn idle_seconds(&self) -> zbus::Result<u64>;
 }

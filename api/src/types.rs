@@ -85,6 +85,8 @@ pub struct FinishStats {
     /// (the acceptance rate is their ratio).
     pub draft_tokens: Option<u32>,
     pub draft_accepted: Option<u32>,
+    /// Prompt tokens whose KV cache a session (or the prompt cache) held already: not computed.
+    pub cached_prompt_tokens: Option<u32>,
 }
 
 /// A chat message on the wire: `(role, content)`, role `system`, `user` or `assistant`.

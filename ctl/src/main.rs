@@ -135,7 +135,7 @@ impl From<Error> for Failure {
             Error::ZBus(zbus::Error::InputOutput(_)) | Error::ZBus(zbus::Error::Address(_)) => 3,
             Error::ZBus(_) => 1,
             Error::UnknownModel(_) => 4,
-            Error::InvalidArgs(_) | Error::UnknownRequest(_) => 5,
+            Error::InvalidArgs(_) | Error::UnknownRequest(_) | Error::UnknownSession(_) => 5,
             Error::Busy(_) => 6,
             Error::ContextOverflow(_) => 7,
             Error::ModelLoadFailed(_) => 8,

@@ -41,6 +41,7 @@ pub struct Config {
     /// user. Everyone may generate (loading on first use) and list.
     pub admin_uids: Vec<u32>,
     pub onnxruntime: OnnxRuntime,
+    pub sessions: Sessions,
     pub tract: Tract,
     pub memory: Memory,
 }
@@ -109,6 +110,21 @@ pub struct OnnxRuntime {
     pub batch_decode: bool,
 }
 
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sessions {
+    /// Seconds an idle session stays open (the longest a client may ask for in `OpenSession`).
+    pub ttl: u64,
+    /// Sessions one client (bus connection) may have open at once.
+    pub max_per_client: usize,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions { ttl: 900, max_per_client: 8 }
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Tract {
@@ -130,6 +146,7 @@ impl Default for Config {
             keep_alive: 300,
             max_loaded_models: 3,
             onnxruntime: OnnxRuntime::default(),
+            sessions: Sessions::default(),
             tract: Tract::default(),
             memory: Memory::default(),
         }
@@ -172,6 +189,12 @@ impl Config {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.models_dir.as_os_str().is_empty() {
             return bad("models_dir is empty".into());
+        }
+        if self.sessions.ttl == 0 || self.sessions.ttl > 7 * 86400 {
+            return bad(format!("sessions.ttl = {} (1 to 604800 seconds)", self.sessions.ttl));
+        }
+        if self.sessions.max_per_client == 0 || self.sessions.max_per_client > 1024 {
+            return bad(format!("sessions.max_per_client = {} (1 to 1024)", self.sessions.max_per_client));
         }
         if self.max_queue == 0 || self.max_queue > 4096 {
             return bad(format!("max_queue = {} (1 to 4096)", self.max_queue));

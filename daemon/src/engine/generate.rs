@@ -3,6 +3,10 @@
 //! `max_tokens`, the context's end, or cancellation. Text is streamed through a
 //! callback as it becomes complete; stop strings are held back until they can no
 //! longer match, and are never emitted.
+//!
+//! A run can continue a [`Resumable`] sequence (a session's, a prompt cache's):
+//! the longest common prefix of the ids it holds and the new prompt is kept, the
+//! rest rolled back, and only the new tokens are fed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -10,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::Model;
-use super::backend::BackendError;
+use super::backend::{BackendError, Sequence};
 use super::chat::{self, ChatError, Message};
 use super::detok::Detokenizer;
 use super::sampler::{InvalidOption, Sampler, SamplingParams};
@@ -59,11 +63,14 @@ pub struct Stats {
     pub seed: u64,
     /// Prompt lookup: draft tokens verified and kept (zero without it).
     pub draft: DraftStats,
+    /// Prompt tokens whose KV cache was already held (a resumed sequence): not computed.
+    pub cached_prompt_tokens: usize,
 }
 
 impl Stats {
+    /// Prompt tokens computed (not cached), over the time they took.
     pub fn prompt_tokens_per_s(&self) -> f64 {
-        self.prompt_tokens as f64 / self.prompt_time.as_secs_f64().max(1e-9)
+        (self.prompt_tokens - self.cached_prompt_tokens) as f64 / self.prompt_time.as_secs_f64().max(1e-9)
     }
     /// Tokens after the first, over the time after the first.
     pub fn decode_tokens_per_s(&self) -> f64 {
@@ -112,6 +119,48 @@ fn held_back(text: &str, stops: &[String]) -> usize {
     keep
 }
 
+/// A sequence kept between runs, with the exact token ids fed into it (its KV cache holds
+/// them, in order). Empty: nothing is held, the next run starts a new sequence.
+#[derive(Default)]
+pub struct Resumable {
+    seq: Option<Box<dyn Sequence>>,
+    ids: Vec<u32>,
+}
+
+impl Resumable {
+    /// Token ids whose KV cache is held.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Drops the KV cache (the next run computes its whole prompt).
+    pub fn clear(&mut self) {
+        self.seq = None;
+        self.ids.clear();
+    }
+
+    /// The sequence to continue for `prompt` and how many of its first tokens it holds
+    /// already: the common prefix, at most all but the last prompt token (whose logits the
+    /// run needs), with what followed rolled back. A sequence that cannot roll back is
+    /// replaced by a new one.
+    fn take_for(&mut self, model: &Model, prompt: &[u32]) -> Result<(Box<dyn Sequence>, usize), BackendError> {
+        let held = std::mem::take(&mut self.ids);
+        if let Some(mut seq) = self.seq.take() {
+            let common = common_prefix(&held, prompt).min(prompt.len() - 1);
+            if common == seq.position() || seq.can_truncate() {
+                seq.truncate(common)?;
+                return Ok((seq, common));
+            }
+        }
+        Ok((model.backend.clone().new_sequence()?, 0))
+    }
+}
+
+/// Longest common prefix of two token sequences.
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 impl Model {
     /// Tokenizes a prompt and checks it against the vocabulary and the context.
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, GenerateError> {
@@ -145,12 +194,25 @@ impl Model {
         prompt: &Prompt,
         params: &SamplingParams,
         cancel: &AtomicBool,
+        on_text: impl FnMut(&str),
+    ) -> Result<Output, GenerateError> {
+        self.generate_from(&mut Resumable::default(), prompt, params, cancel, on_text)
+    }
+
+    /// Runs one request, continuing `cache` (which holds the run's sequence afterwards, or
+    /// nothing if it failed).
+    pub fn generate_from(
+        &self,
+        cache: &mut Resumable,
+        prompt: &Prompt,
+        params: &SamplingParams,
+        cancel: &AtomicBool,
         mut on_text: impl FnMut(&str),
     ) -> Result<Output, GenerateError> {
         params.validate()?;
         let prompt_ids = self.prompt_ids(prompt)?;
         let started = Instant::now();
-        let mut seq = self.backend.clone().new_sequence()?;
+        let (mut seq, cached) = cache.take_for(self, &prompt_ids)?;
         let mut sampler = Sampler::new(params);
         let mut detok = self.tokenizer.as_ref().map(Detokenizer::new);
         let mut history = prompt_ids.clone();
@@ -161,7 +223,7 @@ impl Model {
         let mut generated = vec![];
         let mut finish = FinishReason::Length;
         let mut first_token_at = None;
-        seq.forward(&prompt_ids, &mut logits)?;
+        seq.forward(&prompt_ids[cached..], &mut logits)?;
         let prompt_time = started.elapsed();
         let decoder = match params.prompt_lookup {
             n if n > 0 && seq.can_truncate() => Decoder::Lookup(Lookup::new(n as usize)),
@@ -214,6 +276,8 @@ impl Model {
         if text.len() > emitted {
             on_text(&text[emitted..]);
         }
+        history.truncate(seq.position());
+        *cache = Resumable { seq: Some(seq), ids: history };
         let first = first_token_at.unwrap_or_else(|| started.elapsed());
         Ok(Output {
             text,
@@ -227,6 +291,7 @@ impl Model {
                 finish,
                 seed: sampler.seed,
                 draft: steps.stats,
+                cached_prompt_tokens: cached,
             },
         })
     }

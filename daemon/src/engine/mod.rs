@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use backend::{BackendError, BackendKind, LoadOptions, LoadedModel, Served};
-pub use generate::{FinishReason, GenerateError, Output, Prompt, Stats};
+pub use generate::{FinishReason, GenerateError, Output, Prompt, Resumable, Stats};
 pub use model_dir::{Layout, LayoutError, ModelDir, Quantization};
 pub use sampler::SamplingParams;
 pub use tokenizer::{Tokenizer, TokenizerError};

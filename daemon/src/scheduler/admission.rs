@@ -31,9 +31,10 @@ pub(super) fn held(loaded: &HashMap<String, Loaded>) -> u64 {
 }
 
 impl Scheduler {
-    /// What counts against the budget: the daemon's own baseline, loaded models and reservations.
+    /// What counts against the budget: the daemon's own baseline, loaded models, reservations
+    /// and the sessions' KV caches.
     pub(super) fn used(&self, loaded: &HashMap<String, Loaded>) -> u64 {
-        self.baseline() + held(loaded)
+        self.baseline() + held(loaded) + self.sessions_kv(loaded)
     }
 
     /// Measures the daemon's own memory again from what is resident: the resident size
@@ -191,8 +192,9 @@ impl Scheduler {
         })
     }
 
-    /// Makes room for `need` more bytes: unloads idle models (least recently used first)
-    /// if, and only if, that makes it fit. Returns the names unloaded.
+    /// Makes room for `need` more bytes: drops idle sessions' KV caches, then unloads idle
+    /// models (least recently used first) if, and only if, that makes it fit. Returns the
+    /// names unloaded.
     /// `loading_here`: the caller holds the load lock (admitting its own load).
     pub(super) fn make_room(
         &self,
@@ -203,9 +205,16 @@ impl Scheduler {
     ) -> Result<Vec<String>, Error> {
         let budget = self.budget.effective;
         self.refresh_baseline_unless_loading(loaded, loading_here);
-        let in_use = self.used(loaded);
+        let mut in_use = self.used(loaded);
         if in_use + need <= budget {
             return Ok(vec![]);
+        }
+        if self.drop_session_kv(in_use, need) > 0 {
+            crate::memory::measure::release_freed();
+            in_use = self.used(loaded);
+            if in_use + need <= budget {
+                return Ok(vec![]);
+            }
         }
         let mut idle: Vec<(&String, &Loaded)> = loaded.iter().filter(|(_, l)| l.active == 0).collect();
         idle.sort_by_key(|(_, l)| l.last_used);

@@ -55,6 +55,12 @@ pub enum Event {
         active: bool,
         reason: String,
     },
+    /// A session was taken out of the registry (idle past its TTL): its object goes too.
+    SessionClosed {
+        id: u64,
+        owner: String,
+        reason: crate::session::CloseReason,
+    },
 }
 
 struct Loaded {
@@ -77,7 +83,14 @@ pub fn keep_alive(seconds: i64) -> Option<std::time::Duration> {
     (seconds >= 0).then(|| std::time::Duration::from_secs(seconds as u64))
 }
 
+/// A session's turn: the session and the messages the turn adds.
+pub struct Turn {
+    pub session: Arc<crate::session::Session>,
+    pub messages: Vec<crate::engine::chat::Message>,
+}
+
 struct Job {
+    turn: Option<Turn>,
     id: u64,
     owner: String,
     model_name: String,
@@ -122,6 +135,7 @@ pub struct Scheduler {
     ort_setup: Mutex<()>,
     /// Backends that have loaded a model in this process (their code is resident).
     warm: Mutex<std::collections::HashSet<BackendKind>>,
+    pub sessions: crate::session::Sessions,
 }
 
 /// The final message of a request that ended with `e`.
@@ -153,6 +167,7 @@ pub fn request_error(e: GenerateError) -> Error {
 mod admission;
 mod housekeeping;
 mod models;
+mod sessions;
 
 impl Scheduler {
     /// Starts `config.max_parallel` workers.
@@ -174,6 +189,7 @@ impl Scheduler {
             ort_setup: Mutex::new(()),
             reading: AtomicU32::new(0),
             warm: Mutex::new(Default::default()),
+            sessions: Default::default(),
             baseline: AtomicU64::new({
                 // ONNX Runtime's one-time setup (library, environment, thread pools) belongs to
                 // the daemon's baseline, not to the first model loaded on it (unless the daemon
@@ -215,7 +231,9 @@ impl Scheduler {
     }
 
     /// Queues a request whose prompt was already checked against the model, which the
-    /// caller pinned with [`Scheduler::acquire`] (the pin passes to the request).
+    /// caller pinned with [`Scheduler::acquire`] (the pin passes to the request). A session's
+    /// turn reserves the KV cache of its whole prompt: what the session held moves into it.
+    #[allow(clippy::too_many_arguments)]
     pub fn submit(
         &self,
         owner: &str,
@@ -224,6 +242,7 @@ impl Scheduler {
         prompt_ids: Vec<u32>,
         mut params: SamplingParams,
         keep_alive_override: Option<i64>,
+        turn: Option<Turn>,
     ) -> Result<u64, Error> {
         params.max_tokens = params.max_tokens.min(self.config.max_tokens_limit);
         let tokens = prompt_ids.len() as u64 + params.max_tokens as u64;
@@ -266,7 +285,11 @@ impl Scheduler {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, RequestEntry { owner: owner.to_string(), cancel: cancel.clone() });
         self.queued.fetch_add(1, Ordering::SeqCst);
+        // Between turns a session's KV cache counts as the session's; during one, as the job's.
+        let session = turn.as_ref().map(|t| t.session.clone());
+        let session_kv = session.as_ref().map_or(0, |s| std::mem::take(&mut s.state().kv_bytes));
         let job = Job {
+            turn,
             id,
             owner: owner.to_string(),
             model_name: model_name.to_string(),
@@ -283,6 +306,9 @@ impl Scheduler {
                 Ok(id)
             }
             Err(e) => {
+                if let Some(s) = session {
+                    s.state().kv_bytes = session_kv;
+                }
                 self.queued.fetch_sub(1, Ordering::SeqCst);
                 self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                 self.release(model_name, if reserved { kv } else { 0 });
@@ -368,9 +394,18 @@ impl Scheduler {
         };
         let prompt = Prompt::Tokens(job.prompt_ids.clone());
         let events = &self.events;
-        let result = job.model.generate(&prompt, &job.params, &job.cancel, |text| {
+        let on_text = |text: &str| {
             let _ = events.send(Event::Token { id: job.id, owner: job.owner.clone(), text: text.to_string() });
-        });
+        };
+        let result = match &job.turn {
+            None => job.model.generate(&prompt, &job.params, &job.cancel, on_text),
+            Some(turn) => {
+                let mut cache = std::mem::take(&mut turn.session.state().cache);
+                let result = job.model.generate_from(&mut cache, &prompt, &job.params, &job.cancel, on_text);
+                self.end_turn(job, turn, cache, &result);
+                result
+            }
+        };
         match result {
             Ok(out) => {
                 let s = out.stats;
@@ -381,6 +416,7 @@ impl Scheduler {
                 stats.prompt_tokens_per_s = Some(s.prompt_tokens_per_s());
                 stats.decode_tokens_per_s = Some(s.decode_tokens_per_s());
                 stats.seed = Some(s.seed);
+                stats.cached_prompt_tokens = Some(s.cached_prompt_tokens as u32);
                 if job.params.prompt_lookup > 0 {
                     stats.draft_tokens = Some(s.draft.drafted as u32);
                     stats.draft_accepted = Some(s.draft.accepted as u32);

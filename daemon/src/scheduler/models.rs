@@ -74,7 +74,7 @@ impl Scheduler {
         tracing::info!(grown = %mib(grown), "ONNX Runtime set up: counted in the daemon's baseline");
     }
 
-    pub(super) fn model_path(&self, name: &str) -> Result<PathBuf, Error> {
+    pub fn model_path(&self, name: &str) -> Result<PathBuf, Error> {
         let path = self.config.models_dir.join(name);
         if !crate::service::valid_model_name(name) || !path.is_dir() {
             return Err(Error::UnknownModel(format!("no model \"{name}\" in {}", self.config.models_dir.display())));
@@ -296,6 +296,8 @@ impl Scheduler {
     /// again).
     pub(super) fn remove_model(&self, loaded: &mut HashMap<String, Loaded>, name: &str, reason: &'static str) {
         if let Some(l) = loaded.remove(name) {
+            // Sessions on it keep their conversations, not its backend's memory.
+            self.sessions.drop_kv_of(name);
             self.baseline.fetch_add(l.estimate.runtime_code, Ordering::Relaxed);
             tracing::info!(model = name, reason, "model unloaded");
             let _ = self.events.send(Event::ModelUnloaded { name: name.to_string(), reason });

@@ -11,7 +11,7 @@ use llamad_api::{Error, FinishStats, ModelInfo, WireMessage};
 use zbus::interface;
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
-use zbus::zvariant::OwnedValue;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
 use super::options;
 use crate::engine::chat::{Message, Role};
@@ -22,7 +22,7 @@ pub struct Manager {
     pub scheduler: Arc<Scheduler>,
 }
 
-fn caller(header: &Header<'_>) -> Result<String, Error> {
+pub(super) fn caller(header: &Header<'_>) -> Result<String, Error> {
     header.sender().map(|s| s.to_string()).ok_or_else(|| Error::PermissionDenied("message without a sender".into()))
 }
 
@@ -32,6 +32,28 @@ fn check_name(name: &str) -> Result<(), Error> {
     } else {
         Err(Error::InvalidArgs(format!("model name {name:?}: 1 to 128 of [A-Za-z0-9._-], not starting with '.'")))
     }
+}
+
+fn session_info(s: &crate::session::Summary) -> HashMap<String, OwnedValue> {
+    let path = OwnedObjectPath::try_from(llamad_api::session_path(s.id)).ok();
+    let mut m: HashMap<String, OwnedValue> = HashMap::new();
+    let mut put = |k: &str, v: Value<'_>| {
+        if let Ok(v) = v.try_to_owned() {
+            m.insert(k.to_string(), v);
+        }
+    };
+    put("id", Value::from(s.id));
+    if let Some(p) = path {
+        put("path", Value::from(p));
+    }
+    put("owner", Value::from(s.owner.as_str()));
+    put("model", Value::from(s.model.as_str()));
+    put("tokens", Value::from(s.tokens));
+    put("kv_bytes", Value::from(s.kv_bytes));
+    put("turns", Value::from(s.turns));
+    put("idle_seconds", Value::from(s.idle_seconds));
+    put("busy", Value::from(s.busy));
+    m
 }
 
 impl Manager {
@@ -85,7 +107,7 @@ impl Manager {
         let owner = caller(&header)?;
         let (params, keep_alive) = options::request(&opts)?;
         let (m, ids) = self.prepare(model, prompt).await?;
-        self.scheduler.submit(&owner, model, m, ids, params, keep_alive)
+        self.scheduler.submit(&owner, model, m, ids, params, keep_alive, None)
     }
 }
 
@@ -176,6 +198,43 @@ impl Manager {
         tokio::task::spawn_blocking(move || s.estimate(&name, backend, context, parallel))
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
+    /// Opens a session on `model` for the caller: options `ttl` (u, seconds idle before it
+    /// closes). Returns its object path.
+    #[zbus(out_args("session"))]
+    async fn open_session(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        model: &str,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<OwnedObjectPath, Error> {
+        let owner = caller(&header)?;
+        check_name(model)?;
+        let cfg = &self.scheduler.config.sessions;
+        let ttl = options::session(&options, cfg.ttl, cfg.ttl)?;
+        self.scheduler.model_path(model)?;
+        let session = self
+            .scheduler
+            .sessions
+            .open(&owner, model, ttl, cfg.max_per_client)
+            .map_err(super::session::session_error)?;
+        let path = llamad_api::session_path(session.id);
+        let object = super::session::SessionObject { session: session.clone(), scheduler: self.scheduler.clone() };
+        if let Err(e) = conn.object_server().at(path.as_str(), object).await {
+            self.scheduler.sessions.remove(session.id);
+            return Err(Error::Internal(e.to_string()));
+        }
+        tracing::info!(session = session.id, client = %owner, model, "session opened");
+        OwnedObjectPath::try_from(path).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// Every open session: `id` (t), `path` (o), `owner` (s), `model` (s), `tokens` (u),
+    /// `kv_bytes` (t), `turns` (u), `idle_seconds` (t), `busy` (b).
+    #[zbus(out_args("sessions"))]
+    async fn list_sessions(&self) -> Vec<HashMap<String, OwnedValue>> {
+        self.scheduler.sessions.all().iter().map(|s| session_info(&s.summary())).collect()
     }
 
     async fn cancel(&self, #[zbus(header)] header: Header<'_>, request: u64) -> Result<(), Error> {

@@ -5,6 +5,7 @@
 
 mod manager;
 mod options;
+mod session;
 
 use std::time::Duration;
 
@@ -64,8 +65,9 @@ pub async fn run(config: Config, bus: Bus) -> anyhow::Result<()> {
     tracing::info!(name = BUS_NAME, models_dir = %config.models_dir.display(), "serving");
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
 
-    let events = tokio::spawn(forward_events(conn.clone(), rx));
+    let events = tokio::spawn(forward_events(conn.clone(), scheduler.clone(), rx));
     let s = scheduler.clone();
+    let conn2 = conn.clone();
     tokio::spawn(async move {
         while let Some(signal) = owners.next().await {
             let Ok(args) = signal.args() else { continue };
@@ -73,6 +75,10 @@ pub async fn run(config: Config, bus: Bus) -> anyhow::Result<()> {
                 let n = s.cancel_owner(args.name());
                 if n > 0 {
                     tracing::info!(client = %args.name(), requests = n, "client left the bus: its requests are cancelled");
+                }
+                for id in s.sessions.of_owner(args.name()) {
+                    tracing::info!(client = %args.name(), session = id, "client left the bus: its session is closed");
+                    session::close(&conn2, &s, id, args.name(), crate::session::CloseReason::OwnerLeft).await;
                 }
             }
         }
@@ -107,7 +113,11 @@ pub async fn run(config: Config, bus: Bus) -> anyhow::Result<()> {
 }
 
 /// Worker events → signals (to the request's owner only) and property changes.
-async fn forward_events(conn: zbus::Connection, mut rx: UnboundedReceiver<Event>) {
+async fn forward_events(
+    conn: zbus::Connection,
+    scheduler: std::sync::Arc<Scheduler>,
+    mut rx: UnboundedReceiver<Event>,
+) {
     let iface = match conn.object_server().interface::<_, Manager>(MANAGER_PATH).await {
         Ok(i) => i,
         Err(e) => {
@@ -147,6 +157,10 @@ async fn forward_events(conn: zbus::Connection, mut rx: UnboundedReceiver<Event>
             Event::ModelUnloaded { name, reason } => {
                 let _ = Manager::model_unloaded(iface.signal_emitter(), &name, reason).await;
                 iface.get().await.loaded_models_changed(iface.signal_emitter()).await
+            }
+            Event::SessionClosed { id, owner, reason } => {
+                session::close(&conn, &scheduler, id, &owner, reason).await;
+                Ok(())
             }
             Event::MemoryPressure { active, reason } => {
                 let _ = Manager::memory_pressure(iface.signal_emitter(), active, &reason).await;

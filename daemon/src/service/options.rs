@@ -1,13 +1,15 @@
 //! Method options from the wire (`a{sv}`), strictly: an unknown key or a value
 //! of the wrong D-Bus type is `InvalidArgs` naming the key. Request options
 //! become [`SamplingParams`] (then checked by `SamplingParams::validate`);
-//! `LoadModel` and `Estimate` take a backend, a context and a parallelism.
+//! `LoadModel` and `Estimate` take a backend, a context and a parallelism;
+//! `OpenSession` a TTL; messages come as `aa{sv}`.
 
 use std::collections::HashMap;
 
 use llamad_api::Error;
 use zbus::zvariant::{OwnedValue, Value};
 
+use crate::engine::chat::{Message, Role};
 use crate::engine::{BackendKind, SamplingParams};
 
 type Options = HashMap<String, OwnedValue>;
@@ -114,6 +116,61 @@ pub fn estimate(options: &Options) -> Result<(Option<BackendKind>, Option<u32>, 
         return Err(Error::InvalidArgs(format!("option parallel: {parallel} (1 to {MAX_PARALLEL})")));
     }
     Ok((backend, context, parallel))
+}
+
+/// `OpenSession`'s options: the idle TTL in seconds (1 to `max_ttl`; `default_ttl` when absent).
+pub fn session(options: &Options, default_ttl: u64, max_ttl: u64) -> Result<std::time::Duration, Error> {
+    let mut ttl = default_ttl;
+    for (key, value) in options {
+        match key.as_str() {
+            "ttl" => ttl = u32_of(key, value)? as u64,
+            other => return Err(Error::InvalidArgs(format!("unknown option {other} (known: ttl)"))),
+        }
+    }
+    if ttl == 0 || ttl > max_ttl {
+        return Err(Error::InvalidArgs(format!("option ttl: {ttl} seconds (1 to {max_ttl}, sessions.ttl)")));
+    }
+    Ok(std::time::Duration::from_secs(ttl))
+}
+
+/// Messages as `aa{sv}`: `role` (s: system, user, assistant) and `content` (s) each.
+pub fn messages(wire: &[HashMap<String, OwnedValue>]) -> Result<Vec<Message>, Error> {
+    let mut out = Vec::with_capacity(wire.len());
+    for (i, m) in wire.iter().enumerate() {
+        let (mut role, mut content) = (None, None);
+        for (key, value) in m {
+            let text = match &**value {
+                Value::Str(s) => s.to_string(),
+                v => {
+                    return Err(Error::InvalidArgs(format!(
+                        "messages[{i}].{key}: expected D-Bus type s, got {}",
+                        v.value_signature()
+                    )));
+                }
+            };
+            match key.as_str() {
+                "role" => role = Some(text),
+                "content" => content = Some(text),
+                other => {
+                    return Err(Error::InvalidArgs(format!(
+                        "messages[{i}]: unknown key {other} (known: role, content)"
+                    )));
+                }
+            }
+        }
+        let role = match role.as_deref() {
+            Some("system") => Role::System,
+            Some("user") => Role::User,
+            Some("assistant") => Role::Assistant,
+            Some(other) => {
+                return Err(Error::InvalidArgs(format!("messages[{i}]: role {other:?} (system, user or assistant)")));
+            }
+            None => return Err(Error::InvalidArgs(format!("messages[{i}]: no role"))),
+        };
+        let content = content.ok_or_else(|| Error::InvalidArgs(format!("messages[{i}]: no content")))?;
+        out.push(Message { role, content });
+    }
+    Ok(out)
 }
 
 fn f64_of(key: &str, v: &Value<'_>) -> Result<f64, Error> {

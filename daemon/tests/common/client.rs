@@ -88,6 +88,30 @@ pub async fn stream(
 }
 
 /// Every signal of the manager interface that reaches `conn` (its own unicast ones and broadcasts).
+/// Collects request `id`'s stream from `signals` (opened before the request started) until
+/// `Finished`: the text, the final stats and the number of pieces.
+pub async fn collect(signals: &mut MessageStream, id: u64) -> (String, FinishStats, usize) {
+    let (mut text, mut pieces) = (String::new(), 0);
+    while let Some(msg) = signals.next().await {
+        let msg = msg.unwrap();
+        match msg.header().member().map(|m| m.as_str()) {
+            Some("Token") => {
+                let (rid, piece): (u64, String) = msg.body().deserialize().unwrap();
+                assert_eq!(rid, id, "a token of another request reached this client");
+                text.push_str(&piece);
+                pieces += 1;
+            }
+            Some("Finished") => {
+                let (rid, stats): (u64, FinishStats) = msg.body().deserialize().unwrap();
+                assert_eq!(rid, id, "another request's final message reached this client");
+                return (text, stats, pieces);
+            }
+            _ => {}
+        }
+    }
+    panic!("stream ended")
+}
+
 pub async fn manager_signals(conn: &zbus::Connection) -> MessageStream {
     let rule = MatchRule::builder()
         .msg_type(MsgType::Signal)

@@ -1,0 +1,59 @@
+//! The scheduler's side of sessions: a turn's end (the answer joins the
+//! conversation, the KV cache goes back to the session and is counted as its),
+//! and the sessions' KV caches in the memory budget: counted in what is in
+//! use, dropped (least recently used first) before idle models are unloaded,
+//! and dropped with their model.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::{Job, Loaded, Scheduler, Turn};
+use crate::engine::chat::{Message, Role};
+use crate::engine::{FinishReason, GenerateError, Output, Resumable};
+use crate::memory::mib;
+
+impl Scheduler {
+    /// Ends `turn` of `job`: the session gets its cache back; a turn that completed (not
+    /// cancelled, no error) adds its messages and the answer to the conversation.
+    pub(super) fn end_turn(&self, job: &Job, turn: &Turn, cache: Resumable, result: &Result<Output, GenerateError>) {
+        let kv = {
+            let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            loaded.get(&job.model_name).map_or(0, |l| l.estimate.kv(cache.ids().len() as u64))
+        };
+        let mut st = turn.session.state();
+        st.kv_bytes = if cache.ids().is_empty() { 0 } else { kv };
+        st.cache = cache;
+        st.busy = false;
+        st.last_used = Instant::now();
+        if let Ok(out) = result
+            && out.stats.finish != FinishReason::Cancelled
+        {
+            let start = st.messages.len();
+            st.turns.push(start);
+            st.messages.extend(turn.messages.iter().cloned());
+            st.messages.push(Message::new(Role::Assistant, out.text.clone()));
+        }
+    }
+
+    /// Bytes of KV cache the sessions hold between turns.
+    pub(super) fn sessions_kv(&self, loaded: &HashMap<String, Loaded>) -> u64 {
+        loaded.keys().map(|m| self.sessions.kv_bytes(m)).sum()
+    }
+
+    /// Drops idle sessions' KV caches, least recently used first, until `need` more bytes fit
+    /// next to `in_use` (or none is left). Returns the bytes freed.
+    pub(super) fn drop_session_kv(&self, in_use: u64, need: u64) -> u64 {
+        let mut freed = 0;
+        for (id, model, _) in self.sessions.idle_kv() {
+            if in_use - freed + need <= self.budget.effective {
+                break;
+            }
+            let bytes = self.sessions.drop_kv(id);
+            if bytes > 0 {
+                tracing::info!(session = id, %model, kv = %mib(bytes), "session KV cache dropped to make room");
+            }
+            freed += bytes;
+        }
+        freed
+    }
+}
