@@ -7,15 +7,16 @@
 //! 6 busy; 7 context overflow; 8 model failed to load; 9 cancelled;
 //! 10 generation failed; 11 out of memory budget.
 
+mod chat;
+mod stream;
+
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use futures_util::StreamExt;
-use llamad_api::{Error, FinishStats, MANAGER_INTERFACE, MANAGER_PATH, ManagerProxy, ModelInfo};
+use llamad_api::{Error, ManagerProxy, ModelInfo};
+use stream::{finish_code, json_stats, options, print_stats, stream};
 use zbus::zvariant::Value;
-use zbus::{MatchRule, MessageStream, message::Type as MsgType};
 
 #[derive(Parser)]
 #[command(name = "llamactl", version, about = "Control llamad, the on-device LLM daemon, over D-Bus")]
@@ -34,7 +35,7 @@ struct Cli {
 }
 
 #[derive(clap::Args, Clone)]
-struct Sampling {
+pub(crate) struct Sampling {
     #[arg(long)]
     max_tokens: Option<u32>,
     /// 0 = greedy.
@@ -83,7 +84,8 @@ enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
-    /// Chat interactively (one line per user turn; an empty line or end of input quits).
+    /// Chat interactively in a session that keeps its KV cache (one line per user turn; an
+    /// empty line or end of input quits).
     Chat {
         model: String,
         /// System prompt.
@@ -91,7 +93,12 @@ enum Command {
         system: Option<String>,
         #[command(flatten)]
         sampling: Sampling,
+        /// Send the whole history each turn (Manager.Chat) instead of keeping it in a session.
+        #[arg(long)]
+        stateless: bool,
     },
+    /// Open sessions: owner, model, tokens and KV cache held, turns, idle time.
+    Sessions,
     /// Cancel one of this client's requests.
     Cancel { request: u64 },
     /// Dry run: what loading a model would take, and whether it fits now.
@@ -113,9 +120,9 @@ enum Command {
 }
 
 /// A failure with the exit code scripts see.
-struct Failure {
-    code: u8,
-    message: String,
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) message: String,
 }
 
 impl From<zbus::Error> for Failure {
@@ -152,35 +159,6 @@ impl From<std::io::Error> for Failure {
     }
 }
 
-fn options(s: &Sampling) -> HashMap<&'static str, Value<'static>> {
-    let mut o: HashMap<&'static str, Value<'static>> = HashMap::new();
-    if let Some(v) = s.max_tokens {
-        o.insert("max_tokens", v.into());
-    }
-    if let Some(v) = s.temperature {
-        o.insert("temperature", v.into());
-    }
-    if let Some(v) = s.top_k {
-        o.insert("top_k", v.into());
-    }
-    if let Some(v) = s.top_p {
-        o.insert("top_p", v.into());
-    }
-    if let Some(v) = s.prompt_lookup {
-        o.insert("prompt_lookup", v.into());
-    }
-    if let Some(v) = s.repetition_penalty {
-        o.insert("repetition_penalty", v.into());
-    }
-    if let Some(v) = s.seed {
-        o.insert("seed", v.into());
-    }
-    if !s.stop.is_empty() {
-        o.insert("stop", s.stop.clone().into());
-    }
-    o
-}
-
 async fn connect(cli: &Cli) -> Result<(zbus::Connection, ManagerProxy<'static>), Failure> {
     let unreachable = |e: zbus::Error| Failure { code: 3, message: format!("cannot reach the bus: {e}") };
     let conn = match (&cli.address, cli.session) {
@@ -191,102 +169,6 @@ async fn connect(cli: &Cli) -> Result<(zbus::Connection, ManagerProxy<'static>),
     .map_err(unreachable)?;
     let proxy = ManagerProxy::new(&conn).await?;
     Ok((conn, proxy))
-}
-
-/// What one request produced.
-struct Outcome {
-    text: String,
-    stats: FinishStats,
-}
-
-/// Starts a request with `start` and streams its text to `out` until it finishes; Ctrl-C cancels it.
-async fn stream<F, Fut>(
-    conn: &zbus::Connection,
-    proxy: &ManagerProxy<'_>,
-    start: F,
-    echo: bool,
-) -> Result<Outcome, Failure>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = zbus::Result<u64>>,
-{
-    // Subscribe before starting, so no token can arrive before we listen.
-    let rule = MatchRule::builder().msg_type(MsgType::Signal).interface(MANAGER_INTERFACE)?.path(MANAGER_PATH)?.build();
-    let mut signals = MessageStream::for_match_rule(rule, conn, Some(1024)).await?;
-    let id = start().await?;
-    let mut text = String::new();
-    let mut cancelled = false;
-    let mut stdout = std::io::stdout();
-    loop {
-        tokio::select! {
-            msg = signals.next() => {
-                let Some(msg) = msg else { return Err(Failure { code: 1, message: "the bus connection closed".into() }) };
-                let msg = msg?;
-                let header = msg.header();
-                match header.member().map(|m| m.as_str()) {
-                    Some("Token") => {
-                        let (rid, piece): (u64, String) = msg.body().deserialize()?;
-                        if rid == id {
-                            if echo {
-                                stdout.write_all(piece.as_bytes())?;
-                                stdout.flush()?;
-                            }
-                            text.push_str(&piece);
-                        }
-                    }
-                    Some("Finished") => {
-                        let (rid, stats): (u64, FinishStats) = msg.body().deserialize()?;
-                        if rid == id {
-                            return Ok(Outcome { text, stats });
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            _ = tokio::signal::ctrl_c(), if !cancelled => {
-                cancelled = true;
-                let _ = proxy.cancel(id).await;
-            }
-        }
-    }
-}
-
-fn finish_code(stats: &FinishStats) -> Result<(), Failure> {
-    match stats.finish_reason.as_str() {
-        "cancelled" => Err(Failure { code: 9, message: "cancelled".into() }),
-        "error" => {
-            Err(Failure { code: 10, message: stats.error.clone().unwrap_or_else(|| "generation failed".into()) })
-        }
-        _ => Ok(()),
-    }
-}
-
-fn print_stats(stats: &FinishStats) {
-    eprintln!(
-        "[{} / {}] prompt {} tok, {:.1} tok/s | ttft {:.1} ms | generated {} tok, {:.1} tok/s | finish {}{}",
-        stats.backend.as_deref().unwrap_or("?"),
-        stats.provider.as_deref().unwrap_or("?"),
-        stats.prompt_tokens.unwrap_or(0),
-        stats.prompt_tokens_per_s.unwrap_or(0.0),
-        stats.time_to_first_token_ms.unwrap_or(0.0),
-        stats.generated_tokens.unwrap_or(0),
-        stats.decode_tokens_per_s.unwrap_or(0.0),
-        stats.finish_reason,
-        match (stats.draft_tokens, stats.draft_accepted) {
-            (Some(d), Some(a)) if d > 0 => format!(" | drafts {a} of {d} kept"),
-            _ => String::new(),
-        }
-    );
-}
-
-fn json_stats(s: &FinishStats) -> serde_json::Value {
-    serde_json::json!({
-        "finish_reason": s.finish_reason, "prompt_tokens": s.prompt_tokens, "generated_tokens": s.generated_tokens,
-        "time_to_first_token_ms": s.time_to_first_token_ms, "prompt_tokens_per_s": s.prompt_tokens_per_s,
-        "decode_tokens_per_s": s.decode_tokens_per_s, "seed": s.seed, "backend": s.backend,
-        "provider": s.provider, "error_name": s.error_name, "error": s.error,
-        "draft_tokens": s.draft_tokens, "draft_accepted": s.draft_accepted,
-    })
 }
 
 fn model_json(m: &ModelInfo) -> serde_json::Value {
@@ -480,34 +362,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             finish_code(&out.stats)?;
         }
-        Command::Chat { model, system, sampling } => {
-            let mut history: Vec<(String, String)> = vec![];
-            if let Some(s) = system {
-                history.push(("system".into(), s.clone()));
-            }
-            let stdin = std::io::stdin();
-            let interactive = !cli.json && std::io::IsTerminal::is_terminal(&stdin);
-            loop {
-                if interactive {
-                    eprint!(">>> ");
-                }
-                let mut line = String::new();
-                if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
-                    break;
-                }
-                history.push(("user".into(), line.trim_end().to_string()));
-                let opts = options(sampling);
-                let messages = history.clone();
-                let out = stream(&conn, &proxy, || proxy.chat(model, &messages, opts), !cli.json).await?;
-                if cli.json {
-                    println!("{}", serde_json::json!({"text": out.text, "stats": json_stats(&out.stats)}));
-                } else {
-                    println!();
-                }
-                finish_code(&out.stats)?;
-                history.push(("assistant".into(), out.text));
-            }
+        Command::Chat { model, system, sampling, stateless } => {
+            chat::chat(&conn, &proxy, model, system.as_deref(), sampling, *stateless, cli.json).await?
         }
+        Command::Sessions => chat::sessions(&proxy, cli.json).await?,
         Command::Completions { .. } | Command::Man => unreachable!("handled before connecting"),
     }
     Ok(())

@@ -145,6 +145,11 @@ async fn session_turns_answer_as_stateless_chat_and_reuse_the_cache() {
         let listed = proxy.list_sessions().await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(String::try_from(listed[0]["model"].clone()).unwrap(), "tiny");
+        let out = d.llamactl().args(["--json", "sessions"]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v[0]["model"], "tiny", "{v}");
+        assert_eq!(v[0]["turns"], 3, "{v}");
+        assert!(v[0]["kv_bytes"].as_u64().unwrap() > 0, "{v}");
         let mut closed = s.receive_closed().await.unwrap();
         s.close().await.unwrap();
         let reason = closed.next().await.unwrap().args().unwrap().reason().to_string();

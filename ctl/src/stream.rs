@@ -1,0 +1,139 @@
+//! Streaming one request's text from the manager's `Token`/`Finished` signals
+//! (Ctrl-C cancels it), request options from the command line, and the final
+//! statistics as text or JSON.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use futures_util::StreamExt;
+use llamad_api::{FinishStats, MANAGER_INTERFACE, MANAGER_PATH, ManagerProxy};
+use zbus::zvariant::Value;
+use zbus::{MatchRule, MessageStream, message::Type as MsgType};
+
+use crate::{Failure, Sampling};
+
+pub(crate) fn options(s: &Sampling) -> HashMap<&'static str, Value<'static>> {
+    let mut o: HashMap<&'static str, Value<'static>> = HashMap::new();
+    if let Some(v) = s.max_tokens {
+        o.insert("max_tokens", v.into());
+    }
+    if let Some(v) = s.temperature {
+        o.insert("temperature", v.into());
+    }
+    if let Some(v) = s.top_k {
+        o.insert("top_k", v.into());
+    }
+    if let Some(v) = s.top_p {
+        o.insert("top_p", v.into());
+    }
+    if let Some(v) = s.prompt_lookup {
+        o.insert("prompt_lookup", v.into());
+    }
+    if let Some(v) = s.repetition_penalty {
+        o.insert("repetition_penalty", v.into());
+    }
+    if let Some(v) = s.seed {
+        o.insert("seed", v.into());
+    }
+    if !s.stop.is_empty() {
+        o.insert("stop", s.stop.clone().into());
+    }
+    o
+}
+
+/// What one request produced.
+pub(crate) struct Outcome {
+    pub(crate) text: String,
+    pub(crate) stats: FinishStats,
+}
+
+/// Starts a request with `start` and streams its text to `out` until it finishes; Ctrl-C cancels it.
+pub(crate) async fn stream<F, Fut>(
+    conn: &zbus::Connection,
+    proxy: &ManagerProxy<'_>,
+    start: F,
+    echo: bool,
+) -> Result<Outcome, Failure>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = zbus::Result<u64>>,
+{
+    // Subscribe before starting, so no token can arrive before we listen.
+    let rule = MatchRule::builder().msg_type(MsgType::Signal).interface(MANAGER_INTERFACE)?.path(MANAGER_PATH)?.build();
+    let mut signals = MessageStream::for_match_rule(rule, conn, Some(1024)).await?;
+    let id = start().await?;
+    let mut text = String::new();
+    let mut cancelled = false;
+    let mut stdout = std::io::stdout();
+    loop {
+        tokio::select! {
+            msg = signals.next() => {
+                let Some(msg) = msg else { return Err(Failure { code: 1, message: "the bus connection closed".into() }) };
+                let msg = msg?;
+                let header = msg.header();
+                match header.member().map(|m| m.as_str()) {
+                    Some("Token") => {
+                        let (rid, piece): (u64, String) = msg.body().deserialize()?;
+                        if rid == id {
+                            if echo {
+                                stdout.write_all(piece.as_bytes())?;
+                                stdout.flush()?;
+                            }
+                            text.push_str(&piece);
+                        }
+                    }
+                    Some("Finished") => {
+                        let (rid, stats): (u64, FinishStats) = msg.body().deserialize()?;
+                        if rid == id {
+                            return Ok(Outcome { text, stats });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ = tokio::signal::ctrl_c(), if !cancelled => {
+                cancelled = true;
+                let _ = proxy.cancel(id).await;
+            }
+        }
+    }
+}
+
+pub(crate) fn finish_code(stats: &FinishStats) -> Result<(), Failure> {
+    match stats.finish_reason.as_str() {
+        "cancelled" => Err(Failure { code: 9, message: "cancelled".into() }),
+        "error" => {
+            Err(Failure { code: 10, message: stats.error.clone().unwrap_or_else(|| "generation failed".into()) })
+        }
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn print_stats(stats: &FinishStats) {
+    eprintln!(
+        "[{} / {}] prompt {} tok, {:.1} tok/s | ttft {:.1} ms | generated {} tok, {:.1} tok/s | finish {}{}",
+        stats.backend.as_deref().unwrap_or("?"),
+        stats.provider.as_deref().unwrap_or("?"),
+        stats.prompt_tokens.unwrap_or(0),
+        stats.prompt_tokens_per_s.unwrap_or(0.0),
+        stats.time_to_first_token_ms.unwrap_or(0.0),
+        stats.generated_tokens.unwrap_or(0),
+        stats.decode_tokens_per_s.unwrap_or(0.0),
+        stats.finish_reason,
+        match (stats.draft_tokens, stats.draft_accepted) {
+            (Some(d), Some(a)) if d > 0 => format!(" | drafts {a} of {d} kept"),
+            _ => String::new(),
+        }
+    );
+}
+
+pub(crate) fn json_stats(s: &FinishStats) -> serde_json::Value {
+    serde_json::json!({
+        "finish_reason": s.finish_reason, "prompt_tokens": s.prompt_tokens, "generated_tokens": s.generated_tokens,
+        "time_to_first_token_ms": s.time_to_first_token_ms, "prompt_tokens_per_s": s.prompt_tokens_per_s,
+        "decode_tokens_per_s": s.decode_tokens_per_s, "seed": s.seed, "backend": s.backend,
+        "provider": s.provider, "error_name": s.error_name, "error": s.error,
+        "draft_tokens": s.draft_tokens, "draft_accepted": s.draft_accepted,
+        "cached_prompt_tokens": s.cached_prompt_tokens,
+    })
+}
