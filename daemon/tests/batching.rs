@@ -154,3 +154,34 @@ fn concurrent_requests_give_what_each_gives_alone() {
     eprintln!("{c:?}: {:.2} rows a step", c.rows as f64 / c.steps.max(1) as f64);
     assert!(c.rows as f64 >= 1.5 * c.steps as f64, "steps were batched: {c:?}");
 }
+
+/// A parked sequence (a session between turns) leaves the batch: the others' passes no
+/// longer carry its row, and it computes as before when it is fed again.
+#[test]
+fn a_parked_sequence_leaves_the_batch_and_resumes_exactly() {
+    let batched = load_with(true);
+    let alone = load_with(false);
+    let (mut a, mut b) =
+        (batched.backend.clone().new_sequence().unwrap(), batched.backend.clone().new_sequence().unwrap());
+    let mut ra = alone.backend.clone().new_sequence().unwrap();
+    let (mut la, mut lb, mut lr) = (vec![], vec![], vec![]);
+    a.forward(&prompt(30, 5), &mut la).unwrap();
+    ra.forward(&prompt(30, 5), &mut lr).unwrap();
+    b.forward(&prompt(12, 6), &mut lb).unwrap();
+    for t in 300..305 {
+        a.forward(&[t], &mut la).unwrap();
+        ra.forward(&[t], &mut lr).unwrap();
+        b.forward(&[t], &mut lb).unwrap();
+    }
+    a.park().unwrap();
+    let before = batched.backend.batch_counters();
+    for t in 305..310 {
+        b.forward(&[t], &mut lb).unwrap();
+    }
+    let after = batched.backend.batch_counters();
+    assert_eq!(after.placeholders, before.placeholders, "no row for the parked sequence: {before:?} {after:?}");
+    assert_eq!(after.steps, before.steps + 5, "b still steps in the batch, alone");
+    a.forward(&[310], &mut la).unwrap();
+    ra.forward(&[310], &mut lr).unwrap();
+    assert!(max_abs_diff(&la, &lr) < ROW_TOLERANCE, "{}", max_abs_diff(&la, &lr));
+}

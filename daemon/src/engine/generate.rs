@@ -196,7 +196,7 @@ impl Model {
         cancel: &AtomicBool,
         on_text: impl FnMut(&str),
     ) -> Result<Output, GenerateError> {
-        self.generate_from(&mut Resumable::default(), prompt, params, cancel, on_text)
+        self.run(&mut Resumable::default(), false, prompt, params, cancel, on_text)
     }
 
     /// Runs one request, continuing `cache` (which holds the run's sequence afterwards, or
@@ -204,6 +204,19 @@ impl Model {
     pub fn generate_from(
         &self,
         cache: &mut Resumable,
+        prompt: &Prompt,
+        params: &SamplingParams,
+        cancel: &AtomicBool,
+        on_text: impl FnMut(&str),
+    ) -> Result<Output, GenerateError> {
+        self.run(cache, true, prompt, params, cancel, on_text)
+    }
+
+    /// The decoding loop; `keep`: the sequence is kept in `cache` afterwards (parked).
+    fn run(
+        &self,
+        cache: &mut Resumable,
+        keep: bool,
         prompt: &Prompt,
         params: &SamplingParams,
         cancel: &AtomicBool,
@@ -276,8 +289,11 @@ impl Model {
         if text.len() > emitted {
             on_text(&text[emitted..]);
         }
-        history.truncate(seq.position());
-        *cache = Resumable { seq: Some(seq), ids: history };
+        if keep {
+            history.truncate(seq.position());
+            seq.park()?;
+            *cache = Resumable { seq: Some(seq), ids: history };
+        }
         let first = first_token_at.unwrap_or_else(|| started.elapsed());
         Ok(Output {
             text,

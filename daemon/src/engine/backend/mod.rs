@@ -158,6 +158,11 @@ pub trait Sequence: Send {
     }
     /// Tokens fed so far.
     fn position(&self) -> usize;
+    /// The sequence will not be fed for a while (a session between turns): it gives back what
+    /// it shares with others (a batch row). The next forward takes it up again.
+    fn park(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// Loads `dir` on the backend `kind`.

@@ -270,7 +270,7 @@ impl LoadedModel for OrtModel {
         };
         self.live.fetch_add(1, Ordering::SeqCst);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Ok(Box::new(OrtSequence { model: self, kv, position: 0, id, batchable: true }))
+        Ok(Box::new(OrtSequence { model: self, kv, position: 0, id, batchable: true, parked: false }))
     }
 
     fn batch_counters(&self) -> BatchCounters {
@@ -285,6 +285,8 @@ pub struct OrtSequence {
     id: u64,
     /// May decode in batches: false once it has verified drafts (logits of several rows).
     batchable: bool,
+    /// Parked ([`Sequence::park`]): not counted in the model's live sequences.
+    parked: bool,
 }
 
 enum Kv {
@@ -404,6 +406,10 @@ impl Sequence for OrtSequence {
     fn forward_rows(&mut self, tokens: &[u32], rows: usize, logits: &mut Vec<f32>) -> Result<(), BackendError> {
         check_room(self.position, tokens.len(), self.model.dir.spec.context_length)?;
         check_rows(BackendKind::Onnxruntime, rows, tokens.len())?;
+        if self.parked {
+            self.parked = false;
+            self.model.live.fetch_add(1, Ordering::SeqCst);
+        }
         if rows > 1 {
             self.batchable = false;
         }
@@ -504,6 +510,22 @@ impl Sequence for OrtSequence {
     fn position(&self) -> usize {
         self.position
     }
+
+    /// Out of the batch (its cache copied back to its own buffers) and not counted as live.
+    fn park(&mut self) -> Result<(), BackendError> {
+        if matches!(self.kv, Kv::Batched) {
+            let m = self.model.clone();
+            let mut own = m.own_buffers(self.position.max(1), &[], 0, 0)?;
+            let Kv::Shared { buffers, capacity, .. } = &mut own else { unreachable!("own_buffers gives Shared") };
+            m.leave(self.id, Some((buffers, *capacity)))?;
+            self.kv = own;
+        }
+        if !self.parked {
+            self.parked = true;
+            self.model.live.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
 }
 
 impl OrtSequence {
@@ -538,7 +560,9 @@ impl OrtSequence {
 
 impl Drop for OrtSequence {
     fn drop(&mut self) {
-        self.model.live.fetch_sub(1, Ordering::SeqCst);
+        if !self.parked {
+            self.model.live.fetch_sub(1, Ordering::SeqCst);
+        }
         if matches!(self.kv, Kv::Batched)
             && let Err(e) = self.model.leave(self.id, None)
         {
