@@ -105,12 +105,12 @@ class Daemon:
         self.proc = None
         self.a = a
 
-    def start(self, threads, extra=""):
+    def start(self, threads, extra="", memory=""):
         self.stop()
         cfg = os.path.join(self.tmp, "llamad.toml")
         with open(cfg, "w") as f:
             f.write(f'models_dir = "{self.models}"\nbackend = "onnxruntime"\nthreads = {threads}\n{extra}'
-                    '[memory]\nhuge_pages = true\n')
+                    '[memory]\nhuge_pages = true\n' + memory)
         self.proc = subprocess.Popen([self.a.llamad, "serve", "--address", self.address, "--config", cfg],
                                      stderr=subprocess.DEVNULL, env=self.env)
         for _ in range(200):

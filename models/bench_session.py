@@ -5,9 +5,10 @@
         [--tokens 80] [--rounds 3] [--threads 2]
 
 A daemon on a private bus serves MODEL_DIR (ONNX Runtime). Each round runs the same
-conversation twice, alternating: `llamactl --json chat` (a session: each turn continues the
-KV cache it holds) and `llamactl --json chat --stateless` (Manager.Chat with the whole history
-every turn, no prompt cache). A turn is a paragraph of about 120 tokens asking for an edit,
+conversation three times: `llamactl --json chat` (a session: each turn continues the KV cache
+it holds) and `llamactl --json chat --stateless` (Manager.Chat with the whole history every
+turn) on a daemon without the prompt cache (`memory.prompt_cache = 0`), then the stateless chat
+again on a daemon with it (the default). A turn is a paragraph of about 120 tokens asking for an edit,
 answered greedily with at most TOKENS tokens; by the 8th turn the history is about 1,500
 tokens. Prints, per turn, the prompt tokens, the tokens reused from the cache and the time to
 first token of both, and the ratio of the last turn's.
@@ -77,16 +78,18 @@ def main():
     d = Daemon(a, {"m": a.model})
     ratios = []
     try:
-        d.start(a.threads)
-        subprocess.run(d.ctl + ["load", "m"], check=True, capture_output=True, env=d.env)
         for r in range(a.rounds):
+            d.start(a.threads, memory="prompt_cache = 0\n")
             session = chat(d, False, a.turns, a.tokens)
             stateless = chat(d, True, a.turns, a.tokens)
-            for i, (s, t) in enumerate(zip(session, stateless)):
+            d.start(a.threads)
+            cached = chat(d, True, a.turns, a.tokens)
+            for i, (s, t, c) in enumerate(zip(session, stateless, cached)):
                 print(f"round {r + 1} turn {i + 1}: prompt {s['prompt_tokens']} tokens; session: "
                       f"{s['cached_prompt_tokens']} cached, ttft {s['time_to_first_token_ms']:.0f} ms | "
-                      f"stateless: prompt {t['prompt_tokens']}, ttft {t['time_to_first_token_ms']:.0f} ms",
-                      flush=True)
+                      f"stateless: prompt {t['prompt_tokens']}, ttft {t['time_to_first_token_ms']:.0f} ms | "
+                      f"stateless, prompt cache: {c['cached_prompt_tokens']} cached, ttft "
+                      f"{c['time_to_first_token_ms']:.0f} ms", flush=True)
             last = stateless[-1]["time_to_first_token_ms"] / session[-1]["time_to_first_token_ms"]
             ratios.append(last)
             print(f"round {r + 1}: turn {a.turns} time to first token, stateless / session: {last:.1f}x",

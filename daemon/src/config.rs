@@ -74,6 +74,10 @@ pub struct Memory {
     /// accounting is understood: heap memory collapsed into huge pages may not all be returned
     /// when a model is unloaded (`malloc_trim` frees 4 KiB pages, not parts of a huge page).
     pub huge_pages: bool,
+    /// The prompt cache (`session/prompt_cache.rs`): KV caches of recent requests kept for the
+    /// next request that shares their prompt's beginning. Bytes, units or a share of the
+    /// budget ("10%"); 0 = off.
+    pub prompt_cache: Size,
 }
 
 impl Default for Memory {
@@ -87,6 +91,7 @@ impl Default for Memory {
             when_full: WhenFull::Queue,
             events: None,
             huge_pages: false,
+            prompt_cache: Size::Bytes(64 << 20),
         }
     }
 }

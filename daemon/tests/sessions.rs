@@ -349,3 +349,28 @@ async fn a_python_client_chats_in_a_session() {
     assert_eq!(lines[1]["text"].as_str().unwrap(), stateless(&conn, &proxy, &h).await);
     assert!(proxy.list_sessions().await.unwrap().is_empty(), "closed");
 }
+
+/// Stateless requests reuse the prompt cache: the same prompt again computes only its last
+/// token, a longer one continues it, and the text is what it was without the cache; with
+/// `memory.prompt_cache = 0` nothing is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn stateless_requests_reuse_the_prompt_cache_without_changing_results() {
+    for (config, kept) in [("", true), ("[memory]\nprompt_cache = 0\n", false)] {
+        let d = Daemon::start(config).await;
+        let (conn, proxy) = d.proxy().await;
+        let (first, s1, _) = stream_prompt(&conn, &proxy, PROMPT, 5, 20).await.unwrap();
+        let (again, s2, _) = stream_prompt(&conn, &proxy, PROMPT, 5, 20).await.unwrap();
+        assert_eq!(first, again, "{config:?}");
+        assert_eq!(first, core_text(5, 20));
+        assert_eq!(s1.cached_prompt_tokens, Some(0));
+        let n = s2.prompt_tokens.unwrap();
+        assert_eq!(s2.cached_prompt_tokens, Some(if kept { n - 1 } else { 0 }), "{config:?}");
+        let longer = format!("{PROMPT} there was a dragon");
+        let (_, s3, _) = stream_prompt(&conn, &proxy, &longer, 5, 8).await.unwrap();
+        let cached = s3.cached_prompt_tokens.unwrap();
+        assert!(
+            if kept { cached > 1 && cached < s3.prompt_tokens.unwrap() } else { cached == 0 },
+            "{config:?}: {s3:?}"
+        );
+    }
+}

@@ -133,6 +133,12 @@ impl Resumable {
         &self.ids
     }
 
+    /// Holds `ids` without a sequence: a run continues nothing (its whole prompt is computed),
+    /// but the ids are what a cache matches prompts against.
+    pub fn detached(ids: Vec<u32>) -> Resumable {
+        Resumable { seq: None, ids }
+    }
+
     /// Drops the KV cache (the next run computes its whole prompt).
     pub fn clear(&mut self) {
         self.seq = None;

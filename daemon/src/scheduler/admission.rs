@@ -49,7 +49,10 @@ impl Scheduler {
             return;
         }
         measure::release_freed();
-        let models: u64 = loaded.values().map(|l| l.measured.total + l.kv_reserved).sum();
+        // The models, the requests' reservations, and the KV caches sessions and the prompt
+        // cache hold: none of them is the daemon's own memory.
+        let models: u64 =
+            loaded.values().map(|l| l.measured.total + l.kv_reserved).sum::<u64>() + self.sessions_kv(loaded);
         let now = measure::resident().saturating_sub(models);
         if quiet {
             self.baseline.store(now, Ordering::Relaxed);

@@ -136,6 +136,7 @@ pub struct Scheduler {
     /// Backends that have loaded a model in this process (their code is resident).
     warm: Mutex<std::collections::HashSet<BackendKind>>,
     pub sessions: crate::session::Sessions,
+    pub prompt_cache: crate::session::prompt_cache::PromptCache,
 }
 
 /// The final message of a request that ended with `e`.
@@ -190,6 +191,7 @@ impl Scheduler {
             reading: AtomicU32::new(0),
             warm: Mutex::new(Default::default()),
             sessions: Default::default(),
+            prompt_cache: Default::default(),
             baseline: AtomicU64::new({
                 // ONNX Runtime's one-time setup (library, environment, thread pools) belongs to
                 // the daemon's baseline, not to the first model loaded on it (unless the daemon
@@ -398,7 +400,13 @@ impl Scheduler {
             let _ = events.send(Event::Token { id: job.id, owner: job.owner.clone(), text: text.to_string() });
         };
         let result = match &job.turn {
-            None => job.model.generate(&prompt, &job.params, &job.cancel, on_text),
+            None => {
+                let mut cache =
+                    self.prompt_cache.take(&job.model_name, &job.prompt_ids, 1).map(|c| c.0).unwrap_or_default();
+                let result = job.model.generate_from(&mut cache, &prompt, &job.params, &job.cancel, on_text);
+                self.keep_prompt(job, cache);
+                result
+            }
             Some(turn) => {
                 let mut cache = std::mem::take(&mut turn.session.state().cache);
                 let result = job.model.generate_from(&mut cache, &prompt, &job.params, &job.cancel, on_text);

@@ -298,6 +298,7 @@ impl Scheduler {
         if let Some(l) = loaded.remove(name) {
             // Sessions on it keep their conversations, not its backend's memory.
             self.sessions.drop_kv_of(name);
+            self.prompt_cache.drop_model(name);
             self.baseline.fetch_add(l.estimate.runtime_code, Ordering::Relaxed);
             tracing::info!(model = name, reason, "model unloaded");
             let _ = self.events.send(Event::ModelUnloaded { name: name.to_string(), reason });

@@ -35,15 +35,40 @@ impl Scheduler {
         }
     }
 
-    /// Bytes of KV cache the sessions hold between turns.
+    /// Bytes of KV cache the sessions hold between turns, and the prompt cache.
     pub(super) fn sessions_kv(&self, loaded: &HashMap<String, Loaded>) -> u64 {
-        loaded.keys().map(|m| self.sessions.kv_bytes(m)).sum()
+        loaded.keys().map(|m| self.sessions.kv_bytes(m) + self.prompt_cache.kv_bytes(m)).sum()
     }
 
-    /// Drops idle sessions' KV caches, least recently used first, until `need` more bytes fit
-    /// next to `in_use` (or none is left). Returns the bytes freed.
+    /// The prompt cache's bound in bytes.
+    fn prompt_cache_limit(&self) -> u64 {
+        match self.config.memory.prompt_cache {
+            crate::memory::budget::Size::Bytes(b) => b,
+            crate::memory::budget::Size::Percent(p) => (self.budget.effective as f64 * p / 100.0) as u64,
+        }
+    }
+
+    /// Keeps a finished stateless request's sequence in the prompt cache.
+    pub(super) fn keep_prompt(&self, job: &Job, cache: Resumable) {
+        let limit = self.prompt_cache_limit();
+        let kv = {
+            let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            loaded.get(&job.model_name).map_or(u64::MAX, |l| l.estimate.kv(cache.ids().len() as u64))
+        };
+        if kv > limit {
+            return;
+        }
+        self.prompt_cache.put(&job.model_name, cache, kv, limit);
+    }
+
+    /// Drops the prompt cache's entries, then idle sessions' KV caches, least recently used
+    /// first, until `need` more bytes fit next to `in_use` (or none is left). Returns the
+    /// bytes freed.
     pub(super) fn drop_session_kv(&self, in_use: u64, need: u64) -> u64 {
         let mut freed = 0;
+        while in_use - freed + need > self.budget.effective && !self.prompt_cache.is_empty() {
+            freed += self.prompt_cache.evict_one();
+        }
         for (id, model, _) in self.sessions.idle_kv() {
             if in_use - freed + need <= self.budget.effective {
                 break;

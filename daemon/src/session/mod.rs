@@ -14,6 +14,8 @@
 //! model unloaded), a session keeps its messages, and its next turn computes
 //! the whole prompt again.
 
+pub mod prompt_cache;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
