@@ -84,8 +84,9 @@ pub struct Estimate {
     /// What a load holds for a moment above its final size.
     pub load_extra: u64,
     pub kv_per_token: u64,
-    /// onnxruntime with a shared past/present buffer allocates the whole context per sequence.
-    pub kv_whole_context: bool,
+    /// onnxruntime with a shared past/present buffer allocates positions in powers of two, at
+    /// least 256 (`OrtSequence`'s buffer grows by doubling), up to the context.
+    pub kv_doubling: bool,
     pub context: u64,
     /// Logits of one position ([vocab] floats): a prompt's are computed at once.
     pub logits_per_token: u64,
@@ -127,7 +128,7 @@ impl Estimate {
             runtime_code,
             load_extra,
             kv_per_token,
-            kv_whole_context: backend == BackendKind::Onnxruntime && dir.ort_shares_kv_buffer(),
+            kv_doubling: backend == BackendKind::Onnxruntime && dir.ort_shares_kv_buffer(),
             context: s.context_length as u64,
             logits_per_token: s.vocab_size as u64 * 4,
             activations_per_token: 15 * s.hidden as u64 * 4,
@@ -147,7 +148,8 @@ impl Estimate {
 
     /// The KV cache of a sequence of `total` tokens.
     pub fn kv(&self, total: u64) -> u64 {
-        self.kv_per_token * if self.kv_whole_context { self.context } else { total.min(self.context) }
+        let positions = if self.kv_doubling { total.max(256).next_power_of_two() } else { total };
+        self.kv_per_token * positions.min(self.context)
     }
 
     /// What one request adds: the KV cache of `total` tokens (prompt + `max_tokens`), and
