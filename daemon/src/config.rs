@@ -91,7 +91,7 @@ impl Default for Memory {
             when_full: WhenFull::Queue,
             events: None,
             huge_pages: false,
-            prompt_cache: Size::Bytes(64 << 20),
+            prompt_cache: Size::Bytes(256 << 20),
         }
     }
 }
