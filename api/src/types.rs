@@ -62,6 +62,9 @@ pub struct MemoryStatus {
     pub kv_reserved: Option<u64>,
     /// The daemon's resident memory now.
     pub rss: Option<u64>,
+    /// KV caches sessions hold between turns, and the prompt cache's (both in `used`).
+    pub sessions_kv: Option<u64>,
+    pub prompt_cache: Option<u64>,
 }
 
 /// The final message of a request (the `Finished` signal).

@@ -213,7 +213,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         "requests_running": running, "requests_queued": queued,
                         "memory": {"budget": mem.budget, "config": mem.config, "cgroup": mem.cgroup,
                             "cgroup_source": mem.cgroup_source, "physical": mem.physical, "reserve": mem.reserve,
-                            "used": mem.used, "kv_reserved": mem.kv_reserved, "rss": mem.rss}})
+                            "used": mem.used, "kv_reserved": mem.kv_reserved, "rss": mem.rss,
+                            "sessions_kv": mem.sessions_kv, "prompt_cache": mem.prompt_cache}})
                 );
             } else {
                 println!("llamad {version}");
@@ -232,9 +233,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     m(mem.reserve)
                 );
                 println!(
-                    "memory in use:  {} (KV reserved {}), daemon RSS {}",
+                    "memory in use:  {} (KV reserved {}, sessions' KV {}, prompt cache {}), daemon RSS {}",
                     m(mem.used),
                     m(mem.kv_reserved),
+                    m(mem.sessions_kv),
+                    m(mem.prompt_cache),
                     m(mem.rss)
                 );
             }

@@ -293,6 +293,8 @@ async fn closing_every_session_gives_the_memory_back() {
     turn(&conn, &warm, &[msg("user", "Once upon a time")]).await.unwrap();
     turn(&conn, &warm, &[msg("user", "And then?")]).await.unwrap();
     warm.close().await.unwrap();
+    // `llamactl status` reads `Providers`, which sets ONNX Runtime up (about 20 MiB, once)
+    d.llamactl().arg("status").output().unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let before = rss_of(pid);
     let kv_before = memory_now(&conn).await.used.unwrap();
@@ -310,8 +312,13 @@ async fn closing_every_session_gives_the_memory_back() {
         }
         sum
     };
-    let used = memory_now(&conn).await.used.unwrap();
+    let mem = memory_now(&conn).await;
+    let used = mem.used.unwrap();
     assert!(held > 0 && used >= kv_before + held / 2, "sessions' KV {held} counted in use: {kv_before} -> {used}");
+    assert_eq!(mem.sessions_kv, Some(held), "Memory.sessions_kv");
+    let out = d.llamactl().args(["--json", "status"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["memory"]["sessions_kv"], held, "{v}");
     for s in &sessions {
         s.close().await.unwrap();
     }

@@ -141,6 +141,8 @@ impl Scheduler {
             used: Some(self.used(&loaded)),
             kv_reserved: Some(loaded.values().map(|l| l.kv_reserved).sum()),
             rss: Some(measure::resident()),
+            sessions_kv: Some(loaded.keys().map(|m| self.sessions.kv_bytes(m)).sum()),
+            prompt_cache: Some(loaded.keys().map(|m| self.prompt_cache.kv_bytes(m)).sum()),
         }
     }
 
