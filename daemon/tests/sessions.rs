@@ -381,3 +381,24 @@ async fn stateless_requests_reuse_the_prompt_cache_without_changing_results() {
         );
     }
 }
+
+/// A session whose model is unloaded keeps its conversation, not the model's memory: its
+/// cache is gone (`Tokens` 0), and its next turn computes the whole prompt again (the model
+/// loaded again on the way) and answers as the stateless `Chat` does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_outlives_its_models_unloading_and_prefills_again() {
+    let d = Daemon::start("").await;
+    let (conn, proxy) = d.proxy().await;
+    let s = open(&conn, &proxy, "tiny").await;
+    let (first, _) = turn(&conn, &s, &[msg("user", "Once upon a time")]).await.unwrap();
+    assert!(s.tokens().await.unwrap() > 0);
+    proxy.unload_model("tiny").await.unwrap();
+    assert_eq!(s.tokens().await.unwrap(), 0, "the cache went with the model");
+    assert_eq!(s.kv_bytes().await.unwrap(), 0);
+    assert_eq!(s.turns().await.unwrap(), 1, "the conversation stays");
+    let (text, stats) = turn(&conn, &s, &[msg("user", "And then?")]).await.unwrap();
+    assert_eq!(stats.cached_prompt_tokens, Some(0));
+    let h = [("user", "Once upon a time"), ("assistant", first.as_str()), ("user", "And then?")];
+    assert_eq!(text, stateless(&conn, &proxy, &h).await);
+    assert!(s.tokens().await.unwrap() > 0);
+}
