@@ -80,14 +80,15 @@ pub trait Session {
     #[zbus(signal)]
     fn closed(&self, reason: &str) -> zbus::Result<()>;
 
-    #[zbus(property)]
+    // Not announced by the daemon (see docs/dbus-api.md), so not cached: each read asks.
+    #[zbus(property(emits_changed_signal = "const"))]
     fn model(&self) -> zbus::Result<String>;
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn tokens(&self) -> zbus::Result<u32>;
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn kv_bytes(&self) -> zbus::Result<u64>;
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn turns(&self) -> zbus::Result<u32>;
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn idle_seconds(&self) -> zbus::Result<u64>;
 }

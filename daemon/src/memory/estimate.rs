@@ -148,8 +148,11 @@ impl Estimate {
 
     /// The KV cache of a sequence of `total` tokens.
     pub fn kv(&self, total: u64) -> u64 {
-        let positions = if self.kv_doubling { total.max(256).next_power_of_two() } else { total };
-        self.kv_per_token * positions.min(self.context)
+        let positions = match self.kv_doubling {
+            true => crate::engine::backend::onnxruntime::buffer_capacity(total as usize, self.context as usize) as u64,
+            false => total.min(self.context),
+        };
+        self.kv_per_token * positions
     }
 
     /// What one request adds: the KV cache of `total` tokens (prompt + `max_tokens`), and

@@ -95,7 +95,6 @@ impl Scheduler {
             if any {
                 crate::memory::measure::release_freed();
             }
-            drop(loaded);
             for id in self.sessions.expired() {
                 if let Some(s) = self.sessions.remove(id) {
                     tracing::info!(session = id, client = %s.owner, "session idle past its TTL: closed");
@@ -103,8 +102,6 @@ impl Scheduler {
                     let _ = self.events.send(Event::SessionClosed { id, owner: s.owner.clone(), reason });
                 }
             }
-            crate::memory::measure::release_freed();
-            let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
             // The daemon's own memory, measured again every tick (see `refresh_baseline`).
             self.refresh_baseline_unless_loading(&loaded, false);
         }

@@ -213,7 +213,7 @@ impl Manager {
         let owner = caller(&header)?;
         check_name(model)?;
         let cfg = &self.scheduler.config.sessions;
-        let ttl = options::session(&options, cfg.ttl, cfg.ttl)?;
+        let ttl = options::session(&options, cfg.ttl)?;
         self.scheduler.model_path(model)?;
         let session = self
             .scheduler

@@ -118,9 +118,9 @@ pub fn estimate(options: &Options) -> Result<(Option<BackendKind>, Option<u32>, 
     Ok((backend, context, parallel))
 }
 
-/// `OpenSession`'s options: the idle TTL in seconds (1 to `max_ttl`; `default_ttl` when absent).
-pub fn session(options: &Options, default_ttl: u64, max_ttl: u64) -> Result<std::time::Duration, Error> {
-    let mut ttl = default_ttl;
+/// `OpenSession`'s options: the idle TTL in seconds (1 to `max_ttl`, which is also the default).
+pub fn session(options: &Options, max_ttl: u64) -> Result<std::time::Duration, Error> {
+    let mut ttl = max_ttl;
     for (key, value) in options {
         match key.as_str() {
             "ttl" => ttl = u32_of(key, value)? as u64,

@@ -65,26 +65,7 @@ pub async fn stream(
 ) -> Result<(String, FinishStats, usize), Error> {
     let mut signals = manager_signals(conn).await;
     let id = proxy.generate(model, prompt, options).await.map_err(Error::from)?;
-    let (mut text, mut pieces) = (String::new(), 0);
-    while let Some(msg) = signals.next().await {
-        let msg = msg.unwrap();
-        let header = msg.header();
-        match header.member().map(|m| m.as_str()) {
-            Some("Token") => {
-                let (rid, piece): (u64, String) = msg.body().deserialize().unwrap();
-                assert_eq!(rid, id, "a token of another request reached this client");
-                text.push_str(&piece);
-                pieces += 1;
-            }
-            Some("Finished") => {
-                let (rid, stats): (u64, FinishStats) = msg.body().deserialize().unwrap();
-                assert_eq!(rid, id, "another request's final message reached this client");
-                return Ok((text, stats, pieces));
-            }
-            _ => {}
-        }
-    }
-    panic!("stream ended")
+    Ok(collect(&mut signals, id).await)
 }
 
 /// Every signal of the manager interface that reaches `conn` (its own unicast ones and broadcasts).

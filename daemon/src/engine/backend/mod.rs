@@ -134,7 +134,7 @@ pub trait LoadedModel: Send + Sync {
     /// Starts a sequence with an empty KV cache.
     fn new_sequence(self: Arc<Self>) -> Result<Box<dyn Sequence>, BackendError>;
     /// What batched decoding has done (zero where the backend does not batch).
-    fn batch_counters(&self) -> onnxruntime::BatchCounters {
+    fn batch_counters(&self) -> BatchCounters {
         Default::default()
     }
 }
@@ -163,6 +163,20 @@ pub trait Sequence: Send {
     fn park(&mut self) -> Result<(), BackendError> {
         Ok(())
     }
+}
+
+/// What batching has done on a model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchCounters {
+    /// Forward passes run by the batcher.
+    pub steps: u64,
+    /// Rows those passes asked for (a pass of 3 sequences counts 3).
+    pub rows: u64,
+    /// Rows those passes fed a placeholder (their sequence had not asked for a step).
+    pub placeholders: u64,
+    /// Time spent waiting for the other rows' steps, and running the passes.
+    pub collecting: std::time::Duration,
+    pub running: std::time::Duration,
 }
 
 /// Loads `dir` on the backend `kind`.

@@ -35,8 +35,8 @@ use ort::memory::Allocator;
 use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
 
-use super::{FIRST_CAPACITY, OrtModel, run_err};
-use crate::engine::backend::BackendError;
+use super::{FIRST_CAPACITY, OrtModel, buffer_capacity, run_err};
+use crate::engine::backend::{BackendError, BatchCounters};
 
 /// How long a leading step waits for the other rows' steps. Between two steps a sequence
 /// samples, detokenizes and streams a piece of text: tens of microseconds.
@@ -95,25 +95,6 @@ pub(super) struct Batcher {
     changed: Condvar,
 }
 
-/// What batching has done on a model.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BatchCounters {
-    /// Forward passes run by the batcher.
-    pub steps: u64,
-    /// Rows those passes asked for (a pass of 3 sequences counts 3).
-    pub rows: u64,
-    /// Rows those passes fed a placeholder (their sequence had not asked for a step).
-    pub placeholders: u64,
-    /// Time spent waiting for the other rows' steps, and running the passes.
-    pub collecting: Duration,
-    pub running: Duration,
-}
-
-/// Capacity a sequence of `positions` holds alone (as `OrtSequence` grows it).
-fn alone(positions: usize, context: usize) -> usize {
-    positions.max(FIRST_CAPACITY).next_power_of_two().min(context)
-}
-
 /// Copies the first `keep` positions of `lanes` lanes of `d` values (a lane: one row's head).
 fn copy_lanes(src: &[f32], src_cap: usize, dst: &mut [f32], dst_cap: usize, lanes: usize, d: usize, keep: usize) {
     for l in 0..lanes {
@@ -122,11 +103,6 @@ fn copy_lanes(src: &[f32], src_cap: usize, dst: &mut [f32], dst_cap: usize, lane
 }
 
 impl OrtModel {
-    /// Whether sequences of this model decode in batches.
-    pub(super) fn batches(&self) -> bool {
-        self.batch_decode
-    }
-
     pub fn batch_counters(&self) -> BatchCounters {
         self.batch.state.lock().unwrap_or_else(|e| e.into_inner()).counters
     }
@@ -201,7 +177,7 @@ impl OrtModel {
         rows.push(Row { id, position });
         let longest = rows.iter().map(|r| r.position).max().unwrap_or(0);
         let together = rows.len() * self.arena_capacity(longest);
-        let apart: usize = rows.iter().map(|r| alone(r.position + 1, context)).sum();
+        let apart: usize = rows.iter().map(|r| buffer_capacity(r.position + 1, context)).sum();
         if together > 2 * apart {
             return Ok(false);
         }

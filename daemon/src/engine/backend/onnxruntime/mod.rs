@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-pub use batch::BatchCounters;
+pub use super::BatchCounters;
 use half::f16;
 use ort::environment::Environment;
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
@@ -310,6 +310,12 @@ enum Kv {
 /// positions of SmolLM2 are 377 MiB, and `Tensor::new` clears what it allocates).
 const FIRST_CAPACITY: usize = 256;
 
+/// Positions a sequence's own shared buffer holds for `positions`: a power of two, at least
+/// [`FIRST_CAPACITY`], at most the context.
+pub fn buffer_capacity(positions: usize, context: usize) -> usize {
+    positions.max(FIRST_CAPACITY).next_power_of_two().min(context)
+}
+
 impl OrtModel {
     /// A sequence's own shared KV buffers (`capacity` positions at least `FIRST_CAPACITY`,
     /// at most the context), holding what [`OrtModel::shared_buffers`] copies.
@@ -322,7 +328,7 @@ impl OrtModel {
     ) -> Result<Kv, BackendError> {
         let mut binding =
             self.engine.lock().unwrap_or_else(|e| e.into_inner()).session.create_binding().map_err(run_err)?;
-        let capacity = capacity.max(FIRST_CAPACITY).next_power_of_two().min(self.dir.spec.context_length);
+        let capacity = buffer_capacity(capacity, self.dir.spec.context_length);
         let buffers = self.shared_buffers(&mut binding, capacity, old, old_capacity, keep)?;
         let cpu =
             MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::CPUOutput).map_err(run_err)?;
@@ -433,7 +439,7 @@ impl Sequence for OrtSequence {
         match &mut self.kv {
             Kv::Shared { binding, cpu, buffers, capacity, one_row } => {
                 if self.position + n > *capacity {
-                    let grown = (self.position + n).next_power_of_two().min(m.dir.spec.context_length);
+                    let grown = buffer_capacity(self.position + n, m.dir.spec.context_length);
                     *buffers = m.shared_buffers(binding, grown, buffers, *capacity, self.position)?;
                     *capacity = grown;
                 }
@@ -513,13 +519,7 @@ impl Sequence for OrtSequence {
 
     /// Out of the batch (its cache copied back to its own buffers) and not counted as live.
     fn park(&mut self) -> Result<(), BackendError> {
-        if matches!(self.kv, Kv::Batched) {
-            let m = self.model.clone();
-            let mut own = m.own_buffers(self.position.max(1), &[], 0, 0)?;
-            let Kv::Shared { buffers, capacity, .. } = &mut own else { unreachable!("own_buffers gives Shared") };
-            m.leave(self.id, Some((buffers, *capacity)))?;
-            self.kv = own;
-        }
+        self.leave_batch(self.position)?;
         if !self.parked {
             self.parked = true;
             self.model.live.fetch_sub(1, Ordering::SeqCst);
@@ -533,21 +533,17 @@ impl OrtSequence {
     /// step after the prompt, while other sequences of the model are alive. Joins the batch
     /// when it should, and leaves it (its cache copied back) before anything else.
     fn batched_step(&mut self, tokens: &[u32], rows: usize) -> Result<bool, BackendError> {
-        let m = self.model.clone();
         let step = tokens.len() == 1 && rows == 1 && self.batchable && self.position > 0;
         if matches!(self.kv, Kv::Batched) {
-            if step {
-                return Ok(true);
+            if !step {
+                self.leave_batch(self.position + tokens.len())?;
             }
-            let mut own = m.own_buffers(self.position + tokens.len(), &[], 0, 0)?;
-            let Kv::Shared { buffers, capacity, .. } = &mut own else { unreachable!("own_buffers gives Shared") };
-            m.leave(self.id, Some((buffers, *capacity)))?;
-            self.kv = own;
-            return Ok(false);
+            return Ok(step);
         }
+        let m = &self.model;
         if let Kv::Shared { buffers, capacity, .. } = &self.kv
             && step
-            && m.batches()
+            && m.batch_decode
             && m.live.load(Ordering::SeqCst) > 1
             && m.join(self.id, self.position, buffers, *capacity)?
         {
@@ -555,6 +551,19 @@ impl OrtSequence {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// A batched sequence's cache back in its own buffers (room for `positions`); nothing
+    /// otherwise.
+    fn leave_batch(&mut self, positions: usize) -> Result<(), BackendError> {
+        if !matches!(self.kv, Kv::Batched) {
+            return Ok(());
+        }
+        let mut own = self.model.own_buffers(positions, &[], 0, 0)?;
+        let Kv::Shared { buffers, capacity, .. } = &mut own else { unreachable!("own_buffers gives Shared") };
+        self.model.leave(self.id, Some((buffers, *capacity)))?;
+        self.kv = own;
+        Ok(())
     }
 }
 
