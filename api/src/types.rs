@@ -107,6 +107,12 @@ pub const REQUEST_OPTIONS: &[(&str, &str)] = &[
     ("stop", "as"),
     ("keep_alive", "x"),
     ("prompt_lookup", "u"),
+    // Structured output, at most one: any JSON value, a JSON Schema, a regular
+    // expression, a Lark grammar (llguidance's syntax).
+    ("json", "b"),
+    ("json_schema", "s"),
+    ("regex", "s"),
+    ("lark", "s"),
 ];
 
 /// A dry run of loading a model (`Estimate`).

@@ -55,6 +55,23 @@ pub(crate) struct Sampling {
     /// Speculative decoding by prompt lookup: verify up to N draft tokens a pass (0 = off).
     #[arg(long)]
     prompt_lookup: Option<u32>,
+    /// The output is one JSON value (`json`; the global --json is this tool's own output).
+    #[arg(long, value_parser = ["json"], conflicts_with_all = ["json_schema", "regex", "lark"])]
+    format: Option<String>,
+    /// The output is JSON valid against the JSON Schema in FILE.
+    #[arg(long, value_name = "FILE", value_parser = read_file, conflicts_with_all = ["regex", "lark"])]
+    json_schema: Option<String>,
+    /// The whole output matches this regular expression.
+    #[arg(long, value_name = "RE", conflicts_with = "lark")]
+    regex: Option<String>,
+    /// The output follows the grammar in FILE (llguidance's Lark syntax).
+    #[arg(long, value_name = "FILE", value_parser = read_file)]
+    lark: Option<String>,
+}
+
+/// A schema or grammar file's text, for clap.
+fn read_file(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
 }
 
 #[derive(Subcommand)]

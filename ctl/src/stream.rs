@@ -38,6 +38,14 @@ pub(crate) fn options(s: &Sampling) -> HashMap<&'static str, Value<'static>> {
     if !s.stop.is_empty() {
         o.insert("stop", s.stop.clone().into());
     }
+    if s.format.is_some() {
+        o.insert("json", true.into());
+    }
+    for (key, text) in [("json_schema", &s.json_schema), ("regex", &s.regex), ("lark", &s.lark)] {
+        if let Some(t) = text {
+            o.insert(key, t.clone().into());
+        }
+    }
     o
 }
 

@@ -11,7 +11,7 @@ use llamad::config::Config;
 use llamad::engine::backend::ProviderConfig;
 use llamad::engine::backend::providers::ProviderName;
 use llamad::engine::chat::{Message, Role};
-use llamad::engine::{BackendKind, LoadOptions, Model, ModelDir, Prompt, SamplingParams};
+use llamad::engine::{BackendKind, Format, LoadOptions, Model, ModelDir, Prompt, SamplingParams};
 use llamad::service::Bus;
 
 #[derive(Parser)]
@@ -26,7 +26,7 @@ enum Command {
     /// Run the daemon: serve org.llamad.Llama1 on D-Bus.
     Serve(ServeArgs),
     /// Generate text with a model directly (no D-Bus): streams the text, then prints timings.
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// Print what llamad recognises in a model directory, as JSON.
     Inspect { model: PathBuf },
 }
@@ -101,6 +101,18 @@ struct GenerateArgs {
     /// Print the stats as one JSON object on stderr.
     #[arg(long)]
     json: bool,
+    /// The output is one JSON value (`json`).
+    #[arg(long, value_parser = ["json"], conflicts_with_all = ["json_schema", "regex", "lark"])]
+    format: Option<String>,
+    /// The output is JSON valid against the JSON Schema in FILE.
+    #[arg(long, value_name = "FILE", value_parser = read_file, conflicts_with_all = ["regex", "lark"])]
+    json_schema: Option<String>,
+    /// The whole output matches this regular expression.
+    #[arg(long, value_name = "RE", conflicts_with = "lark")]
+    regex: Option<String>,
+    /// The output follows the grammar in FILE (llguidance's Lark syntax).
+    #[arg(long, value_name = "FILE", value_parser = read_file)]
+    lark: Option<String>,
     /// Run N copies of the request at once, on threads (as the daemon's workers do), and print
     /// their aggregate speed instead of the text (a benchmark of batched decoding).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -165,6 +177,11 @@ fn peak_rss_kib() -> Option<u64> {
     llamad::memory::measure::status_kib(&std::fs::read_to_string("/proc/self/status").ok()?, "VmHWM:")
 }
 
+/// A schema or grammar file's text, for clap.
+fn read_file(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
+}
+
 fn parse_ids(s: &str) -> Result<Vec<u32>, String> {
     s.split(|c: char| c == ',' || c.is_whitespace())
         .filter(|t| !t.is_empty())
@@ -208,8 +225,18 @@ fn generate(a: GenerateArgs) -> Result<(), String> {
         stop: a.stop.clone(),
         ignore_eos: a.ignore_eos,
         prompt_lookup: a.prompt_lookup,
+        format: match (&a.format, &a.json_schema, &a.regex, &a.lark) {
+            (Some(_), ..) => Some(Format::Json),
+            (_, Some(s), ..) => Some(Format::JsonSchema(s.clone())),
+            (_, _, Some(r), _) => Some(Format::Regex(r.clone())),
+            (.., Some(g)) => Some(Format::Lark(g.clone())),
+            _ => None,
+        },
         ..Default::default()
     };
+    if let Some(f) = &params.format {
+        f.check().map_err(|e| e.to_string())?;
+    }
     if a.parallel > 1 {
         return generate_parallel(&model, &prompt, &params, a.parallel as usize, a.json);
     }
@@ -303,7 +330,7 @@ fn main() -> ExitCode {
     init_logging(if matches!(cli.command, Command::Serve(_)) { "info,ort=warn" } else { "warn" });
     let result = match cli.command {
         Command::Serve(a) => serve(a),
-        Command::Generate(a) => generate(a),
+        Command::Generate(a) => generate(*a),
         Command::Inspect { model } => ModelDir::open(&model).map_err(|e| e.to_string()).map(|d| {
             let v = serde_json::json!({
                 "name": d.name(), "layout": d.layout.to_string(), "quantization": d.quantization.to_string(),

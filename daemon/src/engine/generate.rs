@@ -1,8 +1,9 @@
 //! The decoding loop: prompt → tokens → prefill → next tokens (one a step, or
 //! more with speculation: `speculate.rs`), until EOS, a stop string,
 //! `max_tokens`, the context's end, or cancellation. Text is streamed through a
-//! callback as it becomes complete; stop strings are held back until they can no
-//! longer match, and are never emitted.
+//! callback as it becomes complete, through the text stages (`text.rs`: stop
+//! strings). Each token is picked by `pick.rs`: a request's format (`grammar/`)
+//! masks the logits before the sampler, and the run ends when the grammar does.
 //!
 //! A run can continue a [`Resumable`] sequence (a session's, a prompt cache's):
 //! the longest common prefix of the ids it holds and the new prompt is kept, the
@@ -16,9 +17,11 @@ use serde::Serialize;
 use super::Model;
 use super::backend::{BackendError, Sequence};
 use super::chat::{self, ChatError, Message};
-use super::detok::Detokenizer;
+use super::grammar::{GrammarError, Grammars};
+use super::pick::Picker;
 use super::sampler::{InvalidOption, Sampler, SamplingParams};
 use super::speculate::{Decoder, DraftStats, Lookup, Steps};
+use super::text::TextOut;
 use super::tokenizer::TokenizerError;
 
 /// What to continue from.
@@ -103,20 +106,8 @@ pub enum GenerateError {
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
     Backend(#[from] BackendError),
-}
-
-/// Longest suffix of `text` that is a proper prefix of some stop string.
-fn held_back(text: &str, stops: &[String]) -> usize {
-    let mut keep = 0;
-    for s in stops {
-        for n in (1..s.len().min(text.len() + 1)).rev() {
-            if text.is_char_boundary(text.len() - n) && s.as_bytes().starts_with(&text.as_bytes()[text.len() - n..]) {
-                keep = keep.max(n);
-                break;
-            }
-        }
-    }
-    keep
+    #[error(transparent)]
+    Grammar(#[from] GrammarError),
 }
 
 /// A sequence kept between runs, with the exact token ids fed into it (its KV cache holds
@@ -230,19 +221,21 @@ impl Model {
     ) -> Result<Output, GenerateError> {
         params.validate()?;
         let prompt_ids = self.prompt_ids(prompt)?;
+        let constraint = params.format.as_ref().map(|f| self.grammars()?.constraint(f)).transpose()?;
         let started = Instant::now();
-        let (mut seq, cached) = cache.take_for(self, &prompt_ids)?;
-        let mut sampler = Sampler::new(params);
-        let mut detok = self.tokenizer.as_ref().map(Detokenizer::new);
-        let mut history = prompt_ids.clone();
-        let mut logits = Vec::new();
+        let mut picker = Picker::new(Sampler::new(params), constraint);
         let context = self.dir.spec.context_length;
         let budget = (params.max_tokens as usize).min(context - prompt_ids.len());
-        let (mut text, mut emitted) = (String::new(), 0usize);
+        // what the grammar forces first is fed with the prompt (within the budget)
+        let forced = picker.start()?;
+        let (mut seq, cached) = cache.take_for(self, &prompt_ids)?;
+        let mut out = TextOut::new(self.tokenizer.as_ref(), &params.stop);
+        let mut history = prompt_ids.clone();
+        let mut logits = Vec::new();
         let mut generated = vec![];
         let mut finish = FinishReason::Length;
         let mut first_token_at = None;
-        seq.forward(&prompt_ids[cached..], &mut logits)?;
+        seq.forward(&[&prompt_ids[cached..], &forced[..forced.len().min(budget)]].concat(), &mut logits)?;
         let prompt_time = started.elapsed();
         let decoder = match params.prompt_lookup {
             n if n > 0 && seq.can_truncate() => Decoder::Lookup(Lookup::new(n as usize)),
@@ -250,51 +243,38 @@ impl Model {
         };
         let mut steps = Steps::new(decoder);
         let is_end = |id| !params.ignore_eos && self.eos_ids.contains(&id);
-        'decode: while generated.len() < budget {
-            if cancel.load(Ordering::Relaxed) {
-                finish = FinishReason::Cancelled;
-                break;
-            }
-            let ids =
-                steps.next(&mut *seq, &mut sampler, &mut logits, &mut history, budget - generated.len(), is_end)?;
-            first_token_at.get_or_insert_with(|| started.elapsed());
+        history.extend_from_slice(&forced);
+        let mut ids = forced;
+        'decode: loop {
             for id in ids {
                 if is_end(id) {
                     finish = FinishReason::Eos;
                     break 'decode;
                 }
+                if generated.len() == budget {
+                    break 'decode;
+                }
                 generated.push(id);
-                if let Some(d) = detok.as_mut()
-                    && let Some(piece) = d.push(id)?
-                {
-                    text.push_str(&piece);
-                    if let Some((at, _)) = params
-                        .stop
-                        .iter()
-                        .filter_map(|s| text[emitted..].find(s.as_str()).map(|i| (i + emitted, s)))
-                        .min()
-                    {
-                        text.truncate(at);
-                        finish = FinishReason::Stop;
-                        break 'decode;
-                    }
-                    let ready = text.len() - held_back(&text, &params.stop);
-                    if ready > emitted {
-                        on_text(&text[emitted..ready]);
-                        emitted = ready;
-                    }
+                if out.push(id, &mut on_text)? {
+                    finish = FinishReason::Stop;
+                    break 'decode;
                 }
             }
+            if picker.done() {
+                finish = FinishReason::Eos;
+                break;
+            }
+            if generated.len() >= budget {
+                break;
+            }
+            if cancel.load(Ordering::Relaxed) {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            ids = steps.next(&mut *seq, &mut picker, &mut logits, &mut history, budget - generated.len(), is_end)?;
+            first_token_at.get_or_insert_with(|| started.elapsed());
         }
-        if finish != FinishReason::Stop
-            && let Some(d) = detok.as_mut()
-            && let Some(rest) = d.finish()?
-        {
-            text.push_str(&rest);
-        }
-        if text.len() > emitted {
-            on_text(&text[emitted..]);
-        }
+        let text = out.finish(&mut on_text)?;
         if keep {
             history.truncate(seq.position());
             seq.park()?;
@@ -311,24 +291,23 @@ impl Model {
                 prompt_time,
                 decode_time: started.elapsed().saturating_sub(first),
                 finish,
-                seed: sampler.seed,
+                seed: picker.sampler.seed,
                 draft: steps.stats,
                 cached_prompt_tokens: cached,
             },
         })
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::held_back;
-
-    #[test]
-    fn holds_back_only_possible_stop_prefixes() {
-        let stops = vec!["</answer>".to_string(), "\n\n".to_string()];
-        assert_eq!(held_back("hello </ans", &stops), 5);
-        assert_eq!(held_back("hello\n", &stops), 1);
-        assert_eq!(held_back("hello", &stops), 0);
-        assert_eq!(held_back("héllo <", &stops), 1);
+    /// The model's grammar engine, built on first use.
+    pub fn grammars(&self) -> Result<&Grammars, GrammarError> {
+        self.grammars
+            .get_or_init(|| {
+                let tokenizer = self.tokenizer.as_ref().ok_or_else(|| {
+                    GrammarError::Tokenizer("the model has no tokenizer.json: formats need one".into())
+                })?;
+                Grammars::new(tokenizer, self.dir.spec.vocab_size, &self.eos_ids)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 }

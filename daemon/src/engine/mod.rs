@@ -1,24 +1,29 @@
 //! The inference core: model directories, backends, tokenizer, chat
-//! templates, sampling, streaming detokenization and the decoding loop.
+//! templates, structured output, sampling, streaming detokenization and the
+//! decoding loop.
 //! Everything the daemon serves goes through [`Model`].
 
 pub mod backend;
 pub mod chat;
 pub mod detok;
 pub mod generate;
+pub mod grammar;
 pub mod hugepages;
 pub mod model_dir;
 pub mod onnx_graph;
+pub mod pick;
 pub mod sampler;
 pub mod speculate;
+pub mod text;
 pub mod tokenizer;
 pub mod weights;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub use backend::{BackendError, BackendKind, LoadOptions, LoadedModel, Served};
 pub use generate::{FinishReason, GenerateError, Output, Prompt, Resumable, Stats};
+pub use grammar::{Format, GrammarError};
 pub use model_dir::{Layout, LayoutError, ModelDir, Quantization};
 pub use sampler::SamplingParams;
 pub use tokenizer::{Tokenizer, TokenizerError};
@@ -42,6 +47,8 @@ pub struct Model {
     pub tokenizer: Option<Tokenizer>,
     /// Ids that end generation: the configs' EOS ids and the tokenizer's EOS token.
     pub eos_ids: Vec<u32>,
+    /// Structured output's engine, built when a request first asks for a format.
+    grammars: OnceLock<Result<grammar::Grammars, GrammarError>>,
 }
 
 impl Model {
@@ -81,7 +88,7 @@ impl Model {
         {
             eos_ids.push(id);
         }
-        Ok(Model { dir, backend, tokenizer, eos_ids })
+        Ok(Model { dir, backend, tokenizer, eos_ids, grammars: OnceLock::new() })
     }
 
     pub fn served(&self) -> &Served {

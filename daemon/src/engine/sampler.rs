@@ -7,7 +7,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-/// Sampling options of a request. Defaults follow what llama.cpp and Ollama users know.
+use super::grammar::Format;
+
+/// Decoding options of a request: sampling, limits, stop strings and the output's
+/// format. Defaults follow what llama.cpp and Ollama users know.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SamplingParams {
@@ -30,6 +33,8 @@ pub struct SamplingParams {
     /// Speculative decoding by prompt lookup: the most draft tokens verified in one pass
     /// (0 = off). The output is what plain decoding gives (see `speculate.rs`).
     pub prompt_lookup: u32,
+    /// What the output must match (`grammar/`); None: free text.
+    pub format: Option<Format>,
 }
 
 impl Default for SamplingParams {
@@ -45,6 +50,7 @@ impl Default for SamplingParams {
             stop: vec![],
             ignore_eos: false,
             prompt_lookup: 0,
+            format: None,
         }
     }
 }
@@ -93,6 +99,11 @@ impl SamplingParams {
         if self.stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_LEN) {
             return err("stop", "stop strings must be 1 to 256 bytes long");
         }
+        if let Some(f) = &self.format
+            && self.ignore_eos
+        {
+            return Err(InvalidOption { field: f.option(), reason: "cannot go past the end (ignore_eos)".into() });
+        }
         Ok(())
     }
 }
@@ -130,7 +141,11 @@ impl Sampler {
         }
         let c = &mut self.scratch;
         c.clear();
-        c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        // tokens at −∞ (masked by a grammar) have no chance: leave them out of the sort
+        c.extend(logits.iter().enumerate().filter(|(_, l)| **l > f32::NEG_INFINITY).map(|(i, &l)| (i as u32, l)));
+        if c.is_empty() {
+            return argmax(logits);
+        }
         let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && (p.top_k as usize) < c.len() {
             c.select_nth_unstable_by(p.top_k as usize - 1, by_logit);
@@ -234,6 +249,19 @@ mod tests {
         let zeros = (0..n).filter(|_| s.sample(&mut logits.clone(), &[]) == 0).count();
         let p = zeros as f64 / n as f64;
         assert!((p - 0.731).abs() < 0.02, "p = {p}");
+    }
+
+    #[test]
+    fn masked_tokens_are_never_sampled() {
+        let mut logits: Vec<f32> = (0..50).map(|i| i as f32 * 0.01).collect();
+        for (i, l) in logits.iter_mut().enumerate() {
+            if i % 7 != 3 {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        let mut s = Sampler::new(&params(2.0, 0, 1.0, 9));
+        let seen: std::collections::BTreeSet<u32> = (0..500).map(|_| s.sample(&mut logits.clone(), &[])).collect();
+        assert_eq!(seen, (0..50).filter(|i| i % 7 == 3).collect());
     }
 
     #[test]

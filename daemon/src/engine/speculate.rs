@@ -25,6 +25,8 @@
 //! k tokens against k of one token).
 
 use super::backend::{BackendError, Sequence};
+use super::generate::GenerateError;
+use super::pick::Picker;
 use super::sampler::Sampler;
 
 /// Prompt-lookup settings of a request.
@@ -90,8 +92,9 @@ pub struct Steps {
     /// Plain steps left before the next lookup, and the pause after the next miss.
     pause: usize,
     next_pause: usize,
-    /// The last sampled token, not fed yet (fed at the start of the next step).
-    unfed: Option<u32>,
+    /// The last step's tokens, not fed yet (fed at the start of the next step; empty at
+    /// the first, whose logits are the prompt's).
+    unfed: Vec<u32>,
     /// Logits rows of the last verification pass, vocab wide each.
     rows: Vec<f32>,
     pub stats: DraftStats,
@@ -103,7 +106,7 @@ impl Steps {
             Decoder::Plain => 0,
             Decoder::Lookup(l) => l.max_draft,
         };
-        Steps { decoder, draft_len, pause: 0, next_pause: 1, unfed: None, rows: vec![], stats: DraftStats::default() }
+        Steps { decoder, draft_len, pause: 0, next_pause: 1, unfed: vec![], rows: vec![], stats: DraftStats::default() }
     }
 
     /// Adapts the draft length and the pause to how much of a draft of `drafted` was kept.
@@ -121,43 +124,56 @@ impl Steps {
         }
     }
 
-    /// The next tokens, at least one and at most `left`, each pushed on `history` as it is
-    /// sampled. `logits` holds the prompt's logits at the first step and is scratch after it.
-    /// A step that samples an end token (`is_end`) returns it last: nothing after it is
-    /// sampled.
+    /// The next tokens, at least one, each pushed on `history` as it is picked: at most
+    /// `left` (the run's budget) from a draft, and one plus what a grammar forces after it
+    /// otherwise (the caller stops at its budget). `logits` holds the prompt's logits at the first step and is scratch after it.
+    /// A step that picks an end token (`is_end`) returns it last: nothing after it is
+    /// picked. A constrained picker (a grammar) decodes plainly: its forced tokens are fed
+    /// with the next step's token in one pass.
     pub fn next(
         &mut self,
         seq: &mut dyn Sequence,
-        sampler: &mut Sampler,
+        picker: &mut Picker,
         logits: &mut Vec<f32>,
         history: &mut Vec<u32>,
         left: usize,
         is_end: impl Fn(u32) -> bool,
-    ) -> Result<Vec<u32>, BackendError> {
+    ) -> Result<Vec<u32>, GenerateError> {
         debug_assert!(left > 0);
-        let Some(last) = self.unfed.take() else {
-            let id = sampler.sample(logits, history);
-            history.push(id);
-            self.unfed = Some(id);
-            return Ok(vec![id]);
-        };
-        let (draft, max_draft): (Vec<u32>, usize) = match &self.decoder {
-            Decoder::Lookup(l) if self.pause == 0 => {
-                (l.draft(history, (left - 1).min(self.draft_len)).to_vec(), l.max_draft)
+        if !self.unfed.is_empty() {
+            let (draft, max_draft): (Vec<u32>, usize) = match &self.decoder {
+                Decoder::Lookup(l) if self.pause == 0 && !picker.constrained() => {
+                    (l.draft(history, (left - 1).min(self.draft_len)).to_vec(), l.max_draft)
+                }
+                _ => (vec![], 0),
+            };
+            self.pause = self.pause.saturating_sub(1);
+            if !draft.is_empty() {
+                return Ok(self.verify(seq, &mut picker.sampler, history, draft, max_draft, is_end)?);
             }
-            _ => (vec![], 0),
-        };
-        self.pause = self.pause.saturating_sub(1);
-        if draft.is_empty() {
-            seq.forward(&[last], logits)?;
-            let id = sampler.sample(logits, history);
-            history.push(id);
-            self.unfed = Some(id);
-            return Ok(vec![id]);
+            seq.forward(&self.unfed, logits)?;
         }
+        let mut out = Vec::with_capacity(1);
+        picker.pick(logits, history, is_end, &mut out)?;
+        history.extend_from_slice(&out);
+        self.unfed.clone_from(&out);
+        Ok(out)
+    }
+
+    /// Feeds the unfed token and `draft` in one pass and keeps the draft up to its first
+    /// token the sampler does not choose (see the module doc).
+    fn verify(
+        &mut self,
+        seq: &mut dyn Sequence,
+        sampler: &mut Sampler,
+        history: &mut Vec<u32>,
+        draft: Vec<u32>,
+        max_draft: usize,
+        is_end: impl Fn(u32) -> bool,
+    ) -> Result<Vec<u32>, BackendError> {
         let start = seq.position();
-        let mut fed = Vec::with_capacity(1 + draft.len());
-        fed.push(last);
+        let mut fed = std::mem::take(&mut self.unfed);
+        debug_assert_eq!(fed.len(), 1, "unconstrained steps leave one token unfed");
         fed.extend_from_slice(&draft);
         seq.forward_rows(&fed, fed.len(), &mut self.rows)?;
         let vocab = self.rows.len() / fed.len();
@@ -176,7 +192,7 @@ impl Steps {
         self.stats.accepted += kept;
         self.adapt(draft.len(), kept, max_draft);
         seq.truncate(start + 1 + kept)?;
-        self.unfed = out.last().copied();
+        self.unfed = out.last().copied().into_iter().collect();
         Ok(out)
     }
 }

@@ -2,7 +2,8 @@
 //! `tokenizers`, loaded from the file only) plus what `tokenizer_config.json`
 //! says about special tokens and the chat template.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -21,7 +22,10 @@ pub enum TokenizerError {
 }
 
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    /// Shared with the grammar engine's tokenizer environment (`grammar/env.rs`).
+    inner: Arc<tokenizers::Tokenizer>,
+    /// The `tokenizer.json` it was read from.
+    pub file: PathBuf,
     /// Text of the BOS/EOS tokens, for chat templates.
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
@@ -61,7 +65,14 @@ impl Tokenizer {
     ) -> Result<Tokenizer, TokenizerError> {
         let bad = |f: &Path, reason: String| TokenizerError::Bad { file: f.display().to_string(), reason };
         let inner = tokenizers::Tokenizer::from_file(file).map_err(|e| bad(file, e.to_string()))?;
-        let mut tok = Tokenizer { inner, bos_token: None, eos_token: None, chat_template: None, add_bos: None };
+        let mut tok = Tokenizer {
+            inner: Arc::new(inner),
+            file: file.to_path_buf(),
+            bos_token: None,
+            eos_token: None,
+            chat_template: None,
+            add_bos: None,
+        };
         if let Some(cfg) = config {
             let text = std::fs::read_to_string(cfg).map_err(|e| bad(cfg, e.to_string()))?;
             let v: Value = serde_json::from_str(&text).map_err(|e| bad(cfg, e.to_string()))?;
@@ -99,6 +110,11 @@ impl Tokenizer {
     /// Decodes ids, leaving special tokens out.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
         self.inner.decode(ids, true).map_err(|e| TokenizerError::Codec(e.to_string()))
+    }
+
+    /// The Hugging Face tokenizer itself, for users that outlive a borrow (the grammar engine).
+    pub fn shared(&self) -> Arc<tokenizers::Tokenizer> {
+        self.inner.clone()
     }
 
     pub fn token_id(&self, text: &str) -> Option<u32> {

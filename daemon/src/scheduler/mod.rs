@@ -22,7 +22,7 @@ use zbus::DBusError as _;
 
 use crate::config::{Config, WhenFull};
 use crate::engine::backend::onnxruntime::locate_library;
-use crate::engine::{BackendKind, GenerateError, Model, Prompt, SamplingParams};
+use crate::engine::{BackendKind, GenerateError, GrammarError, Model, Prompt, SamplingParams};
 use crate::memory::budget::Budget;
 use crate::memory::estimate::Estimate;
 use crate::memory::mib;
@@ -161,6 +161,9 @@ pub fn request_error(e: GenerateError) -> Error {
             Error::InvalidArgs(e.to_string())
         }
         GenerateError::Chat(_) | GenerateError::NoTokenizer => Error::InvalidArgs(e.to_string()),
+        GenerateError::Grammar(GrammarError::Invalid { .. } | GrammarError::Tokenizer(_)) => {
+            Error::InvalidArgs(e.to_string())
+        }
         other => Error::Internal(other.to_string()),
     }
 }

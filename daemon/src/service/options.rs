@@ -1,6 +1,7 @@
 //! Method options from the wire (`a{sv}`), strictly: an unknown key or a value
 //! of the wrong D-Bus type is `InvalidArgs` naming the key. Request options
-//! become [`SamplingParams`] (then checked by `SamplingParams::validate`);
+//! become [`SamplingParams`] (then checked by `SamplingParams::validate`, and
+//! a format compiled by `Format::check`, so a bad grammar fails the call);
 //! `LoadModel` and `Estimate` take a backend, a context and a parallelism;
 //! `OpenSession` a TTL; messages come as `aa{sv}`.
 
@@ -10,7 +11,7 @@ use llamad_api::Error;
 use zbus::zvariant::{OwnedValue, Value};
 
 use crate::engine::chat::{Message, Role};
-use crate::engine::{BackendKind, SamplingParams};
+use crate::engine::{BackendKind, Format, SamplingParams};
 
 type Options = HashMap<String, OwnedValue>;
 
@@ -52,6 +53,29 @@ pub fn request(options: &HashMap<String, OwnedValue>) -> Result<(SamplingParams,
                     _ => return Err(wrong(key, "t", v)),
                 })
             }
+            "json" | "json_schema" | "regex" | "lark" => {
+                let format = match (key.as_str(), v) {
+                    ("json", Value::Bool(true)) => Some(Format::Json),
+                    ("json", Value::Bool(false)) => None,
+                    ("json", _) => return Err(wrong(key, "b", v)),
+                    (_, Value::Str(s)) => Some(match key.as_str() {
+                        "json_schema" => Format::JsonSchema(s.to_string()),
+                        "regex" => Format::Regex(s.to_string()),
+                        _ => Format::Lark(s.to_string()),
+                    }),
+                    _ => return Err(wrong(key, "s", v)),
+                };
+                if let Some(f) = format {
+                    if let Some(other) = &p.format {
+                        return Err(Error::InvalidArgs(format!(
+                            "options {} and {}: at most one format",
+                            other.option(),
+                            f.option()
+                        )));
+                    }
+                    p.format = Some(f);
+                }
+            }
             "stop" => {
                 p.stop = match v {
                     Value::Array(a) => a
@@ -71,6 +95,9 @@ pub fn request(options: &HashMap<String, OwnedValue>) -> Result<(SamplingParams,
         }
     }
     p.validate().map_err(|e| Error::InvalidArgs(e.to_string()))?;
+    if let Some(f) = &p.format {
+        f.check().map_err(|e| Error::InvalidArgs(e.to_string()))?;
+    }
     Ok((p, keep_alive))
 }
 
