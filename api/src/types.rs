@@ -90,6 +90,8 @@ pub struct FinishStats {
     pub draft_accepted: Option<u32>,
     /// Prompt tokens whose KV cache a session (or the prompt cache) held already: not computed.
     pub cached_prompt_tokens: Option<u32>,
+    /// With a format: generated tokens its grammar forced (fed without sampling).
+    pub forced_tokens: Option<u32>,
 }
 
 /// A chat message on the wire: `(role, content)`, role `system`, `user` or `assistant`.

@@ -264,6 +264,7 @@ fn generate(a: GenerateArgs) -> Result<(), String> {
             "prompt_tokens_per_s": s.prompt_tokens_per_s(), "decode_tokens_per_s": s.decode_tokens_per_s(),
             "finish": s.finish, "seed": s.seed, "peak_rss_kib": rss,
             "draft_tokens": s.draft.drafted, "draft_accepted": s.draft.accepted,
+            "forced_tokens": s.forced_tokens, "pick_ms": s.pick_time.as_secs_f64() * 1e3,
         });
         eprintln!("{v}");
     } else {

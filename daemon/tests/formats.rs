@@ -293,3 +293,105 @@ fn compiled_grammars_are_cached_per_model() {
     }
     assert_eq!(model.grammars().unwrap().cached(), 1);
 }
+
+mod bus {
+    //! The formats over D-Bus: `Generate`, `Chat` and `Session.Chat` take them, `llamactl`
+    //! passes them, and every bad one fails the call with `InvalidArgs` naming the option.
+    use std::collections::HashMap;
+
+    use super::common::bus::Daemon;
+    use super::common::client::*;
+    use llamad_api::{Error, SessionProxy};
+    use zbus::zvariant::Value;
+
+    const SCHEMA: &str = r#"{"type": "object", "additionalProperties": false, "required": ["n", "ok"],
+        "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99}, "ok": {"type": "boolean"}}}"#;
+
+    fn opts(extra: &[(&'static str, Value<'static>)]) -> HashMap<&'static str, Value<'static>> {
+        let mut o = request_opts(5, 48);
+        o.extend(extra.iter().cloned());
+        o
+    }
+
+    fn valid(text: &str) -> bool {
+        let schema: serde_json::Value = serde_json::from_str(SCHEMA).unwrap();
+        serde_json::from_str(text).is_ok_and(|v| jsonschema::is_valid(&schema, &v))
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn generate_chat_and_session_chat_follow_their_format() {
+        let d = Daemon::start("").await;
+        let (conn, proxy) = d.proxy().await;
+        let (text, stats, _) =
+            stream(&conn, &proxy, "tiny", PROMPT, opts(&[("json_schema", SCHEMA.into())])).await.unwrap();
+        assert!(valid(&text), "Generate: {text}");
+        assert_eq!(stats.finish_reason, "eos");
+
+        let mut signals = manager_signals(&conn).await;
+        let id = proxy
+            .chat(
+                "tiny",
+                &[("user".into(), "Your phone number?".into())],
+                opts(&[("regex", "[0-9]{3}-[0-9]{4}".into())]),
+            )
+            .await
+            .unwrap();
+        let (text, _, _) = collect(&mut signals, id).await;
+        assert!(regex::Regex::new("^[0-9]{3}-[0-9]{4}$").unwrap().is_match(&text), "Chat: {text}");
+
+        let path = proxy.open_session("tiny", HashMap::new()).await.unwrap();
+        let session = SessionProxy::builder(&conn).path(path).unwrap().build().await.unwrap();
+        let msg = HashMap::from([("role", Value::from("user")), ("content", Value::from("Yes or no?"))]);
+        let id = session.chat(&[msg], opts(&[("lark", r#"start: "yes" | "no""#.into())])).await.unwrap();
+        let (text, _, _) = collect(&mut signals, id).await;
+        assert!(text == "yes" || text == "no", "Session.Chat: {text}");
+
+        let id = proxy.generate("tiny", PROMPT, opts(&[("json", true.into())])).await.unwrap();
+        let (text, stats, _) = collect(&mut signals, id).await;
+        if stats.finish_reason == "eos" {
+            serde_json::from_str::<serde::de::IgnoredAny>(&text).unwrap_or_else(|e| panic!("json: {e}: {text}"));
+        }
+
+        // llamactl reads the schema from a file
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("schema.json");
+        std::fs::write(&file, SCHEMA).unwrap();
+        let out = d
+            .llamactl()
+            .args(["run", "tiny", PROMPT, "--max-tokens", "48", "--json-schema", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(valid(text.trim_end()), "llamactl: {text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bad_formats_fail_the_call_with_invalid_args_naming_the_option() {
+        let d = Daemon::start("").await;
+        let (_conn, proxy) = d.proxy().await;
+        let big = format!(r#"{{"description": "{}"}}"#, "x".repeat(70_000));
+        let cases: Vec<(Vec<(&'static str, Value<'static>)>, &str)> = vec![
+            (vec![("json_schema", "{not json".into())], "json_schema"),
+            (vec![("json_schema", r#"{"type": "integer", "minimum": 5, "maximum": 1}"#.into())], "json_schema"),
+            (vec![("json_schema", r##"{"$ref": "#/$defs/missing"}"##.into())], "json_schema"),
+            (vec![("json_schema", big.into())], "json_schema"),
+            (vec![("regex", "(unclosed".into())], "regex"),
+            (vec![("lark", "start: missing_rule".into())], "lark"),
+            (vec![("lark", "start: (".into())], "lark"),
+            (vec![("json", "yes".into())], "json"),
+            (vec![("regex", 7u32.into())], "regex"),
+            (vec![("json", true.into()), ("regex", "a".into())], "at most one format"),
+        ];
+        for (extra, want) in cases {
+            let what = format!("{extra:?}");
+            match proxy.generate("tiny", PROMPT, opts(&extra)).await.map_err(Error::from) {
+                Err(Error::InvalidArgs(m)) => assert!(m.contains(want), "{what}: {m}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        // nothing was queued: the daemon is idle and answers as before
+        let (text, _, _) = stream(&_conn, &proxy, "tiny", PROMPT, opts(&[("regex", "ok".into())])).await.unwrap();
+        assert_eq!(text, "ok");
+    }
+}

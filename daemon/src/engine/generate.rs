@@ -68,6 +68,10 @@ pub struct Stats {
     pub draft: DraftStats,
     /// Prompt tokens whose KV cache was already held (a resumed sequence): not computed.
     pub cached_prompt_tokens: usize,
+    /// Generated tokens a format's grammar forced: fed without sampling (in `generated_tokens`).
+    pub forced_tokens: usize,
+    /// Time spent picking tokens (a format's mask, sampling) in all; the rest is the model.
+    pub pick_time: Duration,
 }
 
 impl Stats {
@@ -294,6 +298,8 @@ impl Model {
                 seed: picker.sampler.seed,
                 draft: steps.stats,
                 cached_prompt_tokens: cached,
+                forced_tokens: picker.forced.min(generated.len()),
+                pick_time: picker.time,
             },
         })
     }

@@ -9,11 +9,15 @@ use super::sampler::Sampler;
 pub struct Picker {
     pub sampler: Sampler,
     constraint: Option<Constraint>,
+    /// Tokens the grammar forced (given without sampling).
+    pub forced: usize,
+    /// Time spent picking (mask, sampling, grammar), for the stats.
+    pub time: std::time::Duration,
 }
 
 impl Picker {
     pub fn new(sampler: Sampler, constraint: Option<Constraint>) -> Picker {
-        Picker { sampler, constraint }
+        Picker { sampler, constraint, forced: 0, time: std::time::Duration::ZERO }
     }
 
     pub fn constrained(&self) -> bool {
@@ -22,12 +26,27 @@ impl Picker {
 
     /// The tokens the grammar forces before anything is sampled (none without one).
     pub fn start(&mut self) -> Result<Vec<u32>, GrammarError> {
-        self.constraint.as_mut().map_or(Ok(vec![]), Constraint::forced)
+        let ids = self.constraint.as_mut().map_or(Ok(vec![]), Constraint::forced)?;
+        self.forced += ids.len();
+        Ok(ids)
     }
 
     /// Picks a token and appends it to `out`, followed by the tokens the grammar forces
     /// after it. An end token (`is_end`) is appended alone.
     pub fn pick(
+        &mut self,
+        logits: &mut [f32],
+        history: &[u32],
+        is_end: impl Fn(u32) -> bool,
+        out: &mut Vec<u32>,
+    ) -> Result<(), GrammarError> {
+        let started = std::time::Instant::now();
+        let r = self.pick_inner(logits, history, is_end, out);
+        self.time += started.elapsed();
+        r
+    }
+
+    fn pick_inner(
         &mut self,
         logits: &mut [f32],
         history: &[u32],
@@ -43,7 +62,9 @@ impl Picker {
             && !is_end(id)
         {
             c.commit(id)?;
-            out.extend(c.forced()?);
+            let forced = c.forced()?;
+            self.forced += forced.len();
+            out.extend(forced);
         }
         Ok(())
     }

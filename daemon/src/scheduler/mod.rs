@@ -428,6 +428,9 @@ impl Scheduler {
                 stats.decode_tokens_per_s = Some(s.decode_tokens_per_s());
                 stats.seed = Some(s.seed);
                 stats.cached_prompt_tokens = Some(s.cached_prompt_tokens as u32);
+                if job.params.format.is_some() {
+                    stats.forced_tokens = Some(s.forced_tokens as u32);
+                }
                 if job.params.prompt_lookup > 0 {
                     stats.draft_tokens = Some(s.draft.drafted as u32);
                     stats.draft_accepted = Some(s.draft.accepted as u32);
