@@ -39,7 +39,7 @@ pub enum Event {
     Finished {
         id: u64,
         owner: String,
-        stats: FinishStats,
+        stats: Box<FinishStats>,
     },
     /// `reason`: request, preload or admin.
     ModelLoaded {
@@ -386,7 +386,7 @@ impl Scheduler {
             self.release(&model_name, kv);
             self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             self.running.fetch_sub(1, Ordering::SeqCst);
-            let _ = self.events.send(Event::Finished { id, owner, stats });
+            let _ = self.events.send(Event::Finished { id, owner, stats: Box::new(stats) });
         }
     }
 

@@ -137,7 +137,7 @@ async fn forward_events(
             },
             Event::Finished { id, owner, stats } => {
                 let r = match to(owner) {
-                    Some(e) => Manager::finished(&e, id, stats).await,
+                    Some(e) => Manager::finished(&e, id, *stats).await,
                     None => Ok(()),
                 };
                 let m = iface.get().await;
