@@ -24,6 +24,14 @@ pub trait Manager {
     fn generate(&self, model: &str, prompt: &str, options: HashMap<&str, Value<'_>>) -> zbus::Result<u64>;
     /// Like `Generate`, from `(role, content)` messages through the model's chat template.
     fn chat(&self, model: &str, messages: &[WireMessage], options: HashMap<&str, Value<'_>>) -> zbus::Result<u64>;
+    /// Like `Chat`, with messages as `a{sv}` (`role`, `content`, `tool_calls`, `tool_call_id`,
+    /// `name`), so they can carry tool calls and results; options add `tools`, `tool_choice`.
+    fn chat_messages(
+        &self,
+        model: &str,
+        messages: &[HashMap<&str, Value<'_>>],
+        options: HashMap<&str, Value<'_>>,
+    ) -> zbus::Result<u64>;
     /// Cancels one of the caller's requests.
     fn cancel(&self, request: u64) -> zbus::Result<()>;
     /// Opens a session (a conversation that keeps its KV cache) on `model` for the caller.
@@ -39,6 +47,9 @@ pub trait Manager {
     fn token(&self, request: u64, text: &str) -> zbus::Result<()>;
     #[zbus(signal)]
     fn finished(&self, request: u64, stats: FinishStats) -> zbus::Result<()>;
+    /// A tool call of the answer, before `Finished` (`arguments`: a JSON object's text).
+    #[zbus(signal)]
+    fn tool_call(&self, request: u64, call_id: &str, name: &str, arguments: &str) -> zbus::Result<()>;
     #[zbus(signal)]
     fn model_loaded(&self, model: &str, reason: &str) -> zbus::Result<()>;
     #[zbus(signal)]

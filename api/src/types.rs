@@ -115,6 +115,11 @@ pub const REQUEST_OPTIONS: &[(&str, &str)] = &[
     ("json_schema", "s"),
     ("regex", "s"),
     ("lark", "s"),
+    // Chats only (ChatMessages, Session.Chat): OpenAI-style function definitions (a JSON
+    // array, as text) and auto, none, required or one function's name.
+    ("tools", "s"),
+    ("tool_choice", "s"),
+    ("parallel_tool_calls", "b"),
 ];
 
 /// A dry run of loading a model (`Estimate`).

@@ -92,7 +92,7 @@ fn llama2_chat_format_is_metas() {
         Message::new(Role::Assistant, "Hello!"),
         Message::new(Role::User, "Name a color."),
     ];
-    let ids = chat::prompt_ids(&t, &msgs).unwrap();
+    let ids = chat::prompt_ids(&t, &msgs, None).unwrap();
     let mut want = vec![1];
     want.extend(t.encode("[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello! ", false).unwrap());
     want.push(2);
@@ -112,7 +112,7 @@ fn llama2_chat_format_is_metas() {
 fn smollm2_uses_its_chatml_template() {
     let t = tokenizer("smollm2");
     let msgs = vec![Message::new(Role::User, "What is the capital of France?")];
-    let ids = chat::prompt_ids(&t, &msgs).unwrap();
+    let ids = chat::prompt_ids(&t, &msgs, None).unwrap();
     let text = t.decode(&ids).unwrap();
     assert!(text.contains("user\nWhat is the capital of France?"), "{text:?}");
     // <|im_start|> = 1 opens each turn (system default, user, assistant prompt).
@@ -133,6 +133,6 @@ fn bad_conversations_are_refused() {
         vec![Message::new(Role::User, "   ")],
     ];
     for msgs in cases {
-        assert!(matches!(chat::prompt_ids(&t, &msgs), Err(ChatError::Messages(_))), "{msgs:?}");
+        assert!(matches!(chat::prompt_ids(&t, &msgs, None), Err(ChatError::Messages(_))), "{msgs:?}");
     }
 }

@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::tokenizer::{Tokenizer, TokenizerError};
+use super::tools::{Dialect, ToolCall, Tools, builtin_messages};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -17,17 +18,47 @@ pub enum Role {
     System,
     User,
     Assistant,
+    /// A tool's result, answering an assistant's call (`tool_call_id`).
+    Tool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub role: Role,
     pub content: String,
+    /// An assistant's calls.
+    pub tool_calls: Vec<ToolCall>,
+    /// A tool message: the call it answers, and the tool's name.
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
 }
 
 impl Message {
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Message { role, content: content.into() }
+        Message { role, content: content.into(), tool_calls: vec![], tool_call_id: None, name: None }
+    }
+
+    /// The message as Hugging Face templates take it (calls as `{"id", "type": "function",
+    /// "function": {"name", "arguments"}}`, arguments an object).
+    fn template_value(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({"role": self.role, "content": self.content});
+        if !self.tool_calls.is_empty() {
+            v["tool_calls"] = self
+                .tool_calls
+                .iter()
+                .map(|c| {
+                    let args: serde_json::Value = serde_json::from_str(&c.arguments).unwrap_or(serde_json::json!({}));
+                    serde_json::json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": args}})
+                })
+                .collect();
+        }
+        if let Some(id) = &self.tool_call_id {
+            v["tool_call_id"] = id.clone().into();
+        }
+        if let Some(n) = &self.name {
+            v["name"] = n.clone().into();
+        }
+        v
     }
 }
 
@@ -44,7 +75,9 @@ pub enum ChatError {
 }
 
 /// Checks the conversation shape every format needs: an optional system
-/// message first, then user/assistant turns alternating, ending with the user.
+/// message first, then a user message; after a user message an assistant's; after an
+/// assistant's a user's, or `tool` results when it called tools; after a tool result
+/// more results or the assistant's; ending with a user message or tool results.
 pub fn validate(messages: &[Message]) -> Result<(), ChatError> {
     let turns = match messages.first() {
         Some(m) if m.role == Role::System => &messages[1..],
@@ -53,31 +86,62 @@ pub fn validate(messages: &[Message]) -> Result<(), ChatError> {
     if turns.is_empty() {
         return Err(ChatError::Messages("no user message".into()));
     }
+    let offset = messages.len() - turns.len();
+    let mut prev: Option<&Message> = None;
     for (i, m) in turns.iter().enumerate() {
-        let want = if i % 2 == 0 { Role::User } else { Role::Assistant };
-        if m.role != want {
+        let ok = matches!(
+            (prev.map(|p| (p.role, p.tool_calls.is_empty())), m.role),
+            (None, Role::User)
+                | (Some((Role::User, _)), Role::Assistant)
+                | (Some((Role::Assistant, _)), Role::User)
+                | (Some((Role::Assistant, false)), Role::Tool)
+                | (Some((Role::Tool, _)), Role::Tool | Role::Assistant)
+        );
+        if !ok {
+            let expected = match prev.map(|p| (p.role, p.tool_calls.is_empty())) {
+                None => "User",
+                Some((Role::User, _)) => "Assistant",
+                Some((Role::Assistant, true)) => "User",
+                Some((Role::Assistant, false)) => "Tool or User",
+                _ => "Tool or Assistant",
+            };
             return Err(ChatError::Messages(format!(
-                "message {} is {:?}: expected {:?} (an optional system message, then user and assistant alternating)",
-                i + messages.len() - turns.len(),
+                "message {} is {:?}: expected {expected} (an optional system message, then user and assistant \
+                 alternating, tool results after an assistant's tool calls)",
+                i + offset,
                 m.role,
-                want
             )));
         }
+        if !m.tool_calls.is_empty() && m.role != Role::Assistant {
+            return Err(ChatError::Messages(format!("message {}: only the assistant calls tools", i + offset)));
+        }
+        prev = Some(m);
     }
-    if turns.last().map(|m| m.role) != Some(Role::User) {
-        return Err(ChatError::Messages("the last message must be the user's".into()));
+    if !matches!(turns.last().map(|m| m.role), Some(Role::User | Role::Tool)) {
+        return Err(ChatError::Messages("the last message must be the user's or a tool's result".into()));
     }
-    if messages.iter().any(|m| m.content.trim().is_empty() && m.role != Role::System) {
+    if messages.iter().any(|m| m.content.trim().is_empty() && m.tool_calls.is_empty() && m.role != Role::System) {
         return Err(ChatError::Messages("empty message".into()));
     }
     Ok(())
 }
 
-/// The prompt ids for `messages`, ready for the assistant's answer.
-pub fn prompt_ids(tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>, ChatError> {
+/// The prompt ids for `messages` (offering `tools`), ready for the assistant's answer.
+/// A template that does not speak tools gets them, the calls and their results in
+/// llamad's built-in format (`tools/render.rs`).
+pub fn prompt_ids(tok: &Tokenizer, messages: &[Message], tools: Option<&Tools>) -> Result<Vec<u32>, ChatError> {
     validate(messages)?;
+    let uses_tools = tools.is_some() || messages.iter().any(|m| m.role == Role::Tool || !m.tool_calls.is_empty());
+    let builtin = uses_tools && Dialect::of(tok.chat_template.as_deref()) == (Dialect::Hermes { native: false });
+    let rewritten;
+    let (messages, tools) = if builtin {
+        rewritten = builtin_messages(messages, tools);
+        (&rewritten[..], None)
+    } else {
+        (messages, tools)
+    };
     if let Some(template) = &tok.chat_template {
-        let text = render(template, tok, messages)?;
+        let text = render(template, tok, messages, tools)?;
         return Ok(tok.encode(&text, false)?);
     }
     let (Some(bos), Some(eos)) = (tok.token_id("<s>"), tok.token_id("</s>")) else {
@@ -86,16 +150,37 @@ pub fn prompt_ids(tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>, Cha
     llama2_ids(tok, messages, bos, eos)
 }
 
-fn render(template: &str, tok: &Tokenizer, messages: &[Message]) -> Result<String, ChatError> {
+/// The local time formatted by `strftime(3)`, as Hugging Face's `strftime_now`.
+fn strftime_now(format: String) -> Result<String, minijinja::Error> {
+    let bad = || minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, "strftime_now: bad format");
+    let fmt = std::ffi::CString::new(format).map_err(|_| bad())?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: localtime_r and strftime write into the buffers given, within their sizes.
+    let n = unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            return Err(bad());
+        }
+        libc::strftime(buf.as_mut_ptr().cast(), buf.len(), fmt.as_ptr(), &tm)
+    };
+    buf.truncate(n);
+    String::from_utf8(buf).map_err(|_| bad())
+}
+
+fn render(template: &str, tok: &Tokenizer, messages: &[Message], tools: Option<&Tools>) -> Result<String, ChatError> {
     let mut env = minijinja::Environment::new();
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
         Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
     });
+    env.add_function("strftime_now", strftime_now);
     env.add_template("chat", template).map_err(|e| ChatError::Template(e.to_string()))?;
+    let messages: Vec<serde_json::Value> = messages.iter().map(Message::template_value).collect();
     let ctx = minijinja::context! {
         messages => messages,
+        tools => tools.map(Tools::template_json),
         add_generation_prompt => true,
         bos_token => tok.bos_token.clone().unwrap_or_default(),
         eos_token => tok.eos_token.clone().unwrap_or_default(),

@@ -23,6 +23,7 @@ use super::sampler::{InvalidOption, Sampler, SamplingParams};
 use super::speculate::{Decoder, DraftStats, Lookup, Steps};
 use super::text::TextOut;
 use super::tokenizer::TokenizerError;
+use super::tools::{self, Dialect, ToolCall, Tools};
 
 /// What to continue from.
 #[derive(Clone, Debug)]
@@ -31,6 +32,8 @@ pub enum Prompt {
     Text(String),
     /// Messages, through the model's chat template.
     Chat(Vec<Message>),
+    /// Messages offering tools: the answer is text or calls (`Output::tool_calls`).
+    ChatTools(Vec<Message>, Tools),
     /// Token ids as they are.
     Tokens(Vec<u32>),
 }
@@ -42,6 +45,8 @@ pub enum FinishReason {
     Length,
     Stop,
     Cancelled,
+    /// The answer is tool calls.
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -51,6 +56,7 @@ impl FinishReason {
             FinishReason::Length => "length",
             FinishReason::Stop => "stop",
             FinishReason::Cancelled => "cancelled",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }
@@ -87,8 +93,11 @@ impl Stats {
 
 #[derive(Debug)]
 pub struct Output {
+    /// The text: with tool calls, what came before them.
     pub text: String,
     pub tokens: Vec<u32>,
+    /// With tools offered: the calls the answer made (ids left for the caller to give).
+    pub tool_calls: Vec<ToolCall>,
     pub stats: Stats,
 }
 
@@ -168,7 +177,8 @@ impl Model {
         let ids = match prompt {
             Prompt::Text(t) if t.is_empty() => return Err(GenerateError::EmptyPrompt),
             Prompt::Text(t) => self.tokenizer()?.encode(t, true)?,
-            Prompt::Chat(m) => chat::prompt_ids(self.tokenizer()?, m)?,
+            Prompt::Chat(m) => chat::prompt_ids(self.tokenizer()?, m, None)?,
+            Prompt::ChatTools(m, tools) => chat::prompt_ids(self.tokenizer()?, m, Some(tools))?,
             Prompt::Tokens(ids) => ids.clone(),
         };
         if ids.is_empty() {
@@ -225,7 +235,20 @@ impl Model {
     ) -> Result<Output, GenerateError> {
         params.validate()?;
         let prompt_ids = self.prompt_ids(prompt)?;
-        let constraint = params.format.as_ref().map(|f| self.grammars()?.constraint(f)).transpose()?;
+        // tools offered: the answer's grammar, call marker and parsing follow the template
+        let offered = params.tools.as_ref().or(match prompt {
+            Prompt::ChatTools(_, t) => Some(t),
+            _ => None,
+        });
+        let dialect = match offered {
+            Some(t) => {
+                let d = Dialect::of(self.tokenizer()?.chat_template.as_deref());
+                Some((d, tools::format_for(t, d)))
+            }
+            None => None,
+        };
+        let format = dialect.as_ref().map(|(_, f)| f).or(params.format.as_ref());
+        let constraint = format.map(|f| self.grammars()?.constraint(f)).transpose()?;
         let started = Instant::now();
         let mut picker = Picker::new(Sampler::new(params), constraint);
         let context = self.dir.spec.context_length;
@@ -234,6 +257,10 @@ impl Model {
         let forced = picker.start()?;
         let (mut seq, cached) = cache.take_for(self, &prompt_ids)?;
         let mut out = TextOut::new(self.tokenizer.as_ref(), &params.stop);
+        if let Some((d, _)) = &dialect {
+            let (marker, at_start) = d.trigger();
+            out = out.hold_calls(marker, at_start);
+        }
         let mut history = prompt_ids.clone();
         let mut logits = Vec::new();
         let mut generated = vec![];
@@ -278,7 +305,19 @@ impl Model {
             ids = steps.next(&mut *seq, &mut picker, &mut logits, &mut history, budget - generated.len(), is_end)?;
             first_token_at.get_or_insert_with(|| started.elapsed());
         }
-        let text = out.finish(&mut on_text)?;
+        let mut text = out.finish(&mut on_text)?;
+        let mut tool_calls = vec![];
+        if let Some((d, _)) = &dialect
+            && finish == FinishReason::Eos
+        {
+            (text, tool_calls) = d.parse(&text);
+            if !tool_calls.is_empty() {
+                finish = FinishReason::ToolCalls;
+            }
+            for c in &mut tool_calls {
+                c.id = format!("call_{:016x}", rand::random::<u64>());
+            }
+        }
         if keep {
             history.truncate(seq.position());
             seq.park()?;
@@ -288,6 +327,7 @@ impl Model {
         Ok(Output {
             text,
             tokens: generated.clone(),
+            tool_calls,
             stats: Stats {
                 prompt_tokens: prompt_ids.len(),
                 generated_tokens: generated.len(),

@@ -16,6 +16,7 @@ pub mod sampler;
 pub mod speculate;
 pub mod text;
 pub mod tokenizer;
+pub mod tools;
 pub mod weights;
 
 use std::path::Path;

@@ -8,6 +8,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::grammar::Format;
+use super::tools::Tools;
 
 /// Decoding options of a request: sampling, limits, stop strings and the output's
 /// format. Defaults follow what llama.cpp and Ollama users know.
@@ -35,6 +36,8 @@ pub struct SamplingParams {
     pub prompt_lookup: u32,
     /// What the output must match (`grammar/`); None: free text.
     pub format: Option<Format>,
+    /// Tools a chat offers (`tools/`): the answer is text or calls. Not with `format`.
+    pub tools: Option<Tools>,
 }
 
 impl Default for SamplingParams {
@@ -51,6 +54,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             prompt_lookup: 0,
             format: None,
+            tools: None,
         }
     }
 }
@@ -98,6 +102,9 @@ impl SamplingParams {
         }
         if self.stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_LEN) {
             return err("stop", "stop strings must be 1 to 256 bytes long");
+        }
+        if self.format.is_some() && self.tools.is_some() {
+            return err("tools", "cannot be combined with a format (json, json_schema, regex, lark)");
         }
         if let Some(f) = &self.format
             && self.ignore_eos

@@ -1,7 +1,9 @@
 //! The text stages after the decoding loop: token ids → detokenized pieces →
 //! stop strings (generation ends before the first occurrence of one, which is
 //! never emitted; a suffix that may be the start of one is held back until it
-//! cannot) → the caller's callback. Models without a tokenizer give no text.
+//! cannot) → the tool-call hold (text from a call's marker on is kept for the
+//! call, not streamed; text that may be the marker's start waits until it is
+//! clear) → the caller's callback. Models without a tokenizer give no text.
 
 use super::Tokenizer;
 use super::detok::Detokenizer;
@@ -30,11 +32,42 @@ pub struct TextOut<'t> {
     emitted: usize,
     /// A stop string was found: the text ends before it.
     stopped: bool,
+    /// The tool-call marker, and whether it counts only at the start of the text.
+    hold: Option<(&'t str, bool)>,
 }
 
 impl<'t> TextOut<'t> {
     pub fn new(tokenizer: Option<&'t Tokenizer>, stops: &'t [String]) -> TextOut<'t> {
-        TextOut { detok: tokenizer.map(Detokenizer::new), stops, text: String::new(), emitted: 0, stopped: false }
+        TextOut {
+            detok: tokenizer.map(Detokenizer::new),
+            stops,
+            text: String::new(),
+            emitted: 0,
+            stopped: false,
+            hold: None,
+        }
+    }
+
+    /// Holds back a tool call: text from `marker` on (anywhere, or only at the start).
+    pub fn hold_calls(mut self, marker: &'t str, at_start: bool) -> TextOut<'t> {
+        self.hold = Some((marker, at_start));
+        self
+    }
+
+    /// How much of the text may be streamed as far as the tool-call hold is concerned.
+    fn streamable(&self) -> usize {
+        let Some((marker, at_start)) = self.hold else {
+            return self.text.len();
+        };
+        if at_start {
+            let lead = self.text.len() - self.text.trim_start().len();
+            let body = &self.text[lead..];
+            return if body.starts_with(marker) || marker.starts_with(body) { 0 } else { self.text.len() };
+        }
+        match self.text.find(marker) {
+            Some(at) => at,
+            None => self.text.len() - held_back(&self.text, &[marker.to_string()]),
+        }
     }
 
     /// Adds a generated token and streams the text that became final. True when a stop
@@ -50,7 +83,7 @@ impl<'t> TextOut<'t> {
             self.stopped = true;
             return Ok(true);
         }
-        let ready = self.text.len() - held_back(&self.text, self.stops);
+        let ready = (self.text.len() - held_back(&self.text, self.stops)).min(self.streamable());
         if ready > self.emitted {
             on_text(&self.text[self.emitted..ready]);
             self.emitted = ready;
@@ -58,15 +91,21 @@ impl<'t> TextOut<'t> {
         Ok(false)
     }
 
-    /// Flushes what is left (held-back text, an incomplete character) and returns the text.
+    /// Flushes what is left (held-back text, an incomplete character) and returns the whole
+    /// text. A tool call's text, from its marker on, is not flushed.
     pub fn finish(mut self, on_text: &mut impl FnMut(&str)) -> Result<String, TokenizerError> {
         if !self.stopped
             && let Some(rest) = self.detok.as_mut().map(Detokenizer::finish).transpose()?.flatten()
         {
             self.text.push_str(&rest);
         }
-        if self.text.len() > self.emitted {
-            on_text(&self.text[self.emitted..]);
+        let end = match self.hold {
+            Some((marker, true)) if self.text.trim_start().starts_with(marker) => self.emitted,
+            Some((marker, false)) => self.text.find(marker).unwrap_or(self.text.len()),
+            _ => self.text.len(),
+        };
+        if end > self.emitted {
+            on_text(&self.text[self.emitted..end]);
         }
         Ok(self.text)
     }
@@ -105,6 +144,31 @@ mod tests {
         }
         let text = out.finish(&mut on).unwrap();
         (pieces, text, stopped)
+    }
+
+    #[test]
+    fn a_tool_call_is_held_back_and_text_before_it_streams() {
+        let tok = tokenizer();
+        let text = "Let me look. <tool_call>\n{\"name\": \"f\"}\n</tool_call>";
+        let mut out = TextOut::new(Some(&tok), &[]).hold_calls("<tool_call>", false);
+        let mut pieces: Vec<String> = vec![];
+        let mut on = |p: &str| pieces.push(p.to_string());
+        for id in tok.encode(text, false).unwrap() {
+            out.push(id, &mut on).unwrap();
+        }
+        assert_eq!(out.finish(&mut on).unwrap(), text);
+        assert_eq!(pieces.concat(), "Let me look. ");
+        // Llama 3's call is the whole answer: text that starts otherwise streams whole
+        for (text, streamed) in [("{\"name\": \"f\"}", ""), ("Hi {there}", "Hi {there}")] {
+            let mut out = TextOut::new(Some(&tok), &[]).hold_calls("{", true);
+            let mut pieces: Vec<String> = vec![];
+            let mut on = |p: &str| pieces.push(p.to_string());
+            for id in tok.encode(text, false).unwrap() {
+                out.push(id, &mut on).unwrap();
+            }
+            out.finish(&mut on).unwrap();
+            assert_eq!(pieces.concat(), streamed, "{text}");
+        }
     }
 
     #[test]

@@ -41,6 +41,12 @@ pub enum Event {
         owner: String,
         stats: Box<FinishStats>,
     },
+    /// A tool call of request `id`'s answer (sent before its `Finished`).
+    ToolCall {
+        id: u64,
+        owner: String,
+        call: crate::engine::tools::ToolCall,
+    },
     /// `reason`: request, preload or admin.
     ModelLoaded {
         name: String,
@@ -419,6 +425,9 @@ impl Scheduler {
         };
         match result {
             Ok(out) => {
+                for call in out.tool_calls {
+                    let _ = self.events.send(Event::ToolCall { id: job.id, owner: job.owner.clone(), call });
+                }
                 let s = out.stats;
                 stats.finish_reason = s.finish.as_str().to_string();
                 stats.prompt_tokens = Some(s.prompt_tokens as u32);
@@ -428,7 +437,7 @@ impl Scheduler {
                 stats.decode_tokens_per_s = Some(s.decode_tokens_per_s());
                 stats.seed = Some(s.seed);
                 stats.cached_prompt_tokens = Some(s.cached_prompt_tokens as u32);
-                if job.params.format.is_some() {
+                if job.params.format.is_some() || job.params.tools.is_some() {
                     stats.forced_tokens = Some(s.forced_tokens as u32);
                 }
                 if job.params.prompt_lookup > 0 {

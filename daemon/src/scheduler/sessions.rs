@@ -31,7 +31,9 @@ impl Scheduler {
             let start = st.messages.len();
             st.turns.push(start);
             st.messages.extend(turn.messages.iter().cloned());
-            st.messages.push(Message::new(Role::Assistant, out.text.clone()));
+            let mut answer = Message::new(Role::Assistant, out.text.clone());
+            answer.tool_calls = out.tool_calls.clone();
+            st.messages.push(answer);
         }
     }
 

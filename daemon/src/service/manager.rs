@@ -105,9 +105,29 @@ impl Manager {
         opts: HashMap<String, OwnedValue>,
     ) -> Result<u64, Error> {
         let owner = caller(&header)?;
-        let (params, keep_alive) = options::request(&opts)?;
+        let (mut params, keep_alive) = options::request(&opts)?;
+        let prompt = with_tools(prompt, &mut params, &opts)?;
         let (m, ids) = self.prepare(model, prompt).await?;
         self.scheduler.submit(&owner, model, m, ids, params, keep_alive, None)
+    }
+}
+
+/// A chat prompt offering the request's `tools` (also kept in `params`, for decoding).
+pub(super) fn with_tools(
+    prompt: Prompt,
+    params: &mut crate::engine::SamplingParams,
+    opts: &HashMap<String, OwnedValue>,
+) -> Result<Prompt, Error> {
+    let Some(tools) = options::tools(opts)? else {
+        return Ok(prompt);
+    };
+    if params.format.is_some() {
+        return Err(Error::InvalidArgs("option tools: cannot be combined with a format".into()));
+    }
+    params.tools = Some(tools.clone());
+    match prompt {
+        Prompt::Chat(m) => Ok(Prompt::ChatTools(m, tools)),
+        _ => Err(Error::InvalidArgs("option tools: only chats offer tools (Chat, ChatMessages, Session.Chat)".into())),
     }
 }
 
@@ -180,8 +200,23 @@ impl Manager {
                     )));
                 }
             };
-            msgs.push(Message { role, content });
+            msgs.push(Message::new(role, content));
         }
+        crate::engine::chat::validate(&msgs).map_err(|e| Error::InvalidArgs(e.to_string()))?;
+        self.start(header, model, Prompt::Chat(msgs), options).await
+    }
+
+    /// A chat whose messages are `aa{sv}`: they may carry tool calls and results (see the
+    /// API doc); options as `Chat`'s, with `tools` and `tool_choice`.
+    #[zbus(out_args("request"))]
+    async fn chat_messages(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        model: &str,
+        messages: Vec<HashMap<String, OwnedValue>>,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<u64, Error> {
+        let msgs = options::messages(&messages)?;
         crate::engine::chat::validate(&msgs).map_err(|e| Error::InvalidArgs(e.to_string()))?;
         self.start(header, model, Prompt::Chat(msgs), options).await
     }
@@ -247,6 +282,17 @@ impl Manager {
 
     #[zbus(signal)]
     pub async fn finished(emitter: &SignalEmitter<'_>, request: u64, stats: FinishStats) -> zbus::Result<()>;
+
+    /// To the caller only, before `Finished`: a tool call of the answer (`arguments` a JSON
+    /// object's text). The daemon runs nothing: the app does and sends a `tool` message back.
+    #[zbus(signal)]
+    pub async fn tool_call(
+        emitter: &SignalEmitter<'_>,
+        request: u64,
+        call_id: &str,
+        name: &str,
+        arguments: &str,
+    ) -> zbus::Result<()>;
 
     /// Broadcast: a model was loaded (`reason`: request, preload, admin).
     #[zbus(signal)]

@@ -135,6 +135,10 @@ async fn forward_events(
                 Some(e) => Manager::token(&e, id, &text).await,
                 None => Ok(()),
             },
+            Event::ToolCall { id, owner, call } => match to(owner) {
+                Some(e) => Manager::tool_call(&e, id, &call.id, &call.name, &call.arguments).await,
+                None => Ok(()),
+            },
             Event::Finished { id, owner, stats } => {
                 let r = match to(owner) {
                     Some(e) => Manager::finished(&e, id, *stats).await,

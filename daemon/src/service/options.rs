@@ -3,7 +3,8 @@
 //! become [`SamplingParams`] (then checked by `SamplingParams::validate`, and
 //! a format compiled by `Format::check`, so a bad grammar fails the call);
 //! `LoadModel` and `Estimate` take a backend, a context and a parallelism;
-//! `OpenSession` a TTL; messages come as `aa{sv}`.
+//! `OpenSession` a TTL; messages come as `aa{sv}`, with tool calls and
+//! results, and a chat's `tools` and `tool_choice`.
 
 use std::collections::HashMap;
 
@@ -11,6 +12,7 @@ use llamad_api::Error;
 use zbus::zvariant::{OwnedValue, Value};
 
 use crate::engine::chat::{Message, Role};
+use crate::engine::tools::{Dialect, ToolCall, Tools};
 use crate::engine::{BackendKind, Format, SamplingParams};
 
 type Options = HashMap<String, OwnedValue>;
@@ -88,6 +90,8 @@ pub fn request(options: &HashMap<String, OwnedValue>) -> Result<(SamplingParams,
                     _ => return Err(wrong(key, "as", v)),
                 }
             }
+            // a chat's tools: `tools()`
+            "tools" | "tool_choice" | "parallel_tool_calls" => {}
             other => {
                 let known: Vec<&str> = llamad_api::REQUEST_OPTIONS.iter().map(|(k, _)| *k).collect();
                 return Err(Error::InvalidArgs(format!("unknown option {other} (known: {})", known.join(", "))));
@@ -160,44 +164,115 @@ pub fn session(options: &Options, max_ttl: u64) -> Result<std::time::Duration, E
     Ok(std::time::Duration::from_secs(ttl))
 }
 
-/// Messages as `aa{sv}`: `role` (s: system, user, assistant) and `content` (s) each.
+/// Messages as `aa{sv}`: `role` (s: system, user, assistant, tool) and `content` (s) each;
+/// an assistant's `tool_calls` (aa{sv}: `id`, `name`, `arguments` as a JSON object's text),
+/// a tool result's `tool_call_id` (s) and `name` (s).
 pub fn messages(wire: &[HashMap<String, OwnedValue>]) -> Result<Vec<Message>, Error> {
     let mut out = Vec::with_capacity(wire.len());
     for (i, m) in wire.iter().enumerate() {
-        let (mut role, mut content) = (None, None);
+        let bad = |what: String| Error::InvalidArgs(format!("messages[{i}]{what}"));
+        let (mut role, mut msg) = (None, Message::new(Role::User, ""));
+        let mut content = None;
         for (key, value) in m {
-            let text = match &**value {
-                Value::Str(s) => s.to_string(),
-                v => {
-                    return Err(Error::InvalidArgs(format!(
-                        "messages[{i}].{key}: expected D-Bus type s, got {}",
-                        v.value_signature()
-                    )));
-                }
+            let text = || match &**value {
+                Value::Str(s) => Ok(s.to_string()),
+                v => Err(bad(format!(".{key}: expected D-Bus type s, got {}", v.value_signature()))),
             };
             match key.as_str() {
-                "role" => role = Some(text),
-                "content" => content = Some(text),
+                "role" => role = Some(text()?),
+                "content" => content = Some(text()?),
+                "tool_call_id" => msg.tool_call_id = Some(text()?),
+                "name" => msg.name = Some(text()?),
+                "tool_calls" => msg.tool_calls = tool_calls(value).map_err(|e| bad(format!(".tool_calls{e}")))?,
                 other => {
-                    return Err(Error::InvalidArgs(format!(
-                        "messages[{i}]: unknown key {other} (known: role, content)"
+                    return Err(bad(format!(
+                        ": unknown key {other} (known: role, content, tool_calls, tool_call_id, name)"
                     )));
                 }
             }
         }
-        let role = match role.as_deref() {
+        msg.role = match role.as_deref() {
             Some("system") => Role::System,
             Some("user") => Role::User,
             Some("assistant") => Role::Assistant,
-            Some(other) => {
-                return Err(Error::InvalidArgs(format!("messages[{i}]: role {other:?} (system, user or assistant)")));
-            }
-            None => return Err(Error::InvalidArgs(format!("messages[{i}]: no role"))),
+            Some("tool") => Role::Tool,
+            Some(other) => return Err(bad(format!(": role {other:?} (system, user, assistant or tool)"))),
+            None => return Err(bad(": no role".into())),
         };
-        let content = content.ok_or_else(|| Error::InvalidArgs(format!("messages[{i}]: no content")))?;
-        out.push(Message { role, content });
+        msg.content = match content {
+            Some(c) => c,
+            // an assistant message may be only calls
+            None if !msg.tool_calls.is_empty() => String::new(),
+            None => return Err(bad(": no content".into())),
+        };
+        if msg.role == Role::Tool && msg.tool_call_id.is_none() {
+            return Err(bad(": a tool result needs the tool_call_id it answers".into()));
+        }
+        out.push(msg);
     }
     Ok(out)
+}
+
+/// An assistant message's `tool_calls`: `aa{sv}` of `id`, `name` and `arguments` (s, a JSON object).
+fn tool_calls(v: &Value<'_>) -> Result<Vec<ToolCall>, String> {
+    let Value::Array(a) = v else {
+        return Err(format!(": expected D-Bus type aa{{sv}}, got {}", v.value_signature()));
+    };
+    let mut calls = vec![];
+    for (j, item) in a.iter().enumerate() {
+        let item = match item {
+            Value::Value(inner) => &**inner,
+            other => other,
+        };
+        let Value::Dict(d) = item else {
+            return Err(format!("[{j}]: expected a{{sv}}"));
+        };
+        let get = |k: &str| -> Result<String, String> {
+            match d.get::<_, Value<'_>>(&k) {
+                Ok(Some(Value::Str(s))) => Ok(s.to_string()),
+                _ => Err(format!("[{j}].{k}: missing or not a string")),
+            }
+        };
+        let call = ToolCall { id: get("id").unwrap_or_default(), name: get("name")?, arguments: get("arguments")? };
+        if !serde_json::from_str::<serde_json::Value>(&call.arguments).is_ok_and(|a| a.is_object()) {
+            return Err(format!("[{j}].arguments: not a JSON object"));
+        }
+        calls.push(call);
+    }
+    Ok(calls)
+}
+
+/// A chat request's `tools` (s: a JSON array of functions) and `tool_choice` (s), checked,
+/// their grammar compiled; None when no tools are offered.
+pub fn tools(options: &Options) -> Result<Option<Tools>, Error> {
+    let text = |key: &str| -> Result<Option<String>, Error> {
+        match options.get(key).map(|v| &**v) {
+            None => Ok(None),
+            Some(Value::Str(s)) => Ok(Some(s.to_string())),
+            Some(v) => Err(wrong(key, "s", v)),
+        }
+    };
+    let (list, choice) = (text("tools")?, text("tool_choice")?);
+    let Some(list) = list else {
+        return match choice {
+            Some(_) => Err(Error::InvalidArgs("option tool_choice: no tools offered".into())),
+            None if options.contains_key("parallel_tool_calls") => {
+                Err(Error::InvalidArgs("option parallel_tool_calls: no tools offered".into()))
+            }
+            None => Ok(None),
+        };
+    };
+    let mut tools = Tools::parse(&list, choice.as_deref()).map_err(|e| Error::InvalidArgs(e.to_string()))?;
+    tools.parallel = match options.get("parallel_tool_calls").map(|v| &**v) {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => return Err(wrong("parallel_tool_calls", "b", v)),
+    };
+    // the parameter schemas compile (the dialect changes only a key and the text's rule)
+    crate::engine::tools::format_for(&tools, Dialect::Hermes { native: false })
+        .check()
+        .map_err(|e| Error::InvalidArgs(format!("tools: {e}")))?;
+    Ok(Some(tools))
 }
 
 fn f64_of(key: &str, v: &Value<'_>) -> Result<f64, Error> {

@@ -70,16 +70,17 @@ impl SessionObject {
         if new.is_empty() {
             return Err(Error::InvalidArgs("messages: none".into()));
         }
-        let (params, keep_alive) = options::request(&options)?;
+        let (mut params, keep_alive) = options::request(&options)?;
         let mut conversation = session.state().messages.clone();
         conversation.extend(new.iter().cloned());
         crate::engine::chat::validate(&conversation).map_err(|e| Error::InvalidArgs(e.to_string()))?;
+        let prompt = super::manager::with_tools(Prompt::Chat(conversation), &mut params, &options)?;
         session.begin_turn().map_err(session_error)?;
         let (s, model, owner) = (self.scheduler.clone(), session.model.clone(), session.owner.clone());
         let turn = Turn { session: session.clone(), messages: new };
         let queued = tokio::task::spawn_blocking(move || {
             let m = s.acquire(&model)?;
-            let ids = match m.prompt_ids(&Prompt::Chat(conversation)) {
+            let ids = match m.prompt_ids(&prompt) {
                 Ok(ids) => ids,
                 Err(e) => {
                     s.unpin(&model);
