@@ -1,5 +1,6 @@
 //! `llamactl chat` (a session that keeps the conversation's KV cache, or with
-//! `--stateless` the whole history sent each turn) and `llamactl sessions`.
+//! `--stateless` the whole history sent each turn; with `--tools`, each call the
+//! model makes is printed and its result asked for) and `llamactl sessions`.
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -34,6 +35,27 @@ fn print_answer(text: &str, stats: &llamad_api::FinishStats, json: bool) {
     }
 }
 
+/// The result of each call, asked for on stdin, as `tool` messages.
+fn tool_results(calls: &[(String, String, String)], interactive: bool) -> Result<Vec<Msg>, Failure> {
+    let mut out = vec![];
+    for (id, name, arguments) in calls {
+        println!("[tool call {id}] {name}({arguments})");
+        if interactive {
+            eprint!("result of {name}> ");
+        }
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        let mut m = message("tool", line.trim_end());
+        m.insert("tool_call_id", Value::from(id.clone()));
+        m.insert("name", Value::from(name.clone()));
+        out.push(m);
+    }
+    Ok(out)
+}
+
+type Msg = HashMap<&'static str, Value<'static>>;
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn chat(
     conn: &zbus::Connection,
     proxy: &ManagerProxy<'_>,
@@ -41,6 +63,7 @@ pub(crate) async fn chat(
     system: Option<&str>,
     sampling: &Sampling,
     stateless: bool,
+    tools: Option<(&str, Option<&str>)>,
     json: bool,
 ) -> Result<(), Failure> {
     let interactive = !json && std::io::IsTerminal::is_terminal(&std::io::stdin());
@@ -61,11 +84,26 @@ pub(crate) async fn chat(
     let mut first = system.map(|s| message("system", s));
     let result = async {
         while let Some(line) = read_turn(interactive)? {
-            let messages: Vec<_> = first.take().into_iter().chain([message("user", &line)]).collect();
-            let opts = options(sampling);
-            let out = stream(conn, proxy, || session.chat(&messages, opts), !json).await?;
-            print_answer(&out.text, &out.stats, json);
-            finish_code(&out.stats)?;
+            let mut messages: Vec<_> = first.take().into_iter().chain([message("user", &line)]).collect();
+            // a turn ends with an answer; each round of calls gets its results back first, and
+            // after the first round the model chooses (a `required` choice would call forever)
+            let mut choice = tools.and_then(|t| t.1);
+            loop {
+                let mut opts = options(sampling);
+                if let Some((list, _)) = tools {
+                    opts.insert("tools", Value::from(list.to_string()));
+                    if let Some(c) = choice.take() {
+                        opts.insert("tool_choice", Value::from(c.to_string()));
+                    }
+                }
+                let out = stream(conn, proxy, || session.chat(&messages, opts), !json).await?;
+                print_answer(&out.text, &out.stats, json);
+                finish_code(&out.stats)?;
+                if out.tool_calls.is_empty() {
+                    break;
+                }
+                messages = tool_results(&out.tool_calls, interactive)?;
+            }
         }
         Ok(())
     }

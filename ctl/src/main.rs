@@ -111,8 +111,15 @@ enum Command {
         #[command(flatten)]
         sampling: Sampling,
         /// Send the whole history each turn (Manager.Chat) instead of keeping it in a session.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "tools")]
         stateless: bool,
+        /// Offer the model the tools in FILE (a JSON array of OpenAI-style function
+        /// definitions): each call is printed and its result asked for.
+        #[arg(long, value_name = "FILE", value_parser = read_file)]
+        tools: Option<String>,
+        /// auto, none, required or a tool's name (with --tools).
+        #[arg(long, requires = "tools")]
+        tool_choice: Option<String>,
     },
     /// Open sessions: owner, model, tokens and KV cache held, turns, idle time.
     Sessions,
@@ -382,8 +389,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             finish_code(&out.stats)?;
         }
-        Command::Chat { model, system, sampling, stateless } => {
-            chat::chat(&conn, &proxy, model, system.as_deref(), sampling, *stateless, cli.json).await?
+        Command::Chat { model, system, sampling, stateless, tools, tool_choice } => {
+            let tools = tools.as_deref().map(|t| (t, tool_choice.as_deref()));
+            chat::chat(&conn, &proxy, model, system.as_deref(), sampling, *stateless, tools, cli.json).await?
         }
         Command::Sessions => chat::sessions(&proxy, cli.json).await?,
         Command::Completions { .. } | Command::Man => unreachable!("handled before connecting"),

@@ -53,6 +53,8 @@ pub(crate) fn options(s: &Sampling) -> HashMap<&'static str, Value<'static>> {
 pub(crate) struct Outcome {
     pub(crate) text: String,
     pub(crate) stats: FinishStats,
+    /// The answer's tool calls: id, name, arguments (a JSON object's text).
+    pub(crate) tool_calls: Vec<(String, String, String)>,
 }
 
 /// Starts a request with `start` and streams its text to `out` until it finishes; Ctrl-C cancels it.
@@ -71,6 +73,7 @@ where
     let mut signals = MessageStream::for_match_rule(rule, conn, Some(1024)).await?;
     let id = start().await?;
     let mut text = String::new();
+    let mut tool_calls = vec![];
     let mut cancelled = false;
     let mut stdout = std::io::stdout();
     loop {
@@ -90,10 +93,16 @@ where
                             text.push_str(&piece);
                         }
                     }
+                    Some("ToolCall") => {
+                        let (rid, call_id, name, arguments): (u64, String, String, String) = msg.body().deserialize()?;
+                        if rid == id {
+                            tool_calls.push((call_id, name, arguments));
+                        }
+                    }
                     Some("Finished") => {
                         let (rid, stats): (u64, FinishStats) = msg.body().deserialize()?;
                         if rid == id {
-                            return Ok(Outcome { text, stats });
+                            return Ok(Outcome { text, stats, tool_calls });
                         }
                     }
                     _ => {}

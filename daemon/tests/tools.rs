@@ -325,4 +325,42 @@ mod bus {
             other => panic!("{other:?}"),
         }
     }
+
+    /// The docs' Python client (jeepney, no llamad code) and `llamactl chat --tools`: a
+    /// call, its result sent back, an answer.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_python_client_and_llamactl_run_the_tool_loop() {
+        let dir = super::tiny_copy(None);
+        let d = Daemon::start_with("", &[("tiny1k", dir.path())]).await;
+        let out = std::process::Command::new("/usr/bin/python3")
+            .arg(super::repo().join("tests/clients/tool_chat.py"))
+            .args([d.address.as_str(), "tiny1k", TOOLS, "get_weather", "Weather in Paris?", "18 C"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<serde_json::Value> =
+            String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0]["finish_reason"], "tool_calls");
+        assert_eq!(lines[0]["calls"][0]["name"], "get_weather");
+        assert!(lines[1]["calls"].as_array().unwrap().is_empty() || lines[1]["finish_reason"] == "tool_calls");
+
+        let tools = dir.path().join("tools.json");
+        std::fs::write(&tools, TOOLS).unwrap();
+        let mut child = d
+            .llamactl()
+            .args(["chat", "tiny1k", "--max-tokens", "48", "--temperature", "0", "--tool-choice", "add"])
+            .args(["--tools", tools.to_str().unwrap()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"Add 2 and 3\n5\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("[tool call call_") && text.contains("] add({"), "{text}");
+    }
 }

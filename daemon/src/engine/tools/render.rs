@@ -10,18 +10,16 @@ use super::Tools;
 use crate::engine::chat::{Message, Role};
 
 fn system_text(tools: &Tools) -> String {
-    let mut s = String::from(
-        "You can call functions to help with the user's request. The functions are listed inside \
-         <tools></tools>, one JSON object each:\n<tools>\n",
-    );
+    let mut s = String::from("You have access to the following functions:\n<tools>\n");
     for t in tools.template_json().as_array().into_iter().flatten() {
         s.push_str(&t.to_string());
         s.push('\n');
     }
     s.push_str(
-        "</tools>\nTo call one, answer with its name and arguments as JSON inside <tool_call></tool_call>:\n\
+        "</tools>\nWhen one of them answers the user's request, call it: reply with only the call, its \
+         name and arguments as JSON inside <tool_call></tool_call>:\n\
          <tool_call>\n{\"name\": \"function name\", \"arguments\": {\"argument\": \"value\"}}\n</tool_call>\n\
-         Each result comes back inside <tool_response></tool_response>. Answer without a call when none is needed.",
+         The result comes back inside <tool_response></tool_response>. When no function helps, answer in text.",
     );
     s
 }
