@@ -1,5 +1,5 @@
 //! The memory budget on a real daemon: admission and its typed refusals,
-//! eviction order, keep_alive, KV reservations, memory pressure, estimates
+//! eviction order (sessions' caches before idle models), keep_alive, KV reservations, memory pressure, estimates
 //! against measurement (also on a larger model generated here), and the peak
 //! resident size of a stress run, read from outside the process.
 
@@ -15,7 +15,7 @@ use common::*;
 use llamad::engine::{BackendKind, Model, Prompt, SamplingParams};
 use llamad::memory::measure::status_kib;
 use llamad::memory::mib;
-use llamad_api::Error;
+use llamad_api::{Error, SessionProxy};
 use zbus::zvariant::Value;
 
 const TINY: &str = "tiny-llama2-optimum-fp32";
@@ -425,6 +425,84 @@ async fn loading_a_larger_model_evicts_the_least_recently_used_idle_model_only()
     assert_eq!(loaded_now(&proxy).await, vec!["tiny".to_string(), "wide".to_string()], "{}", d.log());
     let mem = memory_now(&conn).await;
     assert!(mem.used.unwrap() <= mem.budget, "{mem:?}");
+}
+
+/// Room for a load comes from idle sessions' KV caches before idle models: with sessions
+/// holding long conversations on `long` and a budget in which `mid` loads next to `long` only
+/// once they drop their caches, loading `mid` drops them all and unloads nothing; the
+/// sessions stay open and their next turn computes its whole prompt again.
+///
+/// Ignored: it fails, and what it found is open. The order holds (the log shows all 64
+/// caches dropped, then `long` evicted), but after 64 session turns on tract the daemon's
+/// resident size is about 25 MiB above what the estimates account for, that memory does
+/// not come back when the caches are dropped and the model unloaded, so `mid` is refused
+/// (`OutOfBudget`, "82.7 MiB still in use"). Run with `-- --ignored`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "open: resident growth of held tract sessions beyond the estimates (see the doc)"]
+async fn session_caches_go_before_idle_models() {
+    let long = with_context(TINY, 1024);
+    let gen_dir = tempfile::tempdir().unwrap();
+    let mid = gen_dir.path().join("mid");
+    widen::widened_tiny_llama(&mid, 16384);
+    let extra = [("long", long.path()), ("mid", mid.as_path())];
+    let sizes = Sizes::probe_after(&["long"], &extra).await;
+    let (a, b) = (estimate(long.path(), false), estimate(&mid, false));
+    const SESSIONS: u64 = 64;
+    let text = "Once upon a time there was a little dog who liked to run in the park. ".repeat(12);
+    let held = tokens(long.path(), &text) + 8;
+    let (kv, request) = (a.kv(held), a.request(held, held));
+    let base = a.resident() + SESSIONS * kv;
+    let budget = sizes.budget_between(
+        "session caches first",
+        (base + request).max(a.resident() + b.load_peak()),
+        base + b.load_peak(),
+    );
+    let d = Daemon::start_with(&with_budget("[sessions]\nmax_per_client = 64", budget), &extra).await;
+    let (conn, proxy) = settled_proxy(&d).await;
+    let mut sessions = vec![];
+    for _ in 0..SESSIONS {
+        let path = proxy.open_session("long", HashMap::new()).await.unwrap();
+        let s = SessionProxy::builder(&conn).path(path).unwrap().build().await.unwrap();
+        let msg = HashMap::from([("role", Value::from("user")), ("content", Value::from(text.as_str()))]);
+        let mut signals = manager_signals(&conn).await;
+        let id = s.chat(&[msg], request_opts(1, 8)).await.unwrap();
+        collect(&mut signals, id).await;
+        sessions.push(s);
+    }
+    let mem = memory_now(&conn).await;
+    let before = mem.sessions_kv.unwrap();
+    assert!(before >= SESSIONS * kv * 9 / 10, "the sessions hold their caches: {mem:?}");
+    let mut signals = manager_signals(&conn).await;
+    if let Err(e) = proxy.load_model("mid", HashMap::new()).await {
+        panic!("{e}\n{}", d.log());
+    }
+    assert_eq!(loaded_now(&proxy).await, vec!["long".to_string(), "mid".to_string()], "{}", d.log());
+    let mem = memory_now(&conn).await;
+    assert!(mem.sessions_kv.unwrap() < before, "no session cache was dropped: {before} -> {mem:?}");
+    assert!(mem.used.unwrap() <= mem.budget, "{mem:?}");
+    let dropped = {
+        let mut n = 0;
+        for s in &sessions {
+            n += (s.kv_bytes().await.unwrap() == 0) as u32;
+        }
+        n
+    };
+    assert!(dropped > 0, "a session lost its cache");
+    assert_eq!(proxy.list_sessions().await.unwrap().len(), SESSIONS as usize, "sessions stay open");
+    // nothing was unloaded to make room
+    let unloaded = tokio::time::timeout(std::time::Duration::from_millis(300), wait_for(&mut signals, "ModelUnloaded"));
+    assert!(unloaded.await.is_err(), "a model was unloaded: {}", d.log());
+    // a session without its cache answers, computing its whole prompt again
+    for s in &sessions {
+        if s.kv_bytes().await.unwrap() == 0 {
+            let msg = HashMap::from([("role", Value::from("user")), ("content", Value::from("And then?"))]);
+            let mut signals = manager_signals(&conn).await;
+            let id = s.chat(&[msg], request_opts(1, 4)).await.unwrap();
+            let (_, stats, _) = collect(&mut signals, id).await;
+            assert_eq!(stats.cached_prompt_tokens, Some(0), "{stats:?}");
+            break;
+        }
+    }
 }
 
 /// Not a test: writes the larger model to $LLAMAD_LARGER_MODEL_DIR for models/bench-memory.sh

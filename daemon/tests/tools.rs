@@ -54,19 +54,10 @@ fn schemas() -> std::collections::HashMap<String, serde_json::Value> {
         .collect()
 }
 
-/// A copy of the tiny fixture whose config holds 1,024 tokens instead of 256 (a prompt
-/// listing tools is longer; the random weights know no trained length and the graph
-/// computes its rotary embedding for any position), with `template` as its chat template.
+/// The tiny fixture holding 1,024 tokens (a prompt listing tools is longer than its 256),
+/// with `template` as its chat template.
 fn tiny_copy(template: Option<&str>) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(fixture("tiny-llama2-optimum-fp32")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-    }
-    let config = tmp.path().join("config.json");
-    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    c["max_position_embeddings"] = 1024.into();
-    std::fs::write(&config, c.to_string()).unwrap();
+    let tmp = with_context("tiny-llama2-optimum-fp32", 1024);
     if let Some(t) = template {
         std::fs::write(tmp.path().join("chat_template.jinja"), t).unwrap();
     }

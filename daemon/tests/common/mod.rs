@@ -20,6 +20,22 @@ pub fn fixture(name: &str) -> PathBuf {
     repo().join("models/fixtures").join(name)
 }
 
+/// A copy of fixture `name` whose config holds `context` tokens (the tiny random-weight
+/// models know no trained length, and their graphs compute the rotary embedding for any
+/// position), for prompts longer than the fixture's 256.
+pub fn with_context(name: &str, context: u64) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    let config = tmp.path().join("config.json");
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["max_position_embeddings"] = context.into();
+    std::fs::write(&config, c.to_string()).unwrap();
+    tmp
+}
+
 pub fn reference() -> serde_json::Value {
     let text = std::fs::read_to_string(repo().join("models/fixtures/REFERENCE.json")).expect("REFERENCE.json");
     serde_json::from_str(&text).unwrap()
