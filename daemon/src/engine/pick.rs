@@ -41,32 +41,24 @@ impl Picker {
         out: &mut Vec<u32>,
     ) -> Result<(), GrammarError> {
         let started = std::time::Instant::now();
-        let r = self.pick_inner(logits, history, is_end, out);
+        let r = (|| {
+            if let Some(c) = self.constraint.as_mut() {
+                c.mask(logits)?;
+            }
+            let id = self.sampler.sample(logits, history);
+            out.push(id);
+            if let Some(c) = self.constraint.as_mut()
+                && !is_end(id)
+            {
+                c.commit(id)?;
+                let forced = c.forced()?;
+                self.forced += forced.len();
+                out.extend(forced);
+            }
+            Ok(())
+        })();
         self.time += started.elapsed();
         r
-    }
-
-    fn pick_inner(
-        &mut self,
-        logits: &mut [f32],
-        history: &[u32],
-        is_end: impl Fn(u32) -> bool,
-        out: &mut Vec<u32>,
-    ) -> Result<(), GrammarError> {
-        if let Some(c) = self.constraint.as_mut() {
-            c.mask(logits)?;
-        }
-        let id = self.sampler.sample(logits, history);
-        out.push(id);
-        if let Some(c) = self.constraint.as_mut()
-            && !is_end(id)
-        {
-            c.commit(id)?;
-            let forced = c.forced()?;
-            self.forced += forced.len();
-            out.extend(forced);
-        }
-        Ok(())
     }
 
     /// The grammar is complete: nothing more may be generated.

@@ -10,7 +10,7 @@ use super::detok::Detokenizer;
 use super::tokenizer::TokenizerError;
 
 /// Longest suffix of `text` that is a proper prefix of some stop string.
-fn held_back(text: &str, stops: &[String]) -> usize {
+fn held_back<'s>(text: &str, stops: impl IntoIterator<Item = &'s str>) -> usize {
     let mut keep = 0;
     for s in stops {
         for n in (1..s.len().min(text.len() + 1)).rev() {
@@ -64,9 +64,10 @@ impl<'t> TextOut<'t> {
             let body = &self.text[lead..];
             return if body.starts_with(marker) || marker.starts_with(body) { 0 } else { self.text.len() };
         }
-        match self.text.find(marker) {
-            Some(at) => at,
-            None => self.text.len() - held_back(&self.text, &[marker.to_string()]),
+        // streamed text never holds the marker's start: look only after it
+        match self.text[self.emitted..].find(marker) {
+            Some(at) => self.emitted + at,
+            None => self.text.len() - held_back(&self.text, [marker]),
         }
     }
 
@@ -83,7 +84,8 @@ impl<'t> TextOut<'t> {
             self.stopped = true;
             return Ok(true);
         }
-        let ready = (self.text.len() - held_back(&self.text, self.stops)).min(self.streamable());
+        let ready =
+            (self.text.len() - held_back(&self.text, self.stops.iter().map(String::as_str))).min(self.streamable());
         if ready > self.emitted {
             on_text(&self.text[self.emitted..ready]);
             self.emitted = ready;
@@ -117,11 +119,11 @@ mod tests {
 
     #[test]
     fn holds_back_only_possible_stop_prefixes() {
-        let stops = vec!["</answer>".to_string(), "\n\n".to_string()];
-        assert_eq!(held_back("hello </ans", &stops), 5);
-        assert_eq!(held_back("hello\n", &stops), 1);
-        assert_eq!(held_back("hello", &stops), 0);
-        assert_eq!(held_back("héllo <", &stops), 1);
+        let stops = ["</answer>", "\n\n"];
+        assert_eq!(held_back("hello </ans", stops), 5);
+        assert_eq!(held_back("hello\n", stops), 1);
+        assert_eq!(held_back("hello", stops), 0);
+        assert_eq!(held_back("héllo <", stops), 1);
     }
 
     fn tokenizer() -> Tokenizer {
