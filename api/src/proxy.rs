@@ -40,6 +40,9 @@ pub trait Manager {
     /// Every open session (`id`, `path`, `owner`, `model`, `tokens`, `kv_bytes`, `turns`,
     /// `idle_seconds`, `busy`).
     fn list_sessions(&self) -> zbus::Result<Vec<HashMap<String, OwnedValue>>>;
+    /// Requests queued or running and who runs each (`id`, `model`, `state`, `client`,
+    /// `uid`, and where known `pid`, `unit`, `slice`, `app_id`, `session`).
+    fn list_requests(&self) -> zbus::Result<Vec<HashMap<String, OwnedValue>>>;
     /// Dry run of loading `model`: options `context` (u), `parallel` (u), `backend` (s).
     fn estimate(&self, model: &str, options: HashMap<&str, Value<'_>>) -> zbus::Result<EstimateInfo>;
 

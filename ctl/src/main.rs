@@ -8,13 +8,14 @@
 //! 10 generation failed; 11 out of memory budget.
 
 mod chat;
+mod inspect;
 mod stream;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use llamad_api::{Error, ManagerProxy, ModelInfo};
+use llamad_api::{Error, ManagerProxy};
 use stream::{finish_code, json_stats, options, print_stats, stream};
 use zbus::zvariant::Value;
 
@@ -89,7 +90,8 @@ enum Command {
     },
     /// Unload a model.
     Unload { model: String },
-    /// Loaded models: backend, provider, idle time, running requests.
+    /// Loaded models (backend, provider, idle time) and who runs each request (uid, pid,
+    /// unit, app id; never what).
     Ps,
     /// Complete a prompt, streaming the text (the prompt is read from stdin when not given).
     Run {
@@ -195,19 +197,6 @@ async fn connect(cli: &Cli) -> Result<(zbus::Connection, ManagerProxy<'static>),
     Ok((conn, proxy))
 }
 
-fn model_json(m: &ModelInfo) -> serde_json::Value {
-    serde_json::json!({
-        "name": m.name, "layout": m.layout, "quantization": m.quantization, "parameters": m.parameters,
-        "context_length": m.context_length, "vocab_size": m.vocab_size, "file_size": m.file_size,
-        "loaded": m.loaded, "backend": m.backend, "provider": m.provider, "idle_seconds": m.idle_seconds,
-        "running": m.running, "error": m.error, "estimated_bytes": m.estimated_bytes,
-        "measured_bytes": m.measured_bytes, "measured_anon_bytes": m.measured_anon_bytes,
-        "measured_file_bytes": m.measured_file_bytes, "estimated_peak_bytes": m.estimated_peak_bytes,
-        "measured_peak_bytes": m.measured_peak_bytes, "kv_bytes_per_token": m.kv_bytes_per_token,
-        "kv_reserved_bytes": m.kv_reserved_bytes,
-    })
-}
-
 async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Completions { shell } => {
@@ -222,100 +211,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
     let (conn, proxy) = connect(&cli).await?;
     match &cli.command {
-        Command::Status => {
-            let version = proxy.version().await?;
-            let backends = proxy.backends().await?;
-            let providers = proxy.providers().await?;
-            let loaded = proxy.loaded_models().await?;
-            let running = proxy.requests_running().await?;
-            let queued = proxy.requests_queued().await?;
-            let mem = proxy.memory().await?;
-            if cli.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"version": version, "backends": backends, "providers": providers, "loaded_models": loaded,
-                        "requests_running": running, "requests_queued": queued,
-                        "memory": {"budget": mem.budget, "config": mem.config, "cgroup": mem.cgroup,
-                            "cgroup_source": mem.cgroup_source, "physical": mem.physical, "reserve": mem.reserve,
-                            "used": mem.used, "kv_reserved": mem.kv_reserved, "rss": mem.rss,
-                            "sessions_kv": mem.sessions_kv, "prompt_cache": mem.prompt_cache}})
-                );
-            } else {
-                println!("llamad {version}");
-                println!("backends:       {}", backends.join(", "));
-                println!("providers:      {}", if providers.is_empty() { "-".into() } else { providers.join(", ") });
-                println!("loaded models:  {}", if loaded.is_empty() { "-".into() } else { loaded.join(", ") });
-                println!("requests:       {running} running, {queued} queued");
-                let m = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
-                println!(
-                    "memory budget:  {} = min(config {}, cgroup {}{}, physical {}) - reserve {}",
-                    m(Some(mem.budget)),
-                    m(mem.config),
-                    m(mem.cgroup),
-                    mem.cgroup_source.as_deref().map(|s| format!(" from {s}")).unwrap_or_default(),
-                    m(mem.physical),
-                    m(mem.reserve)
-                );
-                println!(
-                    "memory in use:  {} (KV reserved {}, sessions' KV {}, prompt cache {}), daemon RSS {}",
-                    m(mem.used),
-                    m(mem.kv_reserved),
-                    m(mem.sessions_kv),
-                    m(mem.prompt_cache),
-                    m(mem.rss)
-                );
-            }
-        }
-        Command::Models | Command::Ps => {
-            let mut models = proxy.list_models().await?;
-            if matches!(cli.command, Command::Ps) {
-                models.retain(|m| m.loaded == Some(true));
-            }
-            if cli.json {
-                println!("{}", serde_json::Value::Array(models.iter().map(model_json).collect()));
-            } else if matches!(cli.command, Command::Ps) {
-                println!(
-                    "{:<24} {:<12} {:<20} {:>6} {:>6} {:>10} {:>10} {:>9} {:>9} {:>8}",
-                    "NAME", "BACKEND", "PROVIDER", "IDLE", "ACTIVE", "ESTIMATED", "MEASURED", "ANON", "FILE", "KV"
-                );
-                let mb = |b: Option<u64>| format!("{:.1}M", b.unwrap_or(0) as f64 / 1048576.0);
-                for m in &models {
-                    println!(
-                        "{:<24} {:<12} {:<20} {:>5}s {:>6} {:>10} {:>10} {:>9} {:>9} {:>8}",
-                        m.name,
-                        m.backend.as_deref().unwrap_or("-"),
-                        m.provider.as_deref().unwrap_or("-"),
-                        m.idle_seconds.unwrap_or(0),
-                        m.running.unwrap_or(0),
-                        mb(m.estimated_bytes),
-                        mb(m.measured_bytes),
-                        mb(m.measured_anon_bytes),
-                        mb(m.measured_file_bytes),
-                        mb(m.kv_reserved_bytes)
-                    );
-                }
-            } else {
-                println!(
-                    "{:<32} {:<18} {:<30} {:>9} {:>8} {:>9} LOADED",
-                    "NAME", "LAYOUT", "QUANTIZATION", "PARAMS", "CONTEXT", "SIZE"
-                );
-                for m in &models {
-                    if let Some(e) = &m.error {
-                        println!("{:<32} unusable: {e}", m.name);
-                        continue;
-                    }
-                    println!(
-                        "{:<32} {:<18} {:<30} {:>8.1}M {:>8} {:>8.1}M {}",
-                        m.name,
-                        m.layout.as_deref().unwrap_or("-"),
-                        m.quantization.as_deref().unwrap_or("-"),
-                        m.parameters.unwrap_or(0) as f64 / 1e6,
-                        m.context_length.unwrap_or(0),
-                        m.file_size.unwrap_or(0) as f64 / 1048576.0,
-                        if m.loaded == Some(true) { m.backend.as_deref().unwrap_or("yes") } else { "no" }
-                    );
-                }
-            }
+        Command::Status => inspect::status(&proxy, cli.json).await?,
+        Command::Models => inspect::models(&proxy, false, cli.json).await?,
+        Command::Ps => inspect::models(&proxy, true, cli.json).await?,
+        Command::Estimate { model, ctx, parallel, backend } => {
+            inspect::estimate(&proxy, model, *ctx, *parallel, backend.as_deref(), cli.json).await?
         }
         Command::Load { model, backend } => {
             let mut o: HashMap<&str, Value<'_>> = HashMap::new();
@@ -326,52 +226,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Unload { model } => proxy.unload_model(model).await?,
         Command::Cancel { request } => proxy.cancel(*request).await?,
-        Command::Estimate { model, ctx, parallel, backend } => {
-            let mut o: HashMap<&str, Value<'_>> = HashMap::from([("parallel", Value::from(*parallel))]);
-            if let Some(c) = ctx {
-                o.insert("context", Value::from(*c));
-            }
-            if let Some(b) = backend {
-                o.insert("backend", b.as_str().into());
-            }
-            let e = proxy.estimate(model, o).await?;
-            if cli.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"backend": e.backend, "weights": e.weights, "scratch": e.scratch,
-                        "kv_per_sequence": e.kv_per_sequence, "context": e.context, "parallel": e.parallel,
-                        "total": e.total, "budget": e.budget, "in_use": e.in_use, "fits_now": e.fits_now,
-                        "fits_after_eviction": e.fits_after_eviction, "load_peak": e.load_peak,
-                        "runtime_code": e.runtime_code})
-                );
-            } else {
-                let m = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
-                println!("{model} on {}:", e.backend);
-                println!("  weights              {}", m(e.weights));
-                match e.runtime_code.filter(|&c| c > 0) {
-                    Some(c) => {
-                        println!("  scratch              {} (with {} of runtime code, first load)", m(e.scratch), m(c))
-                    }
-                    None => println!("  scratch              {}", m(e.scratch)),
-                }
-                println!(
-                    "  KV cache             {} × {} sequence(s) of {} tokens",
-                    m(e.kv_per_sequence),
-                    e.parallel,
-                    e.context
-                );
-                println!("  total                {}", m(e.total));
-                if let Some(p) = e.load_peak {
-                    println!("  while loading        {} at the peak", m(p));
-                }
-                println!("  budget               {} ({} in use)", m(e.budget), m(e.in_use));
-                println!(
-                    "  fits now: {}; after unloading idle models: {}",
-                    if e.fits_now { "yes" } else { "no" },
-                    if e.fits_after_eviction { "yes" } else { "no" }
-                );
-            }
-        }
         Command::Run { model, prompt, sampling, verbose } => {
             let prompt = match prompt {
                 Some(p) => p.clone(),

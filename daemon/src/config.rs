@@ -37,8 +37,9 @@ pub struct Config {
     pub keep_alive: i64,
     /// Models loaded at once; loading one more first unloads the least recently used idle one.
     pub max_loaded_models: usize,
-    /// Users (uids) allowed to load and unload models, besides root and the daemon's own
-    /// user. Everyone may generate (loading on first use) and list.
+    /// Users (uids) allowed to load and unload models without asking polkit, besides root
+    /// and the daemon's own user (others: polkit's `org.llamad.Llama1.manage-models`).
+    /// Everyone may generate (loading on first use) and list.
     pub admin_uids: Vec<u32>,
     pub onnxruntime: OnnxRuntime,
     pub sessions: Sessions,
@@ -227,7 +228,7 @@ impl Config {
             p.validate().map_err(ConfigError::Invalid)?;
         }
         for name in &self.preload {
-            if !crate::service::valid_model_name(name) {
+            if !crate::engine::model_dir::valid_model_name(name) {
                 return bad(format!("preload: \"{name}\" is not a model name"));
             }
         }

@@ -1,11 +1,14 @@
 //! llamad: an on-device Llama inference daemon. [`engine`] is the inference
 //! core; [`scheduler`] runs requests on it; [`service`] serves them on D-Bus;
 //! [`memory`] budgets and estimates; [`session`] keeps conversations' KV caches;
-//! [`config`] is the daemon's configuration.
+//! [`config`] is the daemon's configuration; [`identity`] tells who a caller is
+//! and [`policy`] what it may do.
 
 pub mod config;
 pub mod engine;
+pub mod identity;
 pub mod memory;
+pub mod policy;
 pub mod scheduler;
 pub mod service;
 pub mod session;

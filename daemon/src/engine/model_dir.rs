@@ -13,6 +13,14 @@ use serde_json::Value;
 
 use super::onnx_graph::{GraphSummary, read_graph};
 
+/// Model names are directory names under `models_dir`: no paths, no hidden files.
+pub fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 /// Which exporter produced the directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -23,6 +23,7 @@ use zbus::DBusError as _;
 use crate::config::{Config, WhenFull};
 use crate::engine::backend::onnxruntime::locate_library;
 use crate::engine::{BackendKind, GenerateError, GrammarError, Model, Prompt, SamplingParams};
+use crate::identity::Caller;
 use crate::memory::budget::Budget;
 use crate::memory::estimate::Estimate;
 use crate::memory::mib;
@@ -112,6 +113,21 @@ struct Job {
 struct RequestEntry {
     owner: String,
     cancel: Arc<AtomicBool>,
+    caller: Arc<Caller>,
+    model: String,
+    session: Option<u64>,
+    /// A worker runs it (it was queued before).
+    running: bool,
+}
+
+/// A request queued or running, for `ListRequests`: who asked (never what).
+#[derive(Clone, Debug)]
+pub struct RequestSummary {
+    pub id: u64,
+    pub model: String,
+    pub running: bool,
+    pub caller: Arc<Caller>,
+    pub session: Option<u64>,
 }
 
 pub struct Scheduler {
@@ -247,7 +263,7 @@ impl Scheduler {
     #[allow(clippy::too_many_arguments)]
     pub fn submit(
         &self,
-        owner: &str,
+        caller: &Arc<Caller>,
         model_name: &str,
         model: Arc<Model>,
         prompt_ids: Vec<u32>,
@@ -291,10 +307,16 @@ impl Scheduler {
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = Arc::new(AtomicBool::new(false));
-        self.requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, RequestEntry { owner: owner.to_string(), cancel: cancel.clone() });
+        let owner = caller.name.as_str();
+        let entry = RequestEntry {
+            owner: owner.to_string(),
+            cancel: cancel.clone(),
+            caller: caller.clone(),
+            model: model_name.to_string(),
+            session: turn.as_ref().map(|t| t.session.id),
+            running: false,
+        };
+        self.requests.lock().unwrap_or_else(|e| e.into_inner()).insert(id, entry);
         self.queued.fetch_add(1, Ordering::SeqCst);
         // Between turns a session's KV cache counts as the session's; during one, as the job's.
         let session = turn.as_ref().map(|t| t.session.clone());
@@ -363,6 +385,23 @@ impl Scheduler {
         }
     }
 
+    /// Requests queued or running, oldest first.
+    pub fn list_requests(&self) -> Vec<RequestSummary> {
+        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<RequestSummary> = requests
+            .iter()
+            .map(|(&id, r)| RequestSummary {
+                id,
+                model: r.model.clone(),
+                running: r.running,
+                caller: r.caller.clone(),
+                session: r.session,
+            })
+            .collect();
+        list.sort_by_key(|r| r.id);
+        list
+    }
+
     /// Requests not finished yet (queued or running).
     pub fn outstanding(&self) -> usize {
         self.requests.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -375,6 +414,9 @@ impl Scheduler {
                 Err(_) => return,
             };
             let reserved = self.reserve_when_room(&job);
+            if let Some(r) = self.requests.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&job.id) {
+                r.running = true;
+            }
             self.queued.fetch_sub(1, Ordering::SeqCst);
             self.running.fetch_add(1, Ordering::SeqCst);
             let _ = self.events.send(Event::Started);

@@ -76,7 +76,7 @@ impl Scheduler {
 
     pub fn model_path(&self, name: &str) -> Result<PathBuf, Error> {
         let path = self.config.models_dir.join(name);
-        if !crate::service::valid_model_name(name) || !path.is_dir() {
+        if !crate::engine::model_dir::valid_model_name(name) || !path.is_dir() {
             return Err(Error::UnknownModel(format!("no model \"{name}\" in {}", self.config.models_dir.display())));
         }
         Ok(path)
@@ -88,7 +88,7 @@ impl Scheduler {
                 rd.flatten()
                     .filter(|e| e.path().is_dir())
                     .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-                    .filter(|n| crate::service::valid_model_name(n))
+                    .filter(|n| crate::engine::model_dir::valid_model_name(n))
                     .collect()
             })
             .unwrap_or_default();

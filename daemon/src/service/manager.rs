@@ -16,18 +16,31 @@ use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 use super::options;
 use crate::engine::chat::{Message, Role};
 use crate::engine::{Model, Prompt};
+use crate::identity::{Caller, Identities};
+use crate::policy::{self, Action};
 use crate::scheduler::{Scheduler, request_error};
 
 pub struct Manager {
     pub scheduler: Arc<Scheduler>,
+    pub identities: Arc<Identities>,
 }
 
 pub(super) fn caller(header: &Header<'_>) -> Result<String, Error> {
     header.sender().map(|s| s.to_string()).ok_or_else(|| Error::PermissionDenied("message without a sender".into()))
 }
 
+/// Who sent `header`, as the bus vouches for it (see `identity/`).
+pub(super) async fn identify(
+    identities: &Identities,
+    conn: &zbus::Connection,
+    header: &Header<'_>,
+) -> Result<Arc<Caller>, Error> {
+    let name = caller(header)?;
+    identities.resolve(conn, &name).await.map_err(|e| Error::PermissionDenied(e.to_string()))
+}
+
 fn check_name(name: &str) -> Result<(), Error> {
-    if super::valid_model_name(name) {
+    if crate::engine::model_dir::valid_model_name(name) {
         Ok(())
     } else {
         Err(Error::InvalidArgs(format!("model name {name:?}: 1 to 128 of [A-Za-z0-9._-], not starting with '.'")))
@@ -56,26 +69,48 @@ fn session_info(s: &crate::session::Summary) -> HashMap<String, OwnedValue> {
     m
 }
 
-impl Manager {
-    /// Loading and unloading are for root, the daemon's own user and `admin_uids`.
-    async fn check_admin(&self, conn: &zbus::Connection, header: &Header<'_>) -> Result<(), Error> {
-        let sender = header.sender().ok_or_else(|| Error::PermissionDenied("message without a sender".into()))?;
-        let dbus = zbus::fdo::DBusProxy::new(conn).await.map_err(|e| Error::Internal(e.to_string()))?;
-        let uid = dbus
-            .get_connection_unix_user(sender.clone().into())
-            .await
-            .map_err(|e| Error::PermissionDenied(format!("cannot tell who the caller is: {e}")))?;
-        // The daemon's own uid: the owner of its /proc entry.
-        let own = std::os::unix::fs::MetadataExt::uid(
-            &std::fs::metadata("/proc/self").map_err(|e| Error::Internal(e.to_string()))?,
-        );
-        if uid == 0 || uid == own || self.scheduler.config.admin_uids.contains(&uid) {
-            Ok(())
-        } else {
-            Err(Error::PermissionDenied(format!(
-                "uid {uid} may not load or unload models (admin_uids in the configuration)"
-            )))
+fn request_info(r: &crate::scheduler::RequestSummary) -> HashMap<String, OwnedValue> {
+    let mut m = HashMap::new();
+    let mut put = |k: &str, v: Value<'_>| {
+        if let Ok(v) = v.try_to_owned() {
+            m.insert(k.to_string(), v);
         }
+    };
+    let c = &r.caller;
+    put("id", Value::from(r.id));
+    put("model", Value::from(r.model.as_str()));
+    put("state", Value::from(if r.running { "running" } else { "queued" }));
+    put("client", Value::from(c.name.as_str()));
+    put("uid", Value::from(c.uid));
+    if let Some(pid) = c.pid {
+        put("pid", Value::from(pid));
+    }
+    if let Some(unit) = &c.placement.unit {
+        put("unit", Value::from(unit.as_str()));
+    }
+    if let Some(slice) = &c.placement.slice {
+        put("slice", Value::from(slice.as_str()));
+    }
+    if let Some(app) = c.app_label() {
+        put("app_id", Value::from(app));
+    }
+    if let Some(s) = r.session {
+        put("session", Value::from(s));
+    }
+    m
+}
+
+impl Manager {
+    /// Loading and unloading: at once for root, the daemon's own user and `admin_uids`;
+    /// otherwise if polkit allows `manage-models` for this model.
+    async fn check_admin(&self, conn: &zbus::Connection, header: &Header<'_>, model: &str) -> Result<(), Error> {
+        let caller = identify(&self.identities, conn, header).await?;
+        if policy::trusted(&caller, policy::own_uid(), &self.scheduler.config.admin_uids) {
+            return Ok(());
+        }
+        policy::polkit::check(conn, header, &caller, Action::ManageModels, &[("model", model)])
+            .await
+            .map_err(|e| Error::PermissionDenied(e.to_string()))
     }
 
     /// Loads the model if needed and tokenizes the prompt against it (off the runtime).
@@ -99,16 +134,17 @@ impl Manager {
 
     async fn start(
         &self,
+        conn: &zbus::Connection,
         header: Header<'_>,
         model: &str,
         prompt: Prompt,
         opts: HashMap<String, OwnedValue>,
     ) -> Result<u64, Error> {
-        let owner = caller(&header)?;
         let (mut params, keep_alive) = options::request(&opts)?;
         let prompt = with_tools(prompt, &mut params, &opts)?;
+        let who = identify(&self.identities, conn, &header).await?;
         let (m, ids) = self.prepare(model, prompt).await?;
-        self.scheduler.submit(&owner, model, m, ids, params, keep_alive, None)
+        self.scheduler.submit(&who, model, m, ids, params, keep_alive, None)
     }
 }
 
@@ -147,7 +183,7 @@ impl Manager {
         options: HashMap<String, OwnedValue>,
     ) -> Result<(), Error> {
         check_name(name)?;
-        self.check_admin(conn, &header).await?;
+        self.check_admin(conn, &header, name).await?;
         let backend = options::load(&options)?;
         let (s, name) = (self.scheduler.clone(), name.to_string());
         tokio::task::spawn_blocking(move || s.get_or_load(&name, backend, "admin").map(|_| ()))
@@ -162,13 +198,14 @@ impl Manager {
         name: &str,
     ) -> Result<(), Error> {
         check_name(name)?;
-        self.check_admin(conn, &header).await?;
+        self.check_admin(conn, &header, name).await?;
         self.scheduler.unload(name)
     }
 
     #[zbus(out_args("request"))]
     async fn generate(
         &self,
+        #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
         model: &str,
         prompt: &str,
@@ -177,12 +214,13 @@ impl Manager {
         if prompt.is_empty() {
             return Err(Error::InvalidArgs("prompt: empty".into()));
         }
-        self.start(header, model, Prompt::Text(prompt.to_string()), options).await
+        self.start(conn, header, model, Prompt::Text(prompt.to_string()), options).await
     }
 
     #[zbus(out_args("request"))]
     async fn chat(
         &self,
+        #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
         model: &str,
         messages: Vec<WireMessage>,
@@ -203,7 +241,7 @@ impl Manager {
             msgs.push(Message::new(role, content));
         }
         crate::engine::chat::validate(&msgs).map_err(|e| Error::InvalidArgs(e.to_string()))?;
-        self.start(header, model, Prompt::Chat(msgs), options).await
+        self.start(conn, header, model, Prompt::Chat(msgs), options).await
     }
 
     /// A chat whose messages are `aa{sv}`: they may carry tool calls and results (see the
@@ -211,6 +249,7 @@ impl Manager {
     #[zbus(out_args("request"))]
     async fn chat_messages(
         &self,
+        #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
         model: &str,
         messages: Vec<HashMap<String, OwnedValue>>,
@@ -218,7 +257,7 @@ impl Manager {
     ) -> Result<u64, Error> {
         let msgs = options::messages(&messages)?;
         crate::engine::chat::validate(&msgs).map_err(|e| Error::InvalidArgs(e.to_string()))?;
-        self.start(header, model, Prompt::Chat(msgs), options).await
+        self.start(conn, header, model, Prompt::Chat(msgs), options).await
     }
 
     #[zbus(out_args("estimate"))]
@@ -256,7 +295,11 @@ impl Manager {
             .open(&owner, model, ttl, cfg.max_per_client)
             .map_err(super::session::session_error)?;
         let path = llamad_api::session_path(session.id);
-        let object = super::session::SessionObject { session: session.clone(), scheduler: self.scheduler.clone() };
+        let object = super::session::SessionObject {
+            session: session.clone(),
+            scheduler: self.scheduler.clone(),
+            identities: self.identities.clone(),
+        };
         if let Err(e) = conn.object_server().at(path.as_str(), object).await {
             self.scheduler.sessions.remove(session.id);
             return Err(Error::Internal(e.to_string()));
@@ -270,6 +313,15 @@ impl Manager {
     #[zbus(out_args("sessions"))]
     async fn list_sessions(&self) -> Vec<HashMap<String, OwnedValue>> {
         self.scheduler.sessions.all().iter().map(|s| session_info(&s.summary())).collect()
+    }
+
+    /// Requests queued or running, oldest first: who runs each (never what): `id` (t),
+    /// `model` (s), `state` (s: queued, running), `client` (s: unique name), `uid` (u),
+    /// and where known `pid` (u), `unit` (s), `slice` (s), `app_id` (s: flatpak:ID,
+    /// snap:NAME), `session` (t).
+    #[zbus(out_args("requests"))]
+    async fn list_requests(&self) -> Vec<HashMap<String, OwnedValue>> {
+        self.scheduler.list_requests().iter().map(request_info).collect()
     }
 
     async fn cancel(&self, #[zbus(header)] header: Header<'_>, request: u64) -> Result<(), Error> {

@@ -28,14 +28,6 @@ pub enum Bus {
     Address(String),
 }
 
-/// Model names are directory names under `models_dir`: no paths, no hidden files.
-pub fn valid_model_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
 fn notify(state: &[NotifyState<'_>]) {
     // Not under systemd: NOTIFY_SOCKET is unset and this does nothing.
     let _ = sd_notify::notify(state);
@@ -49,7 +41,9 @@ pub async fn run(config: Config, bus: Bus) -> anyhow::Result<()> {
         Bus::Session => zbus::connection::Builder::session()?,
         Bus::Address(a) => zbus::connection::Builder::address(a.as_str())?,
     };
-    let conn = builder.serve_at(MANAGER_PATH, Manager { scheduler: scheduler.clone() })?.build().await?;
+    let identities = std::sync::Arc::new(crate::identity::Identities::default());
+    let manager = Manager { scheduler: scheduler.clone(), identities: identities.clone() };
+    let conn = builder.serve_at(MANAGER_PATH, manager)?.build().await?;
 
     for name in &config.preload {
         notify(&[NotifyState::Status(&format!("loading {name}"))]);
@@ -72,6 +66,7 @@ pub async fn run(config: Config, bus: Bus) -> anyhow::Result<()> {
         while let Some(signal) = owners.next().await {
             let Ok(args) = signal.args() else { continue };
             if args.new_owner().is_none() && args.name().starts_with(':') {
+                identities.forget(args.name());
                 let n = s.cancel_owner(args.name());
                 if n > 0 {
                     tracing::info!(client = %args.name(), requests = n, "client left the bus: its requests are cancelled");

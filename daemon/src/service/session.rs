@@ -22,6 +22,7 @@ use crate::session::{CloseReason, Session, SessionError};
 pub struct SessionObject {
     pub session: Arc<Session>,
     pub scheduler: Arc<Scheduler>,
+    pub identities: Arc<crate::identity::Identities>,
 }
 
 /// D-Bus error for a session error.
@@ -61,6 +62,7 @@ impl SessionObject {
     #[zbus(out_args("request"))]
     async fn chat(
         &self,
+        #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: Header<'_>,
         messages: Vec<HashMap<String, OwnedValue>>,
         options: HashMap<String, OwnedValue>,
@@ -75,8 +77,9 @@ impl SessionObject {
         conversation.extend(new.iter().cloned());
         crate::engine::chat::validate(&conversation).map_err(|e| Error::InvalidArgs(e.to_string()))?;
         let prompt = super::manager::with_tools(Prompt::Chat(conversation), &mut params, &options)?;
+        let who = super::manager::identify(&self.identities, conn, &header).await?;
         session.begin_turn().map_err(session_error)?;
-        let (s, model, owner) = (self.scheduler.clone(), session.model.clone(), session.owner.clone());
+        let (s, model) = (self.scheduler.clone(), session.model.clone());
         let turn = Turn { session: session.clone(), messages: new };
         let queued = tokio::task::spawn_blocking(move || {
             let m = s.acquire(&model)?;
@@ -87,7 +90,7 @@ impl SessionObject {
                     return Err(request_error(e));
                 }
             };
-            s.submit(&owner, &model, m, ids, params, keep_alive, Some(turn))
+            s.submit(&who, &model, m, ids, params, keep_alive, Some(turn))
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))
