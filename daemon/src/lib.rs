@@ -2,8 +2,9 @@
 //! core; [`scheduler`] runs requests on it; [`service`] serves them on D-Bus;
 //! [`memory`] budgets and estimates; [`session`] keeps conversations' KV caches;
 //! [`config`] is the daemon's configuration; [`identity`] tells who a caller is
-//! and [`policy`] what it may do.
+//! and [`policy`] what it may do; [`audit`] records who did what.
 
+pub mod audit;
 pub mod config;
 pub mod engine;
 pub mod identity;

@@ -318,6 +318,7 @@ fn init_logging(default: &str) {
         && journal.install().is_ok()
     {
         log::set_max_level(log::LevelFilter::Info);
+        llamad::audit::to_journal(true);
         return;
     }
     tracing_subscriber::fmt()

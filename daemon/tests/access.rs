@@ -339,3 +339,94 @@ async fn requests_show_who_runs_them_by_unit_and_app() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The audit lines of a daemon's log (the stderr form: no journal here), with `id`.
+fn audit_lines(log: &str, id: &str) -> Vec<String> {
+    log.lines().filter(|l| l.contains(&format!(" MESSAGE_ID={id} "))).map(str::to_string).collect()
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[start..].split(' ').next()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_records_say_who_did_what_and_never_what_was_said() {
+    use common::client::{collect, manager_signals, request_opts, stream};
+    use llamad::audit::{ADMIN_ID, REQUEST_ID};
+    let d = Daemon::start("").await;
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (conn, proxy) = d.proxy().await;
+    let me = conn.unique_name().unwrap().to_string();
+    let secret = "the password is PERIWINKLE";
+    // a completion, a refused request, a session turn, an admin action done and one refused
+    let (text, stats, _) = stream(&conn, &proxy, "tiny", secret, request_opts(3, 24)).await.unwrap();
+    assert_eq!(stats.finish_reason, "length");
+    assert!(stream(&conn, &proxy, "no-such-model", secret, request_opts(3, 8)).await.is_err());
+    let path = proxy.open_session("tiny", HashMap::new()).await.unwrap();
+    let session = llamad_api::SessionProxy::builder(&conn).path(path).unwrap().build().await.unwrap();
+    let msg = HashMap::from([("role", zbus::zvariant::Value::from("user")), ("content", secret.into())]);
+    let mut signals = manager_signals(&conn).await;
+    let id = session.chat(&[msg], request_opts(4, 6)).await.unwrap();
+    let (turn_text, _, _) = collect(&mut signals, id).await;
+    proxy.load_model("tiny", HashMap::new()).await.unwrap();
+    assert!(!as_nobody(&d, false, &["UnloadModel", "s", "tiny"]).status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let log = d.log();
+    let requests = audit_lines(&log, REQUEST_ID);
+    assert_eq!(requests.len(), 3, "one record per request:\n{log}");
+    let done = &requests[0];
+    assert_eq!(field(done, "LLAMAD_CALLER_UID"), Some("0"), "{done}");
+    assert_eq!(field(done, "LLAMAD_CALLER_NAME"), Some(me.as_str()));
+    assert_eq!(field(done, "LLAMAD_CALLER_PID"), Some(std::process::id().to_string().as_str()));
+    assert_eq!(field(done, "LLAMAD_MODEL"), Some("tiny"));
+    assert_eq!(field(done, "LLAMAD_TOKENS_IN"), Some(stats.prompt_tokens.unwrap().to_string().as_str()));
+    assert_eq!(field(done, "LLAMAD_TOKENS_OUT"), Some("24"));
+    assert_eq!(field(done, "LLAMAD_RESULT"), Some("length"));
+    let refused = &requests[1];
+    assert_eq!(field(refused, "LLAMAD_MODEL"), Some("no-such-model"), "{refused}");
+    assert_eq!(field(refused, "LLAMAD_RESULT"), Some("org.llamad.Llama1.Error.UnknownModel"));
+    assert_eq!(field(refused, "LLAMAD_REQUEST"), None, "it never had an id");
+    let turn = &requests[2];
+    assert!(field(turn, "LLAMAD_SESSION").is_some(), "{turn}");
+    assert_eq!(field(turn, "LLAMAD_TOKENS_OUT"), Some("6"));
+
+    let admin = audit_lines(&log, ADMIN_ID);
+    assert_eq!(admin.len(), 2, "one record per admin action:\n{log}");
+    assert_eq!(
+        (field(&admin[0], "LLAMAD_ACTION"), field(&admin[0], "LLAMAD_RESULT")),
+        (Some("load-model"), Some("ok"))
+    );
+    assert_eq!(field(&admin[1], "LLAMAD_ACTION"), Some("unload-model"));
+    assert_eq!(field(&admin[1], "LLAMAD_CALLER_UID"), Some("65534"));
+    assert_eq!(field(&admin[1], "LLAMAD_RESULT"), Some("org.llamad.Llama1.Error.PermissionDenied"));
+
+    // never what: neither the prompt nor any output is in a record (nor anywhere in the log)
+    assert!(!log.contains("PERIWINKLE"), "the prompt leaked into the log:\n{log}");
+    for out in [text.trim(), turn_text.trim()] {
+        if out.len() >= 8 {
+            assert!(!log.contains(out), "output text {out:?} leaked into the log");
+        }
+    }
+}
+
+#[test]
+fn the_journal_catalog_explains_every_audit_message_id() {
+    // journalctl builds and reads the catalog database under a root of the test's own
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("usr/lib/systemd/catalog");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(repo().join("systemd/llamad.catalog"), dir.join("llamad.catalog")).unwrap();
+    let update = Command::new("journalctl").arg("--root").arg(root.path()).arg("--update-catalog").output();
+    let update = update.expect("journalctl (systemd)");
+    assert!(update.status.success(), "{}", stderr(&update));
+    let list = Command::new("journalctl").arg("--root").arg(root.path()).arg("--list-catalog").output().unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout);
+    for id in [llamad::audit::REQUEST_ID, llamad::audit::ADMIN_ID] {
+        assert!(
+            listed.lines().any(|l| l.starts_with(id) && l.contains("llamad")),
+            "{id} not in the catalog:\n{listed}"
+        );
+    }
+}

@@ -308,11 +308,13 @@ async fn a_client_that_leaves_cancels_its_requests() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let log = d.log();
-    let cancelled = log.lines().filter(|l| l.contains("request finished") && l.contains("cancelled")).count();
+    // the audit records (one per request) say how each ended
+    let audit = |l: &&str| l.contains(&format!("MESSAGE_ID={}", llamad::audit::REQUEST_ID));
+    let cancelled = log.lines().filter(audit).filter(|l| l.ends_with("LLAMAD_RESULT=cancelled")).count();
     assert!(log.contains("client left the bus"), "{log}");
     assert!(cancelled >= 8, "only {cancelled} of 16 requests were cancelled:\n{log}");
     // A cancelled request stops at the next token: none of them ran to max_tokens.
-    let full = log.lines().filter(|l| l.contains("cancelled") && l.contains("generated=250")).count();
+    let full = log.lines().filter(audit).filter(|l| l.contains("LLAMAD_TOKENS_OUT=250 ")).count();
     assert_eq!(full, 0);
 }
 

@@ -100,6 +100,7 @@ struct Job {
     turn: Option<Turn>,
     id: u64,
     owner: String,
+    caller: Arc<Caller>,
     model_name: String,
     model: Arc<Model>,
     prompt_ids: Vec<u32>,
@@ -325,6 +326,7 @@ impl Scheduler {
             turn,
             id,
             owner: owner.to_string(),
+            caller: caller.clone(),
             model_name: model_name.to_string(),
             model,
             prompt_ids,
@@ -424,8 +426,19 @@ impl Scheduler {
                 Ok(kv) => (kv, self.run(&job)),
                 Err(e) => (0, failed(&e)),
             };
-            tracing::info!(request = job.id, client = %job.owner, model = %job.model_name,
+            tracing::debug!(request = job.id, client = %job.owner, model = %job.model_name,
                 finish = %stats.finish_reason, generated = stats.generated_tokens.unwrap_or(0), "request finished");
+            crate::audit::log(&crate::audit::Record {
+                caller: &job.caller,
+                model: &job.model_name,
+                event: crate::audit::Event::Request {
+                    id: Some(job.id),
+                    session: job.turn.as_ref().map(|t| t.session.id),
+                    tokens_in: stats.prompt_tokens.unwrap_or(job.prompt_ids.len() as u32),
+                    tokens_out: stats.generated_tokens.unwrap_or(0),
+                },
+                result: stats.error_name.as_deref().unwrap_or(&stats.finish_reason),
+            });
             let Job { id, owner, model_name, .. } = job;
             // The request's model reference, KV cache and buffers are gone: return the memory
             // to the system before the reservation is released (and the model may be evicted),

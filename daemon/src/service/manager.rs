@@ -39,6 +39,33 @@ pub(super) async fn identify(
     identities.resolve(conn, &name).await.map_err(|e| Error::PermissionDenied(e.to_string()))
 }
 
+/// The audit record of an administrative action.
+fn audit_admin(who: &Caller, action: &str, model: &str, result: &Result<(), Error>) {
+    let result = match result {
+        Ok(()) => "ok".to_string(),
+        Err(e) => zbus::DBusError::name(e).to_string(),
+    };
+    crate::audit::log(&crate::audit::Record {
+        caller: who,
+        model,
+        event: crate::audit::Event::Admin { action },
+        result: &result,
+    });
+}
+
+/// The audit record of a request refused before it was queued (a queued one is recorded
+/// when it ends).
+pub(super) fn audit_refused(who: &Caller, model: &str, session: Option<u64>, queued: &Result<u64, Error>) {
+    if let Err(e) = queued {
+        crate::audit::log(&crate::audit::Record {
+            caller: who,
+            model,
+            event: crate::audit::Event::Request { id: None, session, tokens_in: 0, tokens_out: 0 },
+            result: zbus::DBusError::name(e).as_str(),
+        });
+    }
+}
+
 fn check_name(name: &str) -> Result<(), Error> {
     if crate::engine::model_dir::valid_model_name(name) {
         Ok(())
@@ -103,12 +130,17 @@ fn request_info(r: &crate::scheduler::RequestSummary) -> HashMap<String, OwnedVa
 impl Manager {
     /// Loading and unloading: at once for root, the daemon's own user and `admin_uids`;
     /// otherwise if polkit allows `manage-models` for this model.
-    async fn check_admin(&self, conn: &zbus::Connection, header: &Header<'_>, model: &str) -> Result<(), Error> {
-        let caller = identify(&self.identities, conn, header).await?;
-        if policy::trusted(&caller, policy::own_uid(), &self.scheduler.config.admin_uids) {
+    async fn check_admin(
+        &self,
+        conn: &zbus::Connection,
+        header: &Header<'_>,
+        caller: &Caller,
+        model: &str,
+    ) -> Result<(), Error> {
+        if policy::trusted(caller, policy::own_uid(), &self.scheduler.config.admin_uids) {
             return Ok(());
         }
-        policy::polkit::check(conn, header, &caller, Action::ManageModels, &[("model", model)])
+        policy::polkit::check(conn, header, caller, Action::ManageModels, &[("model", model)])
             .await
             .map_err(|e| Error::PermissionDenied(e.to_string()))
     }
@@ -143,8 +175,12 @@ impl Manager {
         let (mut params, keep_alive) = options::request(&opts)?;
         let prompt = with_tools(prompt, &mut params, &opts)?;
         let who = identify(&self.identities, conn, &header).await?;
-        let (m, ids) = self.prepare(model, prompt).await?;
-        self.scheduler.submit(&who, model, m, ids, params, keep_alive, None)
+        let queued = match self.prepare(model, prompt).await {
+            Ok((m, ids)) => self.scheduler.submit(&who, model, m, ids, params, keep_alive, None),
+            Err(e) => Err(e),
+        };
+        audit_refused(&who, model, None, &queued);
+        queued
     }
 }
 
@@ -183,12 +219,20 @@ impl Manager {
         options: HashMap<String, OwnedValue>,
     ) -> Result<(), Error> {
         check_name(name)?;
-        self.check_admin(conn, &header, name).await?;
         let backend = options::load(&options)?;
-        let (s, name) = (self.scheduler.clone(), name.to_string());
-        tokio::task::spawn_blocking(move || s.get_or_load(&name, backend, "admin").map(|_| ()))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
+        let who = identify(&self.identities, conn, &header).await?;
+        let result = match self.check_admin(conn, &header, &who, name).await {
+            Ok(()) => {
+                let (s, model) = (self.scheduler.clone(), name.to_string());
+                tokio::task::spawn_blocking(move || s.get_or_load(&model, backend, "admin").map(|_| ()))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))
+                    .and_then(|r| r)
+            }
+            Err(e) => Err(e),
+        };
+        audit_admin(&who, "load-model", name, &result);
+        result
     }
 
     async fn unload_model(
@@ -198,8 +242,13 @@ impl Manager {
         name: &str,
     ) -> Result<(), Error> {
         check_name(name)?;
-        self.check_admin(conn, &header, name).await?;
-        self.scheduler.unload(name)
+        let who = identify(&self.identities, conn, &header).await?;
+        let result = match self.check_admin(conn, &header, &who, name).await {
+            Ok(()) => self.scheduler.unload(name),
+            Err(e) => Err(e),
+        };
+        audit_admin(&who, "unload-model", name, &result);
+        result
     }
 
     #[zbus(out_args("request"))]

@@ -81,6 +81,7 @@ impl SessionObject {
         session.begin_turn().map_err(session_error)?;
         let (s, model) = (self.scheduler.clone(), session.model.clone());
         let turn = Turn { session: session.clone(), messages: new };
+        let caller = who.clone();
         let queued = tokio::task::spawn_blocking(move || {
             let m = s.acquire(&model)?;
             let ids = match m.prompt_ids(&prompt) {
@@ -90,7 +91,7 @@ impl SessionObject {
                     return Err(request_error(e));
                 }
             };
-            s.submit(&who, &model, m, ids, params, keep_alive, Some(turn))
+            s.submit(&caller, &model, m, ids, params, keep_alive, Some(turn))
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))
@@ -98,6 +99,7 @@ impl SessionObject {
         if queued.is_err() {
             session.state().busy = false;
         }
+        super::manager::audit_refused(&who, &session.model, Some(session.id), &queued);
         queued
     }
 
