@@ -31,6 +31,9 @@ pub enum Error {
     OutOfBudget(String),
     /// No such session (closed, expired, or never opened).
     UnknownSession(String),
+    /// The caller's app has used its token quota (`[[apps]]` rules): the message begins
+    /// `retry in N s:`, N being the seconds until the quota allows a request again.
+    QuotaExceeded(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

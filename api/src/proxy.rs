@@ -43,6 +43,9 @@ pub trait Manager {
     /// Requests queued or running and who runs each (`id`, `model`, `state`, `client`,
     /// `uid`, and where known `pid`, `unit`, `slice`, `app_id`, `session`).
     fn list_requests(&self) -> zbus::Result<Vec<HashMap<String, OwnedValue>>>;
+    /// What each account (app id or `uid:N`) used (`account`, `running`,
+    /// `tokens_last_minute`, `tokens_today`, `requests_today`).
+    fn list_usage(&self) -> zbus::Result<Vec<HashMap<String, OwnedValue>>>;
     /// Dry run of loading `model`: options `context` (u), `parallel` (u), `backend` (s).
     fn estimate(&self, model: &str, options: HashMap<&str, Value<'_>>) -> zbus::Result<EstimateInfo>;
 

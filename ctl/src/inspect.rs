@@ -16,6 +16,7 @@ pub(crate) async fn status(proxy: &ManagerProxy<'_>, json: bool) -> Result<(), F
     let running = proxy.requests_running().await?;
     let queued = proxy.requests_queued().await?;
     let mem = proxy.memory().await?;
+    let usage = proxy.list_usage().await?;
     if json {
         println!(
             "{}",
@@ -24,7 +25,8 @@ pub(crate) async fn status(proxy: &ManagerProxy<'_>, json: bool) -> Result<(), F
                 "memory": {"budget": mem.budget, "config": mem.config, "cgroup": mem.cgroup,
                     "cgroup_source": mem.cgroup_source, "physical": mem.physical, "reserve": mem.reserve,
                     "used": mem.used, "kv_reserved": mem.kv_reserved, "rss": mem.rss,
-                    "sessions_kv": mem.sessions_kv, "prompt_cache": mem.prompt_cache}})
+                    "sessions_kv": mem.sessions_kv, "prompt_cache": mem.prompt_cache},
+                "usage": usage.iter().map(request_json).collect::<Vec<_>>()})
         );
     } else {
         println!("llamad {version}");
@@ -50,6 +52,26 @@ pub(crate) async fn status(proxy: &ManagerProxy<'_>, json: bool) -> Result<(), F
             m(mem.prompt_cache),
             m(mem.rss)
         );
+        if !usage.is_empty() {
+            println!("usage (UTC day):");
+            println!(
+                "  {:<40} {:>7} {:>12} {:>12} {:>9}",
+                "ACCOUNT", "RUNNING", "TOKENS/MIN", "TOKENS/DAY", "REQUESTS"
+            );
+            let n = |r: &HashMap<String, OwnedValue>, k: &str| {
+                r.get(k).and_then(|v| u64::try_from(v).ok().or_else(|| u32::try_from(v).ok().map(u64::from)))
+            };
+            for r in &usage {
+                println!(
+                    "  {:<40} {:>7} {:>12} {:>12} {:>9}",
+                    text(r, "account"),
+                    n(r, "running").unwrap_or(0),
+                    n(r, "tokens_last_minute").unwrap_or(0),
+                    n(r, "tokens_today").unwrap_or(0),
+                    n(r, "requests_today").unwrap_or(0)
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! Exit codes (stable, for scripts): 0 success; 1 other error; 2 usage;
 //! 3 the daemon is not reachable; 4 unknown model; 5 invalid arguments;
 //! 6 busy; 7 context overflow; 8 model failed to load; 9 cancelled;
-//! 10 generation failed; 11 out of memory budget.
+//! 10 generation failed; 11 out of memory budget; 12 quota exceeded.
 
 mod chat;
 mod inspect;
@@ -174,6 +174,7 @@ impl From<Error> for Failure {
             Error::ModelLoadFailed(_) => 8,
             Error::PermissionDenied(_) | Error::Internal(_) => 1,
             Error::OutOfBudget(_) => 11,
+            Error::QuotaExceeded(_) => 12,
         };
         Failure { code, message: e.to_string() }
     }

@@ -45,6 +45,9 @@ pub struct Config {
     pub sessions: Sessions,
     pub tract: Tract,
     pub memory: Memory,
+    /// Per-app rules (`[[apps]]`, `policy/rules.rs`): the first that matches a caller sets
+    /// the models it may use, its requests at once and its token quotas.
+    pub apps: Vec<crate::policy::rules::AppRule>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -155,6 +158,7 @@ impl Default for Config {
             sessions: Sessions::default(),
             tract: Tract::default(),
             memory: Memory::default(),
+            apps: vec![],
         }
     }
 }
@@ -232,6 +236,9 @@ impl Config {
                 return bad(format!("preload: \"{name}\" is not a model name"));
             }
         }
+        for (i, rule) in self.apps.iter().enumerate() {
+            rule.validate(i).map_err(ConfigError::Invalid)?;
+        }
         Ok(())
     }
 }
@@ -263,6 +270,8 @@ mod tests {
             "backend = \"gpu\"",
             "[[onnxruntime.providers]]\nname = \"qnn\"\noptions = { htp_performance_mode = \"warp\" }",
             "preload = [\"../etc\"]",
+            "[[apps]]\nuid = 1000\nmax_concurrent = 0",
+            "[[apps]]\ntokens_per_hour = 5",
             "models_dir = ",
         ] {
             let r = toml::from_str::<Config>(text)

@@ -430,3 +430,83 @@ fn the_journal_catalog_explains_every_audit_message_id() {
         );
     }
 }
+
+/// The python client as uid `uid`: one completion; its JSON line (`text`, `finish_reason`,
+/// or `error` and `message`).
+fn complete_as(uid: u32, d: &Daemon, model: &str, max_tokens: u32) -> serde_json::Value {
+    let out = Command::new("setpriv")
+        .args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()])
+        .arg("/usr/bin/python3")
+        .arg(python_client())
+        .args([&d.address, model, "Once upon a time", "1", &max_tokens.to_string()])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}{}", stderr(&out), d.log()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn app_rules_limit_models_concurrency_and_tokens() {
+    let long = with_context(TINY, 4096);
+    let rules = "[[apps]]\nuid = 65534\nmodels = [\"tiny\"]\ntokens_per_minute = 50\n\
+                 [[apps]]\nuid = 2\nmax_concurrent = 1\n";
+    let d = Daemon::start_with(rules, &[("long", long.path())]).await;
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (conn, proxy) = d.proxy().await;
+
+    // a model outside the rule's list
+    let r = complete_as(65534, &d, "tiny-gguf", 8);
+    assert_eq!(r["error"], "org.llamad.Llama1.Error.PermissionDenied", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("uid:65534 may not use model tiny-gguf"), "{r}");
+    // tokens: prompt + generated are charged; two requests of 29 pass 50, the third waits
+    for _ in 0..2 {
+        let r = complete_as(65534, &d, "tiny", 24);
+        assert_eq!(r["finish_reason"], "length", "{r}");
+    }
+    let r = complete_as(65534, &d, "tiny", 24);
+    assert_eq!(r["error"], "org.llamad.Llama1.Error.QuotaExceeded", "{r}");
+    let message = r["message"].as_str().unwrap();
+    let retry: u64 = message.strip_prefix("retry in ").and_then(|m| m.split(' ').next()).unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{message}");
+    assert!(message.contains("uid:65534 used 58 of its 50 tokens per minute"), "{message}");
+    // others are not limited by that rule
+    let (_, stats, _) = common::client::run(&conn, &proxy, 1, 24).await;
+    assert_eq!(stats.finish_reason, "length");
+
+    // one request at a time for uid 2 (bin: the bus drops uids without a passwd entry): a
+    // second while the first runs is Busy
+    let mut first = Command::new("setpriv")
+        .args(["--reuid=2", "--regid=2", "--clear-groups", "/usr/bin/python3"])
+        .arg(python_client())
+        .args([&d.address, "long", "Once upon a time", "1", "3000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if tokio::time::timeout(Duration::from_secs(20), request_of(&proxy, first.id())).await.is_err() {
+        let out = first.wait_with_output().unwrap();
+        panic!("{}\n{}", String::from_utf8_lossy(&out.stdout), d.log());
+    }
+    let r = complete_as(2, &d, "tiny", 8);
+    assert_eq!(r["error"], "org.llamad.Llama1.Error.Busy", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("uid:2 has 1 requests running"), "{r}");
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // usage per account, as the daemon and llamactl status show it
+    let usage = proxy.list_usage().await.unwrap();
+    let nobody = usage.iter().find(|u| text(u, "account") == "uid:65534").expect("uid:65534's usage");
+    assert_eq!(nobody.get("tokens_last_minute").and_then(|v| u64::try_from(v).ok()), Some(58));
+    assert_eq!(nobody.get("requests_today").and_then(|v| u32::try_from(v).ok()), Some(2), "refused ones do not count");
+    let out = d.llamactl().arg("status").output().unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    let line = status.lines().find(|l| l.contains("uid:65534")).unwrap_or_else(|| panic!("{status}"));
+    assert!(line.split_whitespace().any(|w| w == "58"), "{line}");
+    // llamactl's exit code for a quota
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(common::bus::target_bin("llamactl"))
+        .args(["--address", &d.address, "run", "tiny", "hello", "--max-tokens", "4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(12), "{}", stderr(&out));
+    assert!(stderr(&out).contains("retry in"), "{}", stderr(&out));
+}

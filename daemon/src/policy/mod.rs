@@ -2,8 +2,13 @@
 //! allowed at once for root, the daemon's own user and `admin_uids`, and
 //! otherwise asked of polkit ([`polkit`]), with the actions declared in
 //! `systemd/org.llamad.Llama1.policy`. polkit absent or failing means no.
+//!
+//! Per-app rules ([`rules`]) say which models a caller may use and how much
+//! ([`usage`]: requests at once, tokens per minute and per day).
 
 pub mod polkit;
+pub mod rules;
+pub mod usage;
 
 use crate::identity::Caller;
 

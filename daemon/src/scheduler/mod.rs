@@ -101,6 +101,8 @@ struct Job {
     id: u64,
     owner: String,
     caller: Arc<Caller>,
+    /// The request's place in its app's usage: charged with its tokens when the job goes.
+    ticket: crate::policy::usage::Ticket,
     model_name: String,
     model: Arc<Model>,
     prompt_ids: Vec<u32>,
@@ -265,6 +267,7 @@ impl Scheduler {
     pub fn submit(
         &self,
         caller: &Arc<Caller>,
+        ticket: crate::policy::usage::Ticket,
         model_name: &str,
         model: Arc<Model>,
         prompt_ids: Vec<u32>,
@@ -327,6 +330,7 @@ impl Scheduler {
             id,
             owner: owner.to_string(),
             caller: caller.clone(),
+            ticket,
             model_name: model_name.to_string(),
             model,
             prompt_ids,
@@ -439,7 +443,10 @@ impl Scheduler {
                 },
                 result: stats.error_name.as_deref().unwrap_or(&stats.finish_reason),
             });
-            let Job { id, owner, model_name, .. } = job;
+            let tokens = stats.prompt_tokens.unwrap_or(0) as u64 + stats.generated_tokens.unwrap_or(0) as u64;
+            let Job { id, owner, model_name, mut ticket, .. } = job;
+            ticket.charge(tokens);
+            drop(ticket);
             // The request's model reference, KV cache and buffers are gone: return the memory
             // to the system before the reservation is released (and the model may be evicted),
             // so that what the budget counts is what is resident.

@@ -23,6 +23,7 @@ use crate::scheduler::{Scheduler, request_error};
 pub struct Manager {
     pub scheduler: Arc<Scheduler>,
     pub identities: Arc<Identities>,
+    pub usage: Arc<crate::policy::usage::Usage>,
 }
 
 pub(super) fn caller(header: &Header<'_>) -> Result<String, Error> {
@@ -37,6 +38,29 @@ pub(super) async fn identify(
 ) -> Result<Arc<Caller>, Error> {
     let name = caller(header)?;
     identities.resolve(conn, &name).await.map_err(|e| Error::PermissionDenied(e.to_string()))
+}
+
+/// Admits a request of `who` on `model` under its app rule: the models it may use, its
+/// requests at once and its token quotas.
+pub(super) fn admit(
+    config: &crate::config::Config,
+    usage: &Arc<crate::policy::usage::Usage>,
+    who: &Caller,
+    model: &str,
+) -> Result<crate::policy::usage::Ticket, Error> {
+    use crate::policy::rules::{account_of, rule_for};
+    use crate::policy::usage::Refusal;
+    let rule = rule_for(&config.apps, who);
+    let account = account_of(who);
+    if let Some(models) = rule.and_then(|r| r.models.as_ref())
+        && !models.iter().any(|m| m == model)
+    {
+        return Err(Error::PermissionDenied(format!("{account} may not use model {model} (its [[apps]] rule)")));
+    }
+    usage.admit(&account, rule).map_err(|e| match e {
+        Refusal::Concurrent { .. } => Error::Busy(e.to_string()),
+        Refusal::Quota { .. } => Error::QuotaExceeded(e.to_string()),
+    })
 }
 
 /// The audit record of an administrative action.
@@ -55,15 +79,13 @@ fn audit_admin(who: &Caller, action: &str, model: &str, result: &Result<(), Erro
 
 /// The audit record of a request refused before it was queued (a queued one is recorded
 /// when it ends).
-pub(super) fn audit_refused(who: &Caller, model: &str, session: Option<u64>, queued: &Result<u64, Error>) {
-    if let Err(e) = queued {
-        crate::audit::log(&crate::audit::Record {
-            caller: who,
-            model,
-            event: crate::audit::Event::Request { id: None, session, tokens_in: 0, tokens_out: 0 },
-            result: zbus::DBusError::name(e).as_str(),
-        });
-    }
+pub(super) fn audit_refused(who: &Caller, model: &str, session: Option<u64>, e: &Error) {
+    crate::audit::log(&crate::audit::Record {
+        caller: who,
+        model,
+        event: crate::audit::Event::Request { id: None, session, tokens_in: 0, tokens_out: 0 },
+        result: zbus::DBusError::name(e).as_str(),
+    });
 }
 
 fn check_name(name: &str) -> Result<(), Error> {
@@ -175,11 +197,16 @@ impl Manager {
         let (mut params, keep_alive) = options::request(&opts)?;
         let prompt = with_tools(prompt, &mut params, &opts)?;
         let who = identify(&self.identities, conn, &header).await?;
-        let queued = match self.prepare(model, prompt).await {
-            Ok((m, ids)) => self.scheduler.submit(&who, model, m, ids, params, keep_alive, None),
+        let queued = match admit(&self.scheduler.config, &self.usage, &who, model) {
+            Ok(ticket) => match self.prepare(model, prompt).await {
+                Ok((m, ids)) => self.scheduler.submit(&who, ticket, model, m, ids, params, keep_alive, None),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
-        audit_refused(&who, model, None, &queued);
+        if let Err(e) = &queued {
+            audit_refused(&who, model, None, e);
+        }
         queued
     }
 }
@@ -348,6 +375,7 @@ impl Manager {
             session: session.clone(),
             scheduler: self.scheduler.clone(),
             identities: self.identities.clone(),
+            usage: self.usage.clone(),
         };
         if let Err(e) = conn.object_server().at(path.as_str(), object).await {
             self.scheduler.sessions.remove(session.id);
@@ -371,6 +399,25 @@ impl Manager {
     #[zbus(out_args("requests"))]
     async fn list_requests(&self) -> Vec<HashMap<String, OwnedValue>> {
         self.scheduler.list_requests().iter().map(request_info).collect()
+    }
+
+    /// What each account (an app id, or `uid:N`) used: `account` s, `running` u,
+    /// `tokens_last_minute` t, `tokens_today` t, `requests_today` u (UTC day).
+    #[zbus(out_args("usage"))]
+    async fn list_usage(&self) -> Vec<HashMap<String, OwnedValue>> {
+        let row = |a: &crate::policy::usage::AccountUsage| {
+            HashMap::from([
+                ("account".to_string(), OwnedValue::try_from(Value::from(a.account.as_str())).ok()),
+                ("running".to_string(), OwnedValue::try_from(Value::from(a.running)).ok()),
+                ("tokens_last_minute".to_string(), OwnedValue::try_from(Value::from(a.tokens_last_minute)).ok()),
+                ("tokens_today".to_string(), OwnedValue::try_from(Value::from(a.tokens_today)).ok()),
+                ("requests_today".to_string(), OwnedValue::try_from(Value::from(a.requests_today)).ok()),
+            ])
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect()
+        };
+        self.usage.snapshot().iter().map(row).collect()
     }
 
     async fn cancel(&self, #[zbus(header)] header: Header<'_>, request: u64) -> Result<(), Error> {

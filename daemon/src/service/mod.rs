@@ -42,7 +42,8 @@ pub async fn run(config: Config, bus: Bus) -> anyhow::Result<()> {
         Bus::Address(a) => zbus::connection::Builder::address(a.as_str())?,
     };
     let identities = std::sync::Arc::new(crate::identity::Identities::default());
-    let manager = Manager { scheduler: scheduler.clone(), identities: identities.clone() };
+    let usage = std::sync::Arc::new(crate::policy::usage::Usage::default());
+    let manager = Manager { scheduler: scheduler.clone(), identities: identities.clone(), usage };
     let conn = builder.serve_at(MANAGER_PATH, manager)?.build().await?;
 
     for name in &config.preload {

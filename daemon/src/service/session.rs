@@ -23,6 +23,7 @@ pub struct SessionObject {
     pub session: Arc<Session>,
     pub scheduler: Arc<Scheduler>,
     pub identities: Arc<crate::identity::Identities>,
+    pub usage: Arc<crate::policy::usage::Usage>,
 }
 
 /// D-Bus error for a session error.
@@ -78,6 +79,11 @@ impl SessionObject {
         crate::engine::chat::validate(&conversation).map_err(|e| Error::InvalidArgs(e.to_string()))?;
         let prompt = super::manager::with_tools(Prompt::Chat(conversation), &mut params, &options)?;
         let who = super::manager::identify(&self.identities, conn, &header).await?;
+        let ticket = super::manager::admit(&self.scheduler.config, &self.usage, &who, &session.model);
+        if let Err(e) = &ticket {
+            super::manager::audit_refused(&who, &session.model, Some(session.id), e);
+        }
+        let ticket = ticket?;
         session.begin_turn().map_err(session_error)?;
         let (s, model) = (self.scheduler.clone(), session.model.clone());
         let turn = Turn { session: session.clone(), messages: new };
@@ -91,7 +97,7 @@ impl SessionObject {
                     return Err(request_error(e));
                 }
             };
-            s.submit(&caller, &model, m, ids, params, keep_alive, Some(turn))
+            s.submit(&caller, ticket, &model, m, ids, params, keep_alive, Some(turn))
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))
@@ -99,7 +105,9 @@ impl SessionObject {
         if queued.is_err() {
             session.state().busy = false;
         }
-        super::manager::audit_refused(&who, &session.model, Some(session.id), &queued);
+        if let Err(e) = &queued {
+            super::manager::audit_refused(&who, &session.model, Some(session.id), e);
+        }
         queued
     }
 
