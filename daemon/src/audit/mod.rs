@@ -144,20 +144,9 @@ pub fn log(record: &Record<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::{App, Placement};
 
     fn caller() -> Caller {
-        Caller {
-            name: ":1.7".into(),
-            uid: 1000,
-            gids: vec![1000],
-            pid: Some(4242),
-            placement: Placement {
-                unit: Some("app-flatpak-org.example.Chat-42.scope".into()),
-                slice: Some("app.slice".into()),
-                app: Some(App::Flatpak("org.example.Chat".into())),
-            },
-        }
+        Caller::sample_flatpak(1000)
     }
 
     #[test]

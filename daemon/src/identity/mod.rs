@@ -47,6 +47,23 @@ impl Caller {
         Caller { name: name.to_string(), uid, gids: vec![], pid: None, placement: Placement::default() }
     }
 
+    /// A Flatpak app's caller (`flatpak:org.example.Chat`, pid 4242, groups 100 and 27), for
+    /// tests of what uses identities.
+    #[cfg(test)]
+    pub fn sample_flatpak(uid: u32) -> Caller {
+        Caller {
+            name: ":1.7".into(),
+            uid,
+            gids: vec![100, 27],
+            pid: Some(4242),
+            placement: Placement {
+                unit: Some("app-flatpak-org.example.Chat-42.scope".into()),
+                slice: Some("app.slice".into()),
+                app: Some(App::Flatpak("org.example.Chat".into())),
+            },
+        }
+    }
+
     /// The app id label (`flatpak:…`, `snap:…`), if any.
     pub fn app_label(&self) -> Option<String> {
         self.placement.app.as_ref().map(App::label)

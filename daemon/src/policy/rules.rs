@@ -77,20 +77,9 @@ pub fn account_of(caller: &Caller) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::{App, Placement};
 
     fn flatpak(uid: u32) -> Caller {
-        Caller {
-            name: ":1.3".into(),
-            uid,
-            gids: vec![100, 27],
-            pid: Some(7),
-            placement: Placement {
-                unit: Some("app-flatpak-org.example.Chat-42.scope".into()),
-                slice: Some("app.slice".into()),
-                app: Some(App::Flatpak("org.example.Chat".into())),
-            },
-        }
+        Caller::sample_flatpak(uid)
     }
 
     #[test]
