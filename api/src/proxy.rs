@@ -46,6 +46,9 @@ pub trait Manager {
     /// What each account (app id or `uid:N`) used (`account`, `running`,
     /// `tokens_last_minute`, `tokens_today`, `requests_today`).
     fn list_usage(&self) -> zbus::Result<Vec<HashMap<String, OwnedValue>>>;
+    /// Hashes every file of `model` against its manifest (admins): `manifest` b, `files` u,
+    /// `bytes` t; a mismatch is `ModelLoadFailed` naming the file.
+    fn verify_model(&self, model: &str) -> zbus::Result<HashMap<String, OwnedValue>>;
     /// Dry run of loading `model`: options `context` (u), `parallel` (u), `backend` (s).
     fn estimate(&self, model: &str, options: HashMap<&str, Value<'_>>) -> zbus::Result<EstimateInfo>;
 

@@ -178,6 +178,24 @@ fn request_json(r: &HashMap<String, OwnedValue>) -> serde_json::Value {
     serde_json::Value::Object(v)
 }
 
+/// `verify`: the daemon hashes the model's files against its manifest.
+pub(crate) async fn verify(proxy: &ManagerProxy<'_>, model: &str, json: bool) -> Result<(), Failure> {
+    let r = proxy.verify_model(model).await?;
+    let manifest = r.get("manifest").and_then(|v| bool::try_from(v).ok()).unwrap_or(false);
+    let files = r.get("files").and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+    let bytes = r.get("bytes").and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
+    if json {
+        println!("{}", serde_json::json!({"model": model, "manifest": manifest, "files": files, "bytes": bytes}));
+    } else if manifest {
+        println!("{model}: {files} files, {:.1} MiB, all as the manifest lists them", bytes as f64 / 1048576.0);
+    }
+    if !manifest {
+        let message = format!("{model}: no manifest (llamad manifest DIR writes one); nothing was checked");
+        return Err(Failure { code: 1, message });
+    }
+    Ok(())
+}
+
 pub(crate) async fn estimate(
     proxy: &ManagerProxy<'_>,
     model: &str,

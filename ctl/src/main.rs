@@ -90,6 +90,8 @@ enum Command {
     },
     /// Unload a model.
     Unload { model: String },
+    /// Check every file of a model against its manifest (written by `llamad manifest DIR`).
+    Verify { model: String },
     /// Loaded models (backend, provider, idle time) and who runs each request (uid, pid,
     /// unit, app id; never what).
     Ps,
@@ -226,6 +228,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             proxy.load_model(model, o).await?;
         }
         Command::Unload { model } => proxy.unload_model(model).await?,
+        Command::Verify { model } => inspect::verify(&proxy, model, cli.json).await?,
         Command::Cancel { request } => proxy.cancel(*request).await?,
         Command::Run { model, prompt, sampling, verbose } => {
             let prompt = match prompt {

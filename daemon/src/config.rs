@@ -45,6 +45,9 @@ pub struct Config {
     pub sessions: Sessions,
     pub tract: Tract,
     pub memory: Memory,
+    /// Load only model directories with a manifest (`llamad-manifest.json`, written by
+    /// `llamad manifest DIR`); one that has a manifest is always checked against it.
+    pub require_manifest: bool,
     /// Per-app rules (`[[apps]]`, `policy/rules.rs`): the first that matches a caller sets
     /// the models it may use, its requests at once and its token quotas.
     pub apps: Vec<crate::policy::rules::AppRule>,
@@ -159,6 +162,7 @@ impl Default for Config {
             tract: Tract::default(),
             memory: Memory::default(),
             apps: vec![],
+            require_manifest: false,
         }
     }
 }

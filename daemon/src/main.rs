@@ -29,6 +29,9 @@ enum Command {
     Generate(Box<GenerateArgs>),
     /// Print what llamad recognises in a model directory, as JSON.
     Inspect { model: PathBuf },
+    /// Write the directory's manifest (`llamad-manifest.json`: every file's size and SHA-256),
+    /// against which the daemon checks it before every load.
+    Manifest { model: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -327,6 +330,17 @@ fn init_logging(default: &str) {
         .init();
 }
 
+fn write_manifest(dir: &std::path::Path) -> Result<(), String> {
+    use llamad::policy::manifest;
+    let m = manifest::make(dir).map_err(|e| e.to_string())?;
+    let path = dir.join(manifest::FILE);
+    let text = serde_json::to_string_pretty(&m).map_err(|e| e.to_string())? + "\n";
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes: u64 = m.files.values().map(|e| e.size).sum();
+    eprintln!("{}: {} files, {:.1} MiB", path.display(), m.files.len(), bytes as f64 / 1048576.0);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(if matches!(cli.command, Command::Serve(_)) { "info,ort=warn" } else { "warn" });
@@ -341,6 +355,7 @@ fn main() -> ExitCode {
             });
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }),
+        Command::Manifest { model } => write_manifest(&model),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

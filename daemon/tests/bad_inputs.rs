@@ -9,16 +9,6 @@ use llamad::engine::{
     BackendKind, GenerateError, LayoutError, LoadError, Model, Prompt, SamplingParams, TokenizerError,
 };
 
-/// A writable copy of a fixture directory.
-fn copy_fixture(name: &str) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(fixture(name)).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-    }
-    tmp
-}
-
 fn load(dir: &Path, kind: BackendKind, require_tokenizer: bool) -> Result<Model, LoadError> {
     Model::load(dir, kind, &opts(kind), require_tokenizer)
 }

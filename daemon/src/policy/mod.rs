@@ -4,8 +4,10 @@
 //! `systemd/org.llamad.Llama1.policy`. polkit absent or failing means no.
 //!
 //! Per-app rules ([`rules`]) say which models a caller may use and how much
-//! ([`usage`]: requests at once, tokens per minute and per day).
+//! ([`usage`]: requests at once, tokens per minute and per day). Model
+//! directories with a [`manifest`] load only as it lists them.
 
+pub mod manifest;
 pub mod polkit;
 pub mod rules;
 pub mod usage;

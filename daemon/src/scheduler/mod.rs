@@ -158,6 +158,8 @@ pub struct Scheduler {
     reading: AtomicU32,
     /// Serialises setting ONNX Runtime up (see `set_up_onnxruntime`).
     ort_setup: Mutex<()>,
+    /// Model directories checked against their manifests (`policy/manifest.rs`).
+    pub verifier: crate::policy::manifest::Verifier,
     /// Backends that have loaded a model in this process (their code is resident).
     warm: Mutex<std::collections::HashSet<BackendKind>>,
     pub sessions: crate::session::Sessions,
@@ -216,6 +218,7 @@ impl Scheduler {
             pressure: Mutex::new(None),
             room: std::sync::Condvar::new(),
             ort_setup: Mutex::new(()),
+            verifier: Default::default(),
             reading: AtomicU32::new(0),
             warm: Mutex::new(Default::default()),
             sessions: Default::default(),

@@ -198,12 +198,20 @@ impl Scheduler {
         pin: bool,
         reason: &'static str,
     ) -> Result<Arc<Model>, Error> {
-        self.model_path(name)?;
+        let path = self.model_path(name)?;
         let _guard = self.load_lock.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
             l.last_used = Instant::now();
             l.active += pin as u32;
             return Ok(l.model.clone());
+        }
+        // nothing of the directory is read before it matches its manifest
+        let verified = self
+            .verifier
+            .verify(&path, self.config.require_manifest, false)
+            .map_err(|e| Error::ModelLoadFailed(format!("{name}: {e}")))?;
+        if verified.manifest {
+            tracing::info!(model = name, files = verified.files, hashed = %mib(verified.hashed), "manifest verified");
         }
         let kind = backend.unwrap_or_else(|| self.default_backend());
         let dir = self.open_dir(name).map_err(|e| Error::ModelLoadFailed(format!("{name}: {e}")))?;

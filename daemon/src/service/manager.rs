@@ -64,10 +64,10 @@ pub(super) fn admit(
 }
 
 /// The audit record of an administrative action.
-fn audit_admin(who: &Caller, action: &str, model: &str, result: &Result<(), Error>) {
-    let result = match result {
-        Ok(()) => "ok".to_string(),
-        Err(e) => zbus::DBusError::name(e).to_string(),
+fn audit_admin(who: &Caller, action: &str, model: &str, error: Option<&Error>) {
+    let result = match error {
+        None => "ok".to_string(),
+        Some(e) => zbus::DBusError::name(e).to_string(),
     };
     crate::audit::log(&crate::audit::Record {
         caller: who,
@@ -258,8 +258,46 @@ impl Manager {
             }
             Err(e) => Err(e),
         };
-        audit_admin(&who, "load-model", name, &result);
+        audit_admin(&who, "load-model", name, result.as_ref().err());
         result
+    }
+
+    /// Hashes every file of `name` against its manifest (an admin action: it reads the whole
+    /// model). Returns `manifest` b (whether it has one), `files` u, `bytes` t; a mismatch
+    /// is `ModelLoadFailed` naming the file.
+    #[zbus(out_args("result"))]
+    async fn verify_model(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Header<'_>,
+        name: &str,
+    ) -> Result<HashMap<String, OwnedValue>, Error> {
+        check_name(name)?;
+        let who = identify(&self.identities, conn, &header).await?;
+        let path = self.scheduler.model_path(name)?;
+        let result = match self.check_admin(conn, &header, &who, name).await {
+            Ok(()) => {
+                let s = self.scheduler.clone();
+                tokio::task::spawn_blocking(move || s.verifier.verify(&path, false, true))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))
+                    .and_then(|r| r.map_err(|e| Error::ModelLoadFailed(format!("{name}: {e}"))))
+            }
+            Err(e) => Err(e),
+        };
+        audit_admin(&who, "verify-model", name, result.as_ref().err());
+        let v = result?;
+        let mut m = HashMap::new();
+        for (k, val) in [
+            ("manifest", Value::from(v.manifest)),
+            ("files", Value::from(v.files as u32)),
+            ("bytes", Value::from(v.hashed)),
+        ] {
+            if let Ok(val) = val.try_to_owned() {
+                m.insert(k.to_string(), val);
+            }
+        }
+        Ok(m)
     }
 
     async fn unload_model(
@@ -274,7 +312,7 @@ impl Manager {
             Ok(()) => self.scheduler.unload(name),
             Err(e) => Err(e),
         };
-        audit_admin(&who, "unload-model", name, &result);
+        audit_admin(&who, "unload-model", name, result.as_ref().err());
         result
     }
 

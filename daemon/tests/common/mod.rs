@@ -20,15 +20,21 @@ pub fn fixture(name: &str) -> PathBuf {
     repo().join("models/fixtures").join(name)
 }
 
-/// A copy of fixture `name` whose config holds `context` tokens (the tiny random-weight
-/// models know no trained length, and their graphs compute the rotary embedding for any
-/// position), for prompts longer than the fixture's 256.
-pub fn with_context(name: &str, context: u64) -> tempfile::TempDir {
+/// A writable copy of a fixture directory.
+pub fn copy_fixture(name: &str) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(fixture(name)).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
     }
+    tmp
+}
+
+/// A copy of fixture `name` whose config holds `context` tokens (the tiny random-weight
+/// models know no trained length, and their graphs compute the rotary embedding for any
+/// position), for prompts longer than the fixture's 256.
+pub fn with_context(name: &str, context: u64) -> tempfile::TempDir {
+    let tmp = copy_fixture(name);
     let config = tmp.path().join("config.json");
     let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
     c["max_position_embeddings"] = context.into();
