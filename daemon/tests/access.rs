@@ -431,13 +431,24 @@ fn the_journal_catalog_explains_every_audit_message_id() {
     }
 }
 
+/// A copy of `file` that other users can run: in the daemon's directory (made 0755 by the
+/// test), since the checkout may sit in a directory only its owner can enter.
+fn for_others(d: &Daemon, file: &Path) -> PathBuf {
+    let copy = d.dir.path().join(file.file_name().unwrap());
+    if !copy.exists() {
+        std::fs::copy(file, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    copy
+}
+
 /// The python client as uid `uid`: one completion; its JSON line (`text`, `finish_reason`,
 /// or `error` and `message`).
 fn complete_as(uid: u32, d: &Daemon, model: &str, max_tokens: u32) -> serde_json::Value {
     let out = Command::new("setpriv")
         .args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()])
         .arg("/usr/bin/python3")
-        .arg(python_client())
+        .arg(for_others(d, &python_client()))
         .args([&d.address, model, "Once upon a time", "1", &max_tokens.to_string()])
         .output()
         .unwrap();
@@ -476,7 +487,7 @@ async fn app_rules_limit_models_concurrency_and_tokens() {
     // second while the first runs is Busy
     let mut first = Command::new("setpriv")
         .args(["--reuid=2", "--regid=2", "--clear-groups", "/usr/bin/python3"])
-        .arg(python_client())
+        .arg(for_others(&d, &python_client()))
         .args([&d.address, "long", "Once upon a time", "1", "3000"])
         .stdout(Stdio::piped())
         .spawn()
@@ -503,7 +514,7 @@ async fn app_rules_limit_models_concurrency_and_tokens() {
     // llamactl's exit code for a quota
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(common::bus::target_bin("llamactl"))
+        .arg(for_others(&d, &common::bus::target_bin("llamactl")))
         .args(["--address", &d.address, "run", "tiny", "hello", "--max-tokens", "4"])
         .output()
         .unwrap();
