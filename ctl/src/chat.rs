@@ -112,7 +112,7 @@ pub(crate) async fn chat(
     result
 }
 
-fn get<T: TryFrom<OwnedValue>>(m: &HashMap<String, OwnedValue>, key: &str) -> Option<T> {
+pub(crate) fn get<T: TryFrom<OwnedValue>>(m: &HashMap<String, OwnedValue>, key: &str) -> Option<T> {
     m.get(key).and_then(|v| T::try_from(v.clone()).ok())
 }
 

@@ -7,6 +7,7 @@ use llamad_api::{ManagerProxy, ModelInfo};
 use zbus::zvariant::{OwnedValue, Value};
 
 use crate::Failure;
+use crate::chat::get;
 
 pub(crate) async fn status(proxy: &ManagerProxy<'_>, json: bool) -> Result<(), Failure> {
     let version = proxy.version().await?;
@@ -58,9 +59,8 @@ pub(crate) async fn status(proxy: &ManagerProxy<'_>, json: bool) -> Result<(), F
                 "  {:<40} {:>7} {:>12} {:>12} {:>9}",
                 "ACCOUNT", "RUNNING", "TOKENS/MIN", "TOKENS/DAY", "REQUESTS"
             );
-            let n = |r: &HashMap<String, OwnedValue>, k: &str| {
-                r.get(k).and_then(|v| u64::try_from(v).ok().or_else(|| u32::try_from(v).ok().map(u64::from)))
-            };
+            let n =
+                |r: &HashMap<String, OwnedValue>, k: &str| get::<u64>(r, k).or_else(|| get::<u32>(r, k).map(u64::from));
             for r in &usage {
                 println!(
                     "  {:<40} {:>7} {:>12} {:>12} {:>9}",
@@ -140,10 +140,10 @@ pub(crate) async fn models(proxy: &ManagerProxy<'_>, ps: bool, json: bool) -> Re
         println!();
         println!("{:>8} {:<24} {:<8} {:>6} {:>8} {:<40} APP", "REQUEST", "MODEL", "STATE", "UID", "PID", "UNIT");
         for r in &requests {
-            let num = |k: &str| r.get(k).and_then(|v| u32::try_from(v).ok()).map_or("-".to_string(), |n| n.to_string());
+            let num = |k: &str| get::<u32>(r, k).map_or("-".to_string(), |n| n.to_string());
             println!(
                 "{:>8} {:<24} {:<8} {:>6} {:>8} {:<40} {}",
-                r.get("id").and_then(|v| u64::try_from(v).ok()).unwrap_or(0),
+                get::<u64>(r, "id").unwrap_or(0),
                 text(r, "model"),
                 text(r, "state"),
                 num("uid"),

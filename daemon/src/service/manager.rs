@@ -118,6 +118,11 @@ fn session_info(s: &crate::session::Summary) -> HashMap<String, OwnedValue> {
     m
 }
 
+/// An `a{sv}` from (key, value) pairs.
+fn dict<'a>(pairs: impl IntoIterator<Item = (&'a str, Value<'a>)>) -> HashMap<String, OwnedValue> {
+    pairs.into_iter().filter_map(|(k, v)| Some((k.to_string(), v.try_to_owned().ok()?))).collect()
+}
+
 fn request_info(r: &crate::scheduler::RequestSummary) -> HashMap<String, OwnedValue> {
     let mut m = HashMap::new();
     let mut put = |k: &str, v: Value<'_>| {
@@ -287,17 +292,11 @@ impl Manager {
         };
         audit_admin(&who, "verify-model", name, result.as_ref().err());
         let v = result?;
-        let mut m = HashMap::new();
-        for (k, val) in [
+        Ok(dict([
             ("manifest", Value::from(v.manifest)),
             ("files", Value::from(v.files as u32)),
             ("bytes", Value::from(v.hashed)),
-        ] {
-            if let Ok(val) = val.try_to_owned() {
-                m.insert(k.to_string(), val);
-            }
-        }
-        Ok(m)
+        ]))
     }
 
     async fn unload_model(
@@ -444,16 +443,13 @@ impl Manager {
     #[zbus(out_args("usage"))]
     async fn list_usage(&self) -> Vec<HashMap<String, OwnedValue>> {
         let row = |a: &crate::policy::usage::AccountUsage| {
-            HashMap::from([
-                ("account".to_string(), OwnedValue::try_from(Value::from(a.account.as_str())).ok()),
-                ("running".to_string(), OwnedValue::try_from(Value::from(a.running)).ok()),
-                ("tokens_last_minute".to_string(), OwnedValue::try_from(Value::from(a.tokens_last_minute)).ok()),
-                ("tokens_today".to_string(), OwnedValue::try_from(Value::from(a.tokens_today)).ok()),
-                ("requests_today".to_string(), OwnedValue::try_from(Value::from(a.requests_today)).ok()),
+            dict([
+                ("account", Value::from(a.account.as_str())),
+                ("running", Value::from(a.running)),
+                ("tokens_last_minute", Value::from(a.tokens_last_minute)),
+                ("tokens_today", Value::from(a.tokens_today)),
+                ("requests_today", Value::from(a.requests_today)),
             ])
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, v?)))
-            .collect()
         };
         self.usage.snapshot().iter().map(row).collect()
     }
