@@ -68,6 +68,11 @@ async fn a_model_loads_only_as_its_manifest_lists_it() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no manifest"));
     proxy.load_model("tiny", HashMap::new()).await.unwrap();
+    // bad names are typed errors
+    let e = proxy.verify_model("../etc").await.unwrap_err().to_string();
+    assert!(e.contains("InvalidArgs") && e.contains("model name"), "{e}");
+    let e = proxy.verify_model("no-such-model").await.unwrap_err().to_string();
+    assert!(e.contains("UnknownModel"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
