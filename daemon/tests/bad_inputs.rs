@@ -64,6 +64,28 @@ fn truncated_external_data() {
     assert!(e.to_string().contains("truncated"), "{e}");
 }
 
+/// External data must be a file beside the graph: a location that climbs out of the model
+/// directory, or names an absolute path, is refused before any backend would read it.
+#[test]
+fn external_data_outside_the_model_directory_is_refused() {
+    use prost::Message;
+    use tract_onnx::pb;
+    for location in ["../model.onnx.data", "/etc/passwd", "sub/../../x", ""] {
+        let d = copy_fixture("tiny-llama2-genai-fp32");
+        let p = d.path().join("model.onnx");
+        let mut model = pb::ModelProto::decode(std::fs::read(&p).unwrap().as_slice()).unwrap();
+        let graph = model.graph.as_mut().unwrap();
+        let t = graph.initializer.iter_mut().find(|t| t.data_location == Some(1)).expect("external weights");
+        t.external_data.iter_mut().find(|e| e.key == "location").unwrap().value = location.to_string();
+        std::fs::write(&p, model.encode_to_vec()).unwrap();
+        for kind in [BackendKind::Tract, BackendKind::Onnxruntime] {
+            let e = load(d.path(), kind, false).err().unwrap_or_else(|| panic!("{location:?} loaded on {kind}"));
+            assert!(matches!(e, LoadError::Layout(LayoutError::BadGraph { .. })), "{location:?}: {e}");
+            assert!(e.to_string().contains("is not a file beside the graph"), "{e}");
+        }
+    }
+}
+
 #[test]
 fn missing_tokenizer() {
     let d = copy_fixture("tiny-llama2-optimum-fp32");

@@ -87,6 +87,16 @@ pub fn read_graph(file: &Path) -> Result<GraphSummary, LayoutError> {
     summarize(file, &proto, file_size)
 }
 
+/// Whether an external data location names a file inside the model directory: relative,
+/// no `..`, no NUL (the exporters write a plain file name). Anything else could make a
+/// backend read a file elsewhere on the system.
+pub fn external_location_ok(location: &str) -> bool {
+    use std::path::Component;
+    !location.is_empty()
+        && !location.contains('\0')
+        && Path::new(location).components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
 fn value_info(v: &pb::ValueInfoProto) -> ValueInfo {
     let (elem_type, dims) = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(pb::type_proto::Value::TensorType(t)) => {
@@ -139,20 +149,30 @@ fn summarize(file: &Path, proto: &pb::ModelProto, file_size: u64) -> Result<Grap
     let mut external: BTreeMap<String, u64> = BTreeMap::new();
     let mut parameters = 0u64;
     for t in &graph.initializer {
-        let elems: u64 = t.dims.iter().map(|&d| d.max(0) as u64).product();
+        // Sizes come from the file: a hostile one may claim any, so they saturate.
+        let elems = t.dims.iter().fold(1u64, |n, &d| n.saturating_mul(d.max(0) as u64));
         // Packed int4 weights (uint8 holding two values) count twice.
         let per_byte = if t.data_type == 2 && t.dims.len() == 3 { 2 } else { 1 };
         if t.dims.len() >= 2 {
-            parameters += elems * per_byte;
+            parameters = parameters.saturating_add(elems.saturating_mul(per_byte));
         }
         if t.data_location == Some(1) {
             let get = |k: &str| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.as_str());
             let location = get("location")
                 .ok_or_else(|| bad(file, format!("initializer {} has external data without a location", t.name)))?;
+            if !external_location_ok(location) {
+                return Err(bad(
+                    file,
+                    format!(
+                        "initializer {}: external data location {location:?} is not a file beside the graph",
+                        t.name
+                    ),
+                ));
+            }
             let offset: u64 = get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
             let length: u64 = get("length").and_then(|v| v.parse().ok()).unwrap_or(0);
             let end = external.entry(location.to_string()).or_insert(0);
-            *end = (*end).max(offset + length);
+            *end = (*end).max(offset.saturating_add(length));
         }
     }
     let mut external_bytes = 0;

@@ -84,7 +84,7 @@ pub fn classify(graph: &pb::GraphProto) -> Vec<Weight> {
         .iter()
         .map(|t| {
             let dims: Vec<u64> = t.dims.iter().map(|&d| d.max(0) as u64).collect();
-            let bytes = dims.iter().product::<u64>() * elem_size(t.data_type);
+            let bytes = dims.iter().fold(elem_size(t.data_type), |n, &d| n.saturating_mul(d));
             let float = matches!(t.data_type, 1 | 10 | 16);
             let mut usage = Use::default();
             for &(op, i, int8) in consumers.get(t.name.as_str()).map(Vec::as_slice).unwrap_or_default() {
