@@ -109,6 +109,9 @@ pub const REQUEST_OPTIONS: &[(&str, &str)] = &[
     ("stop", "as"),
     ("keep_alive", "x"),
     ("prompt_lookup", "u"),
+    // interactive or background: a request may lower the class its caller gets (from its
+    // [[apps]] rule or its systemd slice), never raise it.
+    ("priority", "s"),
     // Structured output, at most one: any JSON value, a JSON Schema, a regular
     // expression, a Lark grammar (llguidance's syntax).
     ("json", "b"),

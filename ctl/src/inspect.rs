@@ -138,14 +138,18 @@ pub(crate) async fn models(proxy: &ManagerProxy<'_>, ps: bool, json: bool) -> Re
     }
     if ps && !json && !requests.is_empty() {
         println!();
-        println!("{:>8} {:<24} {:<8} {:>6} {:>8} {:<40} APP", "REQUEST", "MODEL", "STATE", "UID", "PID", "UNIT");
+        println!(
+            "{:>8} {:<24} {:<8} {:<11} {:>6} {:>8} {:<40} APP",
+            "REQUEST", "MODEL", "STATE", "PRIORITY", "UID", "PID", "UNIT"
+        );
         for r in &requests {
             let num = |k: &str| get::<u32>(r, k).map_or("-".to_string(), |n| n.to_string());
             println!(
-                "{:>8} {:<24} {:<8} {:>6} {:>8} {:<40} {}",
+                "{:>8} {:<24} {:<8} {:<11} {:>6} {:>8} {:<40} {}",
                 get::<u64>(r, "id").unwrap_or(0),
                 text(r, "model"),
                 text(r, "state"),
+                or_dash(text(r, "priority")),
                 num("uid"),
                 num("pid"),
                 or_dash(text(r, "unit")),

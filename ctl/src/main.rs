@@ -62,6 +62,10 @@ pub(crate) struct Sampling {
     /// The output is JSON valid against the JSON Schema in FILE.
     #[arg(long, value_name = "FILE", value_parser = read_file, conflicts_with_all = ["regex", "lark"])]
     json_schema: Option<String>,
+    /// Run as background work (served after interactive requests, pausing while they run);
+    /// `interactive` is the default unless the caller's slice or rule says background.
+    #[arg(long, value_parser = ["interactive", "background"])]
+    priority: Option<String>,
     /// The whole output matches this regular expression.
     #[arg(long, value_name = "RE", conflicts_with = "lark")]
     regex: Option<String>,

@@ -38,6 +38,9 @@ pub(crate) fn options(s: &Sampling) -> HashMap<&'static str, Value<'static>> {
     if !s.stop.is_empty() {
         o.insert("stop", s.stop.clone().into());
     }
+    if let Some(p) = &s.priority {
+        o.insert("priority", p.clone().into());
+    }
     if s.format.is_some() {
         o.insert("json", true.into());
     }

@@ -108,8 +108,13 @@ fn a_sequence_alone_does_not_batch() {
 
 /// Four requests at once on threads, as the scheduler's workers run them: each gives the
 /// tokens it gives alone (greedy and seeded sampling), and their steps were batched.
+/// Tests whose threads must overlap to batch take turns with each other (this binary's
+/// tests run in parallel on few cores).
+static OVERLAPPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn concurrent_requests_give_what_each_gives_alone() {
+    let _turn = OVERLAPPING.lock().unwrap_or_else(|e| e.into_inner());
     let m = Arc::new(load_with(true));
     let jobs: Vec<(Vec<u32>, SamplingParams)> = (0..4u32)
         .map(|i| {
@@ -187,4 +192,64 @@ fn a_parked_sequence_leaves_the_batch_and_resumes_exactly() {
     a.forward(&[310], &mut la).unwrap();
     ra.forward(&[310], &mut lr).unwrap();
     assert!(max_abs_diff(&la, &lr) < ROW_TOLERANCE, "{}", max_abs_diff(&la, &lr));
+}
+
+/// A run that yields between two steps (the scheduler's background work pausing for
+/// interactive work) parks its sequence and, on its own thread, lets another request of the
+/// model run to the end (as the scheduler's yielding worker does); then it goes on. Both
+/// give what each gives alone, while a third request batches with them on another thread.
+#[test]
+fn a_run_that_yields_to_another_on_its_thread_gives_what_it_gives_alone() {
+    use llamad::engine::{Resumable, Yield};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Interrupt<'a> {
+        model: &'a Model,
+        steps: AtomicUsize,
+        nested: Mutex<Option<Vec<u32>>>,
+    }
+    impl Yield for Interrupt<'_> {
+        fn wanted(&self) -> bool {
+            self.steps.fetch_add(1, Ordering::SeqCst) == 10
+        }
+        fn wait(&self) {
+            let out = self
+                .model
+                .generate(&Prompt::Tokens(prompt(25, 9)), &SamplingParams::greedy(40), &AtomicBool::new(false), |_| {})
+                .unwrap();
+            *self.nested.lock().unwrap() = Some(out.tokens);
+        }
+    }
+
+    let _turn = OVERLAPPING.lock().unwrap_or_else(|e| e.into_inner());
+    let m = Arc::new(load_with(true));
+    let cancel = AtomicBool::new(false);
+    let solo =
+        |p: Vec<u32>, n| m.generate(&Prompt::Tokens(p), &SamplingParams::greedy(n), &cancel, |_| {}).unwrap().tokens;
+    let (want_main, want_nested, want_other) =
+        (solo(prompt(17, 8), 60), solo(prompt(25, 9), 40), solo(prompt(9, 4), 200));
+    let other = {
+        let m = m.clone();
+        std::thread::spawn(move || {
+            let p = SamplingParams::greedy(200);
+            m.generate(&Prompt::Tokens(prompt(9, 4)), &p, &AtomicBool::new(false), |_| {}).unwrap().tokens
+        })
+    };
+    let interrupt = Interrupt { model: &m, steps: AtomicUsize::new(0), nested: Mutex::new(None) };
+    let mut cache = Resumable::default();
+    let out = m
+        .generate_from(
+            &mut cache,
+            &Prompt::Tokens(prompt(17, 8)),
+            &SamplingParams::greedy(60),
+            &cancel,
+            &interrupt,
+            |_| {},
+        )
+        .unwrap();
+    assert_eq!(out.tokens, want_main, "the yielding run");
+    assert_eq!(interrupt.nested.lock().unwrap().as_deref(), Some(&want_nested[..]), "the run it let go first");
+    assert_eq!(other.join().unwrap(), want_other, "the request batching beside them");
+    assert!(interrupt.steps.load(Ordering::SeqCst) > 11, "the run went on after yielding");
 }

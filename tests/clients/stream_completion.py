@@ -2,7 +2,7 @@
 """A llamad client with no llamad code: plain D-Bus through jeepney (Debian's
 python3-jeepney). Streams one completion and prints it as JSON.
 
-    stream_completion.py BUS_ADDRESS MODEL PROMPT SEED MAX_TOKENS
+    stream_completion.py BUS_ADDRESS MODEL PROMPT SEED MAX_TOKENS [PRIORITY]
 """
 import json
 import sys
@@ -16,6 +16,8 @@ rule = MatchRule(type="signal", interface="org.llamad.Llama1.Manager", path="/or
 Proxy(message_bus, conn).AddMatch(rule)
 manager = DBusAddress("/org/llamad/Llama1", bus_name="org.llamad.Llama1", interface="org.llamad.Llama1.Manager")
 options = {"seed": ("t", seed), "max_tokens": ("u", max_tokens), "temperature": ("d", 0.8)}
+if len(sys.argv) > 6:
+    options["priority"] = ("s", sys.argv[6])
 with conn.filter(rule, bufsize=100000) as signals:
     reply = conn.send_and_get_reply(new_method_call(manager, "Generate", "ssa{sv}", (model, prompt, options)))
     if reply.header.fields.get(HeaderFields.error_name):

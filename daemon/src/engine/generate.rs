@@ -5,6 +5,9 @@
 //! strings). Each token is picked by `pick.rs`: a request's format (`grammar/`)
 //! masks the logits before the sampler, and the run ends when the grammar does.
 //!
+//! Between steps a run may yield ([`Yield`]: the scheduler's background work
+//! waiting for interactive work), its sequence parked meanwhile.
+//!
 //! A run can continue a [`Resumable`] sequence (a session's, a prompt cache's):
 //! the longest common prefix of the ids it holds and the new prompt is kept, the
 //! rest rolled back, and only the new tokens are fed.
@@ -123,6 +126,22 @@ pub enum GenerateError {
     Grammar(#[from] GrammarError),
 }
 
+/// Lets other work go first between two steps of a run (the scheduler's priority classes).
+pub trait Yield {
+    /// Whether the run should stop for a while now; asked before every step, so it is cheap.
+    fn wanted(&self) -> bool;
+    /// Returns when the run may go on. Its sequence was parked first (it holds no batch row).
+    fn wait(&self);
+}
+
+/// Never yields.
+impl Yield for () {
+    fn wanted(&self) -> bool {
+        false
+    }
+    fn wait(&self) {}
+}
+
 /// A sequence kept between runs, with the exact token ids fed into it (its KV cache holds
 /// them, in order). Empty: nothing is held, the next run starts a new sequence.
 #[derive(Default)]
@@ -207,23 +226,25 @@ impl Model {
         cancel: &AtomicBool,
         on_text: impl FnMut(&str),
     ) -> Result<Output, GenerateError> {
-        self.run(&mut Resumable::default(), false, prompt, params, cancel, on_text)
+        self.run(&mut Resumable::default(), false, prompt, params, cancel, &(), on_text)
     }
 
     /// Runs one request, continuing `cache` (which holds the run's sequence afterwards, or
-    /// nothing if it failed).
+    /// nothing if it failed), and letting other work go first when `yielder` wants.
     pub fn generate_from(
         &self,
         cache: &mut Resumable,
         prompt: &Prompt,
         params: &SamplingParams,
         cancel: &AtomicBool,
+        yielder: &dyn Yield,
         on_text: impl FnMut(&str),
     ) -> Result<Output, GenerateError> {
-        self.run(cache, true, prompt, params, cancel, on_text)
+        self.run(cache, true, prompt, params, cancel, yielder, on_text)
     }
 
     /// The decoding loop; `keep`: the sequence is kept in `cache` afterwards (parked).
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         cache: &mut Resumable,
@@ -231,6 +252,7 @@ impl Model {
         prompt: &Prompt,
         params: &SamplingParams,
         cancel: &AtomicBool,
+        yielder: &dyn Yield,
         mut on_text: impl FnMut(&str),
     ) -> Result<Output, GenerateError> {
         params.validate()?;
@@ -297,6 +319,10 @@ impl Model {
             }
             if generated.len() >= budget {
                 break;
+            }
+            if yielder.wanted() {
+                seq.park()?;
+                yielder.wait();
             }
             if cancel.load(Ordering::Relaxed) {
                 finish = FinishReason::Cancelled;

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 pub use backend::{BackendError, BackendKind, LoadOptions, LoadedModel, Served};
-pub use generate::{FinishReason, GenerateError, Output, Prompt, Resumable, Stats};
+pub use generate::{FinishReason, GenerateError, Output, Prompt, Resumable, Stats, Yield};
 pub use grammar::{Format, GrammarError};
 pub use model_dir::{Layout, LayoutError, ModelDir, Quantization};
 pub use sampler::SamplingParams;

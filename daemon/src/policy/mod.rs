@@ -4,11 +4,13 @@
 //! `systemd/org.llamad.Llama1.policy`. polkit absent or failing means no.
 //!
 //! Per-app rules ([`rules`]) say which models a caller may use and how much
-//! ([`usage`]: requests at once, tokens per minute and per day). Model
+//! ([`usage`]: requests at once, tokens per minute and per day) and in which
+//! [`priority`] class their requests run. Model
 //! directories with a [`manifest`] load only as it lists them.
 
 pub mod manifest;
 pub mod polkit;
+pub mod priority;
 pub mod rules;
 pub mod usage;
 

@@ -1,6 +1,7 @@
 //! Per-app rules from the configuration (`[[apps]]`): which callers a rule
 //! matches (uid, group, unit, app id: all that are given must hold) and what
-//! they may use (models, requests at once, tokens per minute and per day).
+//! they may use (models, requests at once, tokens per minute and per day) and
+//! the priority class of their requests.
 //! The first rule that matches a caller applies; a caller no rule matches has
 //! no limits but the daemon's own.
 
@@ -27,6 +28,8 @@ pub struct AppRule {
     pub tokens_per_minute: Option<u64>,
     /// Tokens (prompt and generated) per day (UTC).
     pub tokens_per_day: Option<u64>,
+    /// Its requests' class (`interactive` or `background`); unset: from its slice.
+    pub priority: Option<super::priority::Priority>,
 }
 
 impl AppRule {

@@ -9,10 +9,13 @@
 //! (prompt + `max_tokens`) before it is queued or once others finish. What does
 //! not fit is refused with `OutOfBudget` and the numbers. Loading and the
 //! catalog are in [`models`], keep_alive and pressure in [`housekeeping`].
+//!
+//! Order ([`queue`]): interactive requests before background ones, the least
+//! served account first within a class; running background requests yield
+//! at a token boundary while interactive work waits or runs.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -27,6 +30,8 @@ use crate::identity::Caller;
 use crate::memory::budget::Budget;
 use crate::memory::estimate::Estimate;
 use crate::memory::mib;
+use crate::policy::priority::Priority;
+use queue::{Lease, Queue};
 
 /// What the workers report.
 #[derive(Debug)]
@@ -111,6 +116,7 @@ struct Job {
     kv: u64,
     /// Whether `kv` is reserved yet (queued requests reserve when a worker takes them).
     reserved: bool,
+    class: Priority,
 }
 
 struct RequestEntry {
@@ -121,6 +127,9 @@ struct RequestEntry {
     session: Option<u64>,
     /// A worker runs it (it was queued before).
     running: bool,
+    /// It yields to interactive work now (between two tokens).
+    paused: bool,
+    class: Priority,
 }
 
 /// A request queued or running, for `ListRequests`: who asked (never what).
@@ -129,6 +138,8 @@ pub struct RequestSummary {
     pub id: u64,
     pub model: String,
     pub running: bool,
+    pub paused: bool,
+    pub class: Priority,
     pub caller: Arc<Caller>,
     pub session: Option<u64>,
 }
@@ -140,7 +151,7 @@ pub struct Scheduler {
     /// Recognised model directories and when they last changed (see `open_dir`).
     catalog: Mutex<HashMap<String, (std::time::SystemTime, crate::engine::ModelDir)>>,
     requests: Mutex<HashMap<u64, RequestEntry>>,
-    queue: SyncSender<Job>,
+    queue: Arc<Queue<Job>>,
     next_id: AtomicU64,
     pub running: AtomicU32,
     pub queued: AtomicU32,
@@ -198,18 +209,17 @@ pub fn request_error(e: GenerateError) -> Error {
 mod admission;
 mod housekeeping;
 mod models;
+pub mod queue;
 mod sessions;
 
 impl Scheduler {
     /// Starts `config.max_parallel` workers.
     pub fn start(config: Config, events: UnboundedSender<Event>) -> Arc<Scheduler> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(config.max_queue);
-        let rx = Arc::new(Mutex::new(rx));
         let s = Arc::new(Scheduler {
             loaded: Mutex::new(HashMap::new()),
             catalog: Mutex::new(HashMap::new()),
             requests: Mutex::new(HashMap::new()),
-            queue: tx,
+            queue: Queue::new(config.max_queue),
             next_id: AtomicU64::new(1),
             running: AtomicU32::new(0),
             queued: AtomicU32::new(0),
@@ -246,10 +256,10 @@ impl Scheduler {
             .spawn(move || h.housekeeping())
             .expect("spawning the housekeeping thread");
         for i in 0..s.config.max_parallel {
-            let (s, rx) = (s.clone(), rx.clone());
+            let s = s.clone();
             std::thread::Builder::new()
                 .name(format!("llamad-worker-{i}"))
-                .spawn(move || s.worker(rx))
+                .spawn(move || s.worker())
                 .expect("spawning a worker thread");
         }
         s
@@ -266,11 +276,13 @@ impl Scheduler {
     /// Queues a request whose prompt was already checked against the model, which the
     /// caller pinned with [`Scheduler::acquire`] (the pin passes to the request). A session's
     /// turn reserves the KV cache of its whole prompt: what the session held moves into it.
+    /// It runs in priority `class`.
     #[allow(clippy::too_many_arguments)]
     pub fn submit(
         &self,
         caller: &Arc<Caller>,
         ticket: crate::policy::usage::Ticket,
+        class: Priority,
         model_name: &str,
         model: Arc<Model>,
         prompt_ids: Vec<u32>,
@@ -322,6 +334,8 @@ impl Scheduler {
             model: model_name.to_string(),
             session: turn.as_ref().map(|t| t.session.id),
             running: false,
+            paused: false,
+            class,
         };
         self.requests.lock().unwrap_or_else(|e| e.into_inner()).insert(id, entry);
         self.queued.fetch_add(1, Ordering::SeqCst);
@@ -341,25 +355,22 @@ impl Scheduler {
             cancel,
             kv,
             reserved,
+            class,
         };
-        match self.queue.try_send(job) {
+        let account = crate::policy::rules::account_of(caller);
+        match self.queue.push(job, class, &account, reserved) {
             Ok(()) => {
                 let _ = self.events.send(Event::Started);
                 Ok(id)
             }
-            Err(e) => {
+            Err(queue::Full(_)) => {
                 if let Some(s) = session {
                     s.state().kv_bytes = session_kv;
                 }
                 self.queued.fetch_sub(1, Ordering::SeqCst);
                 self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                 self.release(model_name, if reserved { kv } else { 0 });
-                Err(match e {
-                    TrySendError::Full(_) => {
-                        Error::Busy(format!("{} requests are queued already (max_queue)", self.config.max_queue))
-                    }
-                    TrySendError::Disconnected(_) => internal("the workers are gone"),
-                })
+                Err(Error::Busy(format!("{} requests are queued already (max_queue)", self.config.max_queue)))
             }
         }
     }
@@ -403,6 +414,8 @@ impl Scheduler {
                 id,
                 model: r.model.clone(),
                 running: r.running,
+                paused: r.paused,
+                class: r.class,
                 caller: r.caller.clone(),
                 session: r.session,
             })
@@ -416,49 +429,54 @@ impl Scheduler {
         self.requests.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    fn worker(&self, rx: Arc<Mutex<Receiver<Job>>>) {
+    fn worker(&self) {
         loop {
-            let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
-                Ok(j) => j,
-                Err(_) => return,
-            };
-            let reserved = self.reserve_when_room(&job);
-            if let Some(r) = self.requests.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&job.id) {
-                r.running = true;
-            }
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            self.running.fetch_add(1, Ordering::SeqCst);
-            let _ = self.events.send(Event::Started);
-            let (kv, stats) = match reserved {
-                Ok(kv) => (kv, self.run(&job)),
-                Err(e) => (0, failed(&e)),
-            };
-            tracing::debug!(request = job.id, client = %job.owner, model = %job.model_name,
-                finish = %stats.finish_reason, generated = stats.generated_tokens.unwrap_or(0), "request finished");
-            crate::audit::log(&crate::audit::Record {
-                caller: &job.caller,
-                model: &job.model_name,
-                event: crate::audit::Event::Request {
-                    id: Some(job.id),
-                    session: job.turn.as_ref().map(|t| t.session.id),
-                    tokens_in: stats.prompt_tokens.unwrap_or(job.prompt_ids.len() as u32),
-                    tokens_out: stats.generated_tokens.unwrap_or(0),
-                },
-                result: stats.error_name.as_deref().unwrap_or(&stats.finish_reason),
-            });
-            let tokens = stats.prompt_tokens.unwrap_or(0) as u64 + stats.generated_tokens.unwrap_or(0) as u64;
-            let Job { id, owner, model_name, mut ticket, .. } = job;
-            ticket.charge(tokens);
-            drop(ticket);
-            // The request's model reference, KV cache and buffers are gone: return the memory
-            // to the system before the reservation is released (and the model may be evicted),
-            // so that what the budget counts is what is resident.
-            crate::memory::measure::release_freed();
-            self.release(&model_name, kv);
-            self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            self.running.fetch_sub(1, Ordering::SeqCst);
-            let _ = self.events.send(Event::Finished { id, owner, stats: Box::new(stats) });
+            let (job, lease) = self.queue.take();
+            self.process(job, lease);
         }
+    }
+
+    /// Runs a job taken from the queue, and reports and releases what it held.
+    fn process(&self, job: Job, mut lease: Lease<Job>) {
+        let reserved = self.reserve_when_room(&job);
+        if let Some(r) = self.requests.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&job.id) {
+            r.running = true;
+        }
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let _ = self.events.send(Event::Started);
+        let (kv, stats) = match reserved {
+            Ok(kv) => (kv, self.run(&job)),
+            Err(e) => (0, failed(&e)),
+        };
+        tracing::debug!(request = job.id, client = %job.owner, model = %job.model_name,
+            finish = %stats.finish_reason, generated = stats.generated_tokens.unwrap_or(0), "request finished");
+        crate::audit::log(&crate::audit::Record {
+            caller: &job.caller,
+            model: &job.model_name,
+            event: crate::audit::Event::Request {
+                id: Some(job.id),
+                session: job.turn.as_ref().map(|t| t.session.id),
+                tokens_in: stats.prompt_tokens.unwrap_or(job.prompt_ids.len() as u32),
+                tokens_out: stats.generated_tokens.unwrap_or(0),
+            },
+            result: stats.error_name.as_deref().unwrap_or(&stats.finish_reason),
+        });
+        let tokens = stats.prompt_tokens.unwrap_or(0) as u64 + stats.generated_tokens.unwrap_or(0) as u64;
+        let Job { id, owner, model_name, mut ticket, .. } = job;
+        ticket.charge(tokens);
+        drop(ticket);
+        lease.served = tokens;
+        // The request's model reference, KV cache and buffers are gone: return the memory
+        // to the system before the reservation is released (and the model may be evicted),
+        // so that what the budget counts is what is resident.
+        crate::memory::measure::release_freed();
+        self.release(&model_name, kv);
+        self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        let _ = self.events.send(Event::Finished { id, owner, stats: Box::new(stats) });
+        // only now may paused background work go on (after this request's last message)
+        drop(lease);
     }
 
     fn run(&self, job: &Job) -> FinishStats {
@@ -473,17 +491,18 @@ impl Scheduler {
         let on_text = |text: &str| {
             let _ = events.send(Event::Token { id: job.id, owner: job.owner.clone(), text: text.to_string() });
         };
+        let yielder = Yielder { scheduler: self, job };
         let result = match &job.turn {
             None => {
                 let mut cache =
                     self.prompt_cache.take(&job.model_name, &job.prompt_ids, 1).map(|c| c.0).unwrap_or_default();
-                let result = job.model.generate_from(&mut cache, &prompt, &job.params, &job.cancel, on_text);
+                let result = job.model.generate_from(&mut cache, &prompt, &job.params, &job.cancel, &yielder, on_text);
                 self.keep_prompt(job, cache);
                 result
             }
             Some(turn) => {
                 let mut cache = std::mem::take(&mut turn.session.state().cache);
-                let result = job.model.generate_from(&mut cache, &prompt, &job.params, &job.cancel, on_text);
+                let result = job.model.generate_from(&mut cache, &prompt, &job.params, &job.cancel, &yielder, on_text);
                 self.end_turn(job, turn, cache, &result);
                 result
             }
@@ -516,5 +535,35 @@ impl Scheduler {
             }
         }
         stats
+    }
+}
+
+/// A running job's way of letting interactive work go first (see [`queue`]): while it
+/// yields, its worker runs the interactive requests waiting, or waits for those running.
+struct Yielder<'a> {
+    scheduler: &'a Scheduler,
+    job: &'a Job,
+}
+
+impl Yielder<'_> {
+    fn mark_paused(&self, paused: bool) {
+        if let Some(r) = self.scheduler.requests.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&self.job.id) {
+            r.paused = paused;
+        }
+    }
+}
+
+impl crate::engine::Yield for Yielder<'_> {
+    fn wanted(&self) -> bool {
+        self.scheduler.queue.should_yield(self.job.class)
+    }
+
+    fn wait(&self) {
+        tracing::debug!(request = self.job.id, "yielding to interactive work");
+        self.mark_paused(true);
+        while let Some((job, lease)) = self.scheduler.queue.yield_now() {
+            self.scheduler.process(job, lease);
+        }
+        self.mark_paused(false);
     }
 }

@@ -17,6 +17,7 @@ use super::options;
 use crate::engine::chat::{Message, Role};
 use crate::engine::{Model, Prompt};
 use crate::identity::{Caller, Identities};
+use crate::policy::priority::{self, Priority};
 use crate::policy::{self, Action};
 use crate::scheduler::{Scheduler, request_error};
 
@@ -41,13 +42,15 @@ pub(super) async fn identify(
 }
 
 /// Admits a request of `who` on `model` under its app rule: the models it may use, its
-/// requests at once and its token quotas.
+/// priority class (`asked`, if no higher than the caller's), its requests at once and its
+/// token quotas.
 pub(super) fn admit(
     config: &crate::config::Config,
     usage: &Arc<crate::policy::usage::Usage>,
     who: &Caller,
     model: &str,
-) -> Result<crate::policy::usage::Ticket, Error> {
+    asked: Option<Priority>,
+) -> Result<(crate::policy::usage::Ticket, Priority), Error> {
     use crate::policy::rules::{account_of, rule_for};
     use crate::policy::usage::Refusal;
     let rule = rule_for(&config.apps, who);
@@ -57,10 +60,13 @@ pub(super) fn admit(
     {
         return Err(Error::PermissionDenied(format!("{account} may not use model {model} (its [[apps]] rule)")));
     }
-    usage.admit(&account, rule).map_err(|e| match e {
+    let class = priority::effective(priority::class_of(who, rule), asked)
+        .map_err(|e| Error::PermissionDenied(format!("{account}: {e}")))?;
+    let ticket = usage.admit(&account, rule).map_err(|e| match e {
         Refusal::Concurrent { .. } => Error::Busy(e.to_string()),
         Refusal::Quota { .. } => Error::QuotaExceeded(e.to_string()),
-    })
+    })?;
+    Ok((ticket, class))
 }
 
 /// The audit record of an administrative action.
@@ -133,7 +139,13 @@ fn request_info(r: &crate::scheduler::RequestSummary) -> HashMap<String, OwnedVa
     let c = &r.caller;
     put("id", Value::from(r.id));
     put("model", Value::from(r.model.as_str()));
-    put("state", Value::from(if r.running { "running" } else { "queued" }));
+    let state = match (r.running, r.paused) {
+        (false, _) => "queued",
+        (true, false) => "running",
+        (true, true) => "paused",
+    };
+    put("state", Value::from(state));
+    put("priority", Value::from(r.class.as_str()));
     put("client", Value::from(c.name.as_str()));
     put("uid", Value::from(c.uid));
     if let Some(pid) = c.pid {
@@ -199,12 +211,12 @@ impl Manager {
         prompt: Prompt,
         opts: HashMap<String, OwnedValue>,
     ) -> Result<u64, Error> {
-        let (mut params, keep_alive) = options::request(&opts)?;
+        let options::Request { mut params, keep_alive, priority } = options::request(&opts)?;
         let prompt = with_tools(prompt, &mut params, &opts)?;
         let who = identify(&self.identities, conn, &header).await?;
-        let queued = match admit(&self.scheduler.config, &self.usage, &who, model) {
-            Ok(ticket) => match self.prepare(model, prompt).await {
-                Ok((m, ids)) => self.scheduler.submit(&who, ticket, model, m, ids, params, keep_alive, None),
+        let queued = match admit(&self.scheduler.config, &self.usage, &who, model, priority) {
+            Ok((ticket, class)) => match self.prepare(model, prompt).await {
+                Ok((m, ids)) => self.scheduler.submit(&who, ticket, class, model, m, ids, params, keep_alive, None),
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),

@@ -14,6 +14,7 @@ use zbus::zvariant::{OwnedValue, Value};
 use crate::engine::chat::{Message, Role};
 use crate::engine::tools::{Dialect, ToolCall, Tools};
 use crate::engine::{BackendKind, Format, SamplingParams};
+use crate::policy::priority::Priority;
 
 type Options = HashMap<String, OwnedValue>;
 
@@ -24,13 +25,31 @@ fn wrong(key: &str, want: &str, v: &Value<'_>) -> Error {
     Error::InvalidArgs(format!("option {key}: expected D-Bus type {want}, got {}", v.value_signature()))
 }
 
-/// Sampling parameters and the `keep_alive` override (seconds) of a request.
-pub fn request(options: &HashMap<String, OwnedValue>) -> Result<(SamplingParams, Option<i64>), Error> {
+/// A request's options.
+pub struct Request {
+    pub params: SamplingParams,
+    /// The `keep_alive` override (seconds).
+    pub keep_alive: Option<i64>,
+    /// The class it asks to run in (at most the caller's own).
+    pub priority: Option<Priority>,
+}
+
+/// Sampling parameters, the `keep_alive` override and the priority class of a request.
+pub fn request(options: &HashMap<String, OwnedValue>) -> Result<Request, Error> {
     let mut p = SamplingParams::default();
     let mut keep_alive = None;
+    let mut priority = None;
     for (key, value) in options {
         let v: &Value<'_> = value;
         match key.as_str() {
+            "priority" => {
+                priority = Some(match v {
+                    Value::Str(s) => Priority::parse(s).ok_or_else(|| {
+                        Error::InvalidArgs(format!("option priority: {s:?} (interactive or background)"))
+                    })?,
+                    _ => return Err(wrong(key, "s", v)),
+                })
+            }
             "keep_alive" => {
                 keep_alive = Some(match v {
                     Value::I64(x) => *x,
@@ -102,7 +121,7 @@ pub fn request(options: &HashMap<String, OwnedValue>) -> Result<(SamplingParams,
     if let Some(f) = &p.format {
         f.check().map_err(|e| Error::InvalidArgs(e.to_string()))?;
     }
-    Ok((p, keep_alive))
+    Ok(Request { params: p, keep_alive, priority })
 }
 
 fn backend_of(key: &str, v: &Value<'_>) -> Result<BackendKind, Error> {

@@ -73,17 +73,17 @@ impl SessionObject {
         if new.is_empty() {
             return Err(Error::InvalidArgs("messages: none".into()));
         }
-        let (mut params, keep_alive) = options::request(&options)?;
+        let options::Request { mut params, keep_alive, priority } = options::request(&options)?;
         let mut conversation = session.state().messages.clone();
         conversation.extend(new.iter().cloned());
         crate::engine::chat::validate(&conversation).map_err(|e| Error::InvalidArgs(e.to_string()))?;
         let prompt = super::manager::with_tools(Prompt::Chat(conversation), &mut params, &options)?;
         let who = super::manager::identify(&self.identities, conn, &header).await?;
-        let ticket = super::manager::admit(&self.scheduler.config, &self.usage, &who, &session.model);
+        let ticket = super::manager::admit(&self.scheduler.config, &self.usage, &who, &session.model, priority);
         if let Err(e) = &ticket {
             super::manager::audit_refused(&who, &session.model, Some(session.id), e);
         }
-        let ticket = ticket?;
+        let (ticket, class) = ticket?;
         session.begin_turn().map_err(session_error)?;
         let (s, model) = (self.scheduler.clone(), session.model.clone());
         let turn = Turn { session: session.clone(), messages: new };
@@ -97,7 +97,7 @@ impl SessionObject {
                     return Err(request_error(e));
                 }
             };
-            s.submit(&caller, ticket, &model, m, ids, params, keep_alive, Some(turn))
+            s.submit(&caller, ticket, class, &model, m, ids, params, keep_alive, Some(turn))
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))
