@@ -6,7 +6,8 @@
 
 A daemon on a private bus serves MODEL_DIR (max_parallel 4). Each round measures, in turn:
 the interactive request alone (idle); the same request while BACKGROUND llamactl clients
-stream long answers with `--priority background` (they pause while it runs); and while the
+stream long answers with `--priority background` (they pause while it runs; a regular
+expression that allows no end before 6,000 characters keeps them streaming); and while the
 same clients stream as interactive work (no priority: every request shares the CPU, the
 behaviour without classes). The time to first token is taken by this client (plain D-Bus
 through jeepney): from sending Generate to the first Token signal. Prints each round's
@@ -55,8 +56,9 @@ def ttft(address, prompt, tokens):
 
 def streaming(d, n, priority):
     """n llamactl clients streaming long answers; returned once each has printed text."""
+    # a regular expression that allows no end before 6000 characters keeps them streaming
     cmd = d.ctl + ["run", "m", "Write a long story about a lighthouse keeper.", "--max-tokens", "100000",
-                   "--temperature", "0.7", "--seed", "1"]
+                   "--temperature", "0.7", "--seed", "1", "--regex", "[a-zA-Z ,.]{6000}"]
     if priority:
         cmd += ["--priority", priority]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=d.env) for _ in range(n)]
@@ -84,7 +86,8 @@ def main():
     cases = ["idle", f"{a.background} background", f"{a.background} interactive (no classes)"]
     got = {c: [] for c in cases}
     try:
-        d.start(a.threads, extra="max_parallel = 4\n")
+        # no prompt cache: every measurement computes its whole prompt
+        d.start(a.threads, extra="max_parallel = 4\n", memory="prompt_cache = 0\n")
         subprocess.run(d.ctl + ["load", "m", "--backend", a.backend], check=True, stdout=subprocess.DEVNULL)
         ttft(d.address, prompt, 2)  # load the model, warm up
         for r in range(a.rounds):
@@ -93,13 +96,16 @@ def main():
                 if case != "idle":
                     procs = streaming(d, a.background, "background" if "background" in case else None)
                 ms, stats = ttft(d.address, prompt, a.tokens)
+                if any(p.poll() is not None for p in procs):
+                    raise RuntimeError("a background client ended before the measurement did: nothing competed")
                 for p in procs:
                     p.terminate()
                     p.wait()
                 time.sleep(0.3)
                 got[case].append(ms)
-                print(f"round {r + 1}, {case}: time to first token {ms:.1f} ms "
-                      f"(prompt {stats.get('prompt_tokens')} tokens, {stats.get('backend')})", flush=True)
+                print(f"round {r + 1}, {case}: time to first token {ms:.1f} ms (in the daemon, from the "
+                      f"request's start: {stats.get('time_to_first_token_ms', 0):.1f} ms; prompt "
+                      f"{stats.get('prompt_tokens')} tokens, {stats.get('backend')})", flush=True)
         idle = statistics.median(got["idle"])
         for case in cases:
             m = statistics.median(got[case])
