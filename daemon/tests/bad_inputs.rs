@@ -86,6 +86,36 @@ fn external_data_outside_the_model_directory_is_refused() {
     }
 }
 
+/// Configs are untrusted too: a graph file named outside the directory, sizes no model has
+/// (which would size per-layer names and caches without bound) and oversized files are
+/// refused, naming the file and the field.
+#[test]
+fn hostile_configs_are_refused_by_name() {
+    let cases = [
+        ("\"filename\": \"model.onnx\"", "\"filename\": \"../tiny/model.onnx\"", "not a file name"),
+        ("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 4000000000", "num_hidden_layers"),
+        ("\"context_length\": 256", "\"context_length\": 0", "context length = 0"),
+        ("\"eos_token_id\": 2", "\"eos_token_id\": 70000", "outside the vocabulary"),
+    ];
+    for (from, to, why) in cases {
+        let d = copy_fixture("tiny-llama2-genai-fp32");
+        let p = d.path().join("genai_config.json");
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "{from}");
+        std::fs::write(&p, text.replace(from, to)).unwrap();
+        let e = load(d.path(), BackendKind::Onnxruntime, false).err().unwrap();
+        assert!(matches!(e, LoadError::Layout(LayoutError::BadConfig { .. })), "{to}: {e}");
+        assert!(e.to_string().contains("genai_config.json") && e.to_string().contains(why), "{to}: {e}");
+    }
+    let d = copy_fixture("tiny-llama2-optimum-fp32");
+    let p = d.path().join("config.json");
+    let mut text = std::fs::read_to_string(&p).unwrap();
+    text.push_str(&" ".repeat(5 << 20));
+    std::fs::write(&p, text).unwrap();
+    let e = load(d.path(), BackendKind::Tract, false).err().unwrap();
+    assert!(e.to_string().contains("config.json") && e.to_string().contains("larger than any config"), "{e}");
+}
+
 #[test]
 fn missing_tokenizer() {
     let d = copy_fixture("tiny-llama2-optimum-fp32");

@@ -150,42 +150,15 @@ pub fn prompt_ids(tok: &Tokenizer, messages: &[Message], tools: Option<&Tools>) 
     llama2_ids(tok, messages, bos, eos)
 }
 
-/// The local time formatted by `strftime(3)`, as Hugging Face's `strftime_now`.
-fn strftime_now(format: String) -> Result<String, minijinja::Error> {
-    let bad = || minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, "strftime_now: bad format");
-    let fmt = std::ffi::CString::new(format).map_err(|_| bad())?;
-    let mut buf = vec![0u8; 256];
-    // SAFETY: localtime_r and strftime write into the buffers given, within their sizes.
-    let n = unsafe {
-        let now = libc::time(std::ptr::null_mut());
-        let mut tm: libc::tm = std::mem::zeroed();
-        if libc::localtime_r(&now, &mut tm).is_null() {
-            return Err(bad());
-        }
-        libc::strftime(buf.as_mut_ptr().cast(), buf.len(), fmt.as_ptr(), &tm)
-    };
-    buf.truncate(n);
-    String::from_utf8(buf).map_err(|_| bad())
-}
-
 fn render(template: &str, tok: &Tokenizer, messages: &[Message], tools: Option<&Tools>) -> Result<String, ChatError> {
-    let mut env = minijinja::Environment::new();
-    minijinja_contrib::add_to_environment(&mut env);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-    });
-    env.add_function("strftime_now", strftime_now);
-    env.add_template("chat", template).map_err(|e| ChatError::Template(e.to_string()))?;
     let messages: Vec<serde_json::Value> = messages.iter().map(Message::template_value).collect();
-    let ctx = minijinja::context! {
-        messages => messages,
-        tools => tools.map(Tools::template_json),
-        add_generation_prompt => true,
-        bos_token => tok.bos_token.clone().unwrap_or_default(),
-        eos_token => tok.eos_token.clone().unwrap_or_default(),
+    let inputs = llamad_formats::template::Inputs {
+        messages: &messages,
+        tools: tools.map(Tools::template_json),
+        bos_token: tok.bos_token.as_deref().unwrap_or_default(),
+        eos_token: tok.eos_token.as_deref().unwrap_or_default(),
     };
-    env.get_template("chat").and_then(|t| t.render(ctx)).map_err(|e| ChatError::Template(format!("{e:#}")))
+    llamad_formats::template::render(template, &inputs).map_err(ChatError::Template)
 }
 
 /// Meta's reference format:

@@ -17,7 +17,6 @@ pub mod speculate;
 pub mod text;
 pub mod tokenizer;
 pub mod tools;
-pub mod weights;
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};

@@ -8,8 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-use serde_json::Value;
+pub use llamad_formats::config::ModelSpec;
 
 use super::onnx_graph::{GraphSummary, read_graph};
 
@@ -63,20 +62,6 @@ impl std::fmt::Display for Quantization {
             Quantization::Int8Dynamic => f.write_str("int8 (dynamic)"),
         }
     }
-}
-
-/// The transformer's shape: what KV-cache sizing and input binding need.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct ModelSpec {
-    pub layers: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    pub hidden: usize,
-    pub vocab_size: usize,
-    pub context_length: usize,
-    pub bos_id: Option<u32>,
-    pub eos_ids: Vec<u32>,
 }
 
 /// Names of the graph inputs and outputs the decoding loop binds.
@@ -177,89 +162,25 @@ impl ModelDir {
     }
 }
 
-fn read_json(file: &Path) -> Result<Value, LayoutError> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| LayoutError::BadConfig { file: file.to_owned(), reason: e.to_string() })?;
-    serde_json::from_str(&text).map_err(|e| LayoutError::BadConfig { file: file.to_owned(), reason: e.to_string() })
-}
+/// Config files larger than this are refused unread (real ones are a few KiB).
+const MAX_CONFIG: u64 = 4 << 20;
 
-fn parse<T: for<'de> Deserialize<'de>>(file: &Path, v: Value) -> Result<T, LayoutError> {
-    serde_json::from_value(v).map_err(|e| LayoutError::BadConfig { file: file.to_owned(), reason: e.to_string() })
-}
-
-/// `eos_token_id` is an integer or a list of them in both config formats.
-#[derive(Deserialize, Default, Clone)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(u32),
-    Many(Vec<u32>),
-    #[default]
-    None,
-}
-
-impl OneOrMany {
-    fn into_vec(self) -> Vec<u32> {
-        match self {
-            OneOrMany::One(x) => vec![x],
-            OneOrMany::Many(v) => v,
-            OneOrMany::None => vec![],
-        }
+/// The text of a config file, bounded.
+fn read_config(file: &Path) -> Result<String, LayoutError> {
+    let bad = |reason: String| LayoutError::BadConfig { file: file.to_owned(), reason };
+    let len = std::fs::metadata(file).map_err(|e| bad(e.to_string()))?.len();
+    if len > MAX_CONFIG {
+        return Err(bad(format!("{len} bytes: larger than any config ({MAX_CONFIG} at most)")));
     }
-}
-
-#[derive(Deserialize)]
-struct GenAiConfig {
-    model: GenAiModel,
-    #[serde(default)]
-    search: GenAiSearch,
-}
-
-#[derive(Deserialize)]
-struct GenAiModel {
-    #[serde(default)]
-    bos_token_id: Option<u32>,
-    #[serde(default)]
-    eos_token_id: OneOrMany,
-    context_length: usize,
-    vocab_size: usize,
-    decoder: GenAiDecoder,
-}
-
-#[derive(Deserialize)]
-struct GenAiDecoder {
-    filename: String,
-    head_size: usize,
-    hidden_size: usize,
-    num_attention_heads: usize,
-    num_hidden_layers: usize,
-    num_key_value_heads: usize,
-    #[serde(default)]
-    inputs: BTreeMap<String, String>,
-    #[serde(default)]
-    outputs: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize, Default)]
-struct GenAiSearch {
-    #[serde(default)]
-    past_present_share_buffer: bool,
+    std::fs::read_to_string(file).map_err(|e| bad(e.to_string()))
 }
 
 fn open_genai(dir: &Path, file: &Path) -> Result<ModelDir, LayoutError> {
-    let cfg: GenAiConfig = parse(file, read_json(file)?)?;
-    let d = &cfg.model.decoder;
-    let onnx = dir.join(&d.filename);
-    let spec = ModelSpec {
-        layers: d.num_hidden_layers,
-        heads: d.num_attention_heads,
-        kv_heads: d.num_key_value_heads,
-        head_dim: d.head_size,
-        hidden: d.hidden_size,
-        vocab_size: cfg.model.vocab_size,
-        context_length: cfg.model.context_length,
-        bos_id: cfg.model.bos_token_id,
-        eos_ids: cfg.model.eos_token_id.clone().into_vec(),
-    };
+    let cfg = llamad_formats::config::genai(&read_config(file)?)
+        .map_err(|reason| LayoutError::BadConfig { file: file.to_owned(), reason })?;
+    let d = &cfg;
+    let onnx = dir.join(&cfg.filename);
+    let spec = cfg.spec.clone();
     let name = |map: &BTreeMap<String, String>, key: &str, default: &str| {
         map.get(key).cloned().unwrap_or_else(|| default.to_string())
     };
@@ -277,68 +198,20 @@ fn open_genai(dir: &Path, file: &Path) -> Result<ModelDir, LayoutError> {
         present_key: per_layer(name(&d.outputs, "present_key_names", "present.%d.key")),
         present_value: per_layer(name(&d.outputs, "present_value_names", "present.%d.value")),
     };
-    finish(dir, Layout::GenAi, onnx, spec, wanted, cfg.search.past_present_share_buffer)
-}
-
-#[derive(Deserialize)]
-struct HfConfig {
-    #[serde(default)]
-    model_type: Option<String>,
-    hidden_size: usize,
-    num_attention_heads: usize,
-    #[serde(default)]
-    num_key_value_heads: Option<usize>,
-    num_hidden_layers: usize,
-    #[serde(default)]
-    head_dim: Option<usize>,
-    vocab_size: usize,
-    #[serde(default)]
-    max_position_embeddings: Option<usize>,
-    #[serde(default)]
-    bos_token_id: Option<u32>,
-    #[serde(default)]
-    eos_token_id: OneOrMany,
-}
-
-#[derive(Deserialize, Default)]
-struct HfGenerationConfig {
-    #[serde(default)]
-    bos_token_id: Option<u32>,
-    #[serde(default)]
-    eos_token_id: OneOrMany,
+    finish(dir, Layout::GenAi, onnx, spec, wanted, cfg.past_present_share_buffer)
 }
 
 fn open_optimum(dir: &Path, file: &Path) -> Result<ModelDir, LayoutError> {
-    let cfg: HfConfig = parse(file, read_json(file)?)?;
-    if let Some(t) = &cfg.model_type
-        && t != "llama"
-    {
-        return Err(LayoutError::BadConfig {
-            file: file.to_owned(),
-            reason: format!("model_type \"{t}\" is not a Llama-architecture model"),
-        });
-    }
     let gen_file = dir.join("generation_config.json");
-    let generation: HfGenerationConfig =
-        if gen_file.is_file() { parse(&gen_file, read_json(&gen_file)?)? } else { Default::default() };
-    let mut eos_ids = generation.eos_token_id.into_vec();
-    for id in cfg.eos_token_id.into_vec() {
-        if !eos_ids.contains(&id) {
-            eos_ids.push(id);
-        }
-    }
-    let head_dim = cfg.head_dim.unwrap_or(cfg.hidden_size / cfg.num_attention_heads.max(1));
-    let spec = ModelSpec {
-        layers: cfg.num_hidden_layers,
-        heads: cfg.num_attention_heads,
-        kv_heads: cfg.num_key_value_heads.unwrap_or(cfg.num_attention_heads),
-        head_dim,
-        hidden: cfg.hidden_size,
-        vocab_size: cfg.vocab_size,
-        context_length: cfg.max_position_embeddings.unwrap_or(2048),
-        bos_id: generation.bos_token_id.or(cfg.bos_token_id),
-        eos_ids,
-    };
+    let generation = if gen_file.is_file() { Some(read_config(&gen_file)?) } else { None };
+    let spec =
+        llamad_formats::config::optimum(&read_config(file)?, generation.as_deref()).map_err(|(which, reason)| {
+            let file = match which {
+                llamad_formats::config::HfFile::Config => file.to_owned(),
+                llamad_formats::config::HfFile::Generation => gen_file.clone(),
+            };
+            LayoutError::BadConfig { file, reason }
+        })?;
     let onnx =
         ["model.onnx", "decoder_model_merged.onnx"].iter().map(|f| dir.join(f)).find(|p| p.is_file()).ok_or_else(
             || LayoutError::Missing {
@@ -427,7 +300,7 @@ fn finish(
             reason: format!("unexpected graph input {} that llamad does not know how to feed", extra.name),
         });
     }
-    let quantization = graph.quantization();
+    let quantization = super::onnx_graph::quantization(&graph);
     let file_size = graph.file_size + graph.external_bytes;
     let opt_file = |n: &str| Some(dir.join(n)).filter(|p| p.is_file());
     Ok(ModelDir {

@@ -6,8 +6,8 @@
 //! logits. The daemon also measures each load and counts the larger of the two.
 
 use super::packing::{tract_packed_bytes, tract_panel};
-use crate::engine::weights::Weight;
 use crate::engine::{BackendKind, ModelDir};
+use llamad_formats::onnx::Weight;
 
 /// tract folds a shared constant (a tied embedding that Gather also reads) into its
 /// transposed, packed copy only up to this size; above it, it repacks at every run.

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use tract_onnx::pb;
+use super::proto as pb;
 
 /// How the graph reads a weight. A tied embedding, for example, is read by a
 /// Gather (`direct_other`) and, transposed, by the head's MatMul

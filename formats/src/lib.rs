@@ -1,0 +1,11 @@
+//! llamad's readers of untrusted input: a model directory's files (the ONNX
+//! graph's protobuf, the configs, the manifest, the chat template) come from
+//! whoever placed the model, so each reader here is bounded (no panic, no
+//! allocation beyond what the input warrants, no unbounded work) and fuzzed
+//! ([`fuzzing`], `fuzz/`) without building the inference engines.
+
+pub mod config;
+pub mod fuzzing;
+pub mod manifest;
+pub mod onnx;
+pub mod template;
