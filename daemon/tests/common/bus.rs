@@ -119,6 +119,32 @@ impl Daemon {
         }
     }
 
+    /// Starts llamad again on the same bus and configuration (after it died or was killed).
+    pub async fn restart(&mut self) {
+        if let Some(mut c) = self.llamad.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let config = self.dir.path().join("llamad.toml");
+        self.spawn_llamad(&config).await;
+    }
+
+    /// llamad's resident memory now, in bytes (VmRSS).
+    pub fn rss(&self) -> u64 {
+        let pid = self.llamad.as_ref().unwrap().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        kib * 1024
+    }
+
     pub async fn connect(&self) -> zbus::Connection {
         // A loaded machine occasionally refuses a connection attempt: retry a few times.
         let mut last = None;
