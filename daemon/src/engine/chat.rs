@@ -12,15 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::tokenizer::{Tokenizer, TokenizerError};
 use super::tools::{Dialect, ToolCall, Tools, builtin_messages};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-    /// A tool's result, answering an assistant's call (`tool_call_id`).
-    Tool,
-}
+pub use llamad_formats::wire::Role;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Message {

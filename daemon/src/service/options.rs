@@ -1,5 +1,7 @@
 //! Method options from the wire (`a{sv}`), strictly: an unknown key or a value
-//! of the wrong D-Bus type is `InvalidArgs` naming the key. Request options
+//! of the wrong D-Bus type is `InvalidArgs` naming the key (request options'
+//! and messages' types are checked by `llamad_formats::wire`, fuzzed on its
+//! own; their values here). Request options
 //! become [`SamplingParams`] (then checked by `SamplingParams::validate`, and
 //! a format compiled by `Format::check`, so a bad grammar fails the call);
 //! `LoadModel` and `Estimate` take a backend, a context and a parallelism;
@@ -11,7 +13,9 @@ use std::collections::HashMap;
 use llamad_api::Error;
 use zbus::zvariant::{OwnedValue, Value};
 
-use crate::engine::chat::{Message, Role};
+use llamad_formats::wire::{self, FormatOption, WireError};
+
+use crate::engine::chat::Message;
 use crate::engine::tools::{Dialect, ToolCall, Tools};
 use crate::engine::{BackendKind, Format, SamplingParams};
 use crate::policy::priority::Priority;
@@ -21,8 +25,22 @@ type Options = HashMap<String, OwnedValue>;
 /// Sequences an `Estimate` dry run may ask for (as many as `max_parallel` allows).
 pub const MAX_PARALLEL: u32 = 64;
 
+fn invalid(e: WireError) -> Error {
+    match e {
+        WireError::Unknown(key) => {
+            let known: Vec<&str> = llamad_api::REQUEST_OPTIONS.iter().map(|(k, _)| *k).collect();
+            Error::InvalidArgs(format!("unknown option {key} (known: {})", known.join(", ")))
+        }
+        WireError::Invalid(m) => Error::InvalidArgs(m),
+    }
+}
+
 fn wrong(key: &str, want: &str, v: &Value<'_>) -> Error {
-    Error::InvalidArgs(format!("option {key}: expected D-Bus type {want}, got {}", v.value_signature()))
+    invalid(wire::wrong(key, want, v))
+}
+
+fn u32_of(key: &str, v: &Value<'_>) -> Result<u32, Error> {
+    wire::u32_of(key, v).map_err(invalid)
 }
 
 /// A request's options.
@@ -34,94 +52,45 @@ pub struct Request {
     pub priority: Option<Priority>,
 }
 
-/// Sampling parameters, the `keep_alive` override and the priority class of a request.
+/// Sampling parameters, the `keep_alive` override and the priority class of a request: the
+/// wire's types checked (`llamad_formats::wire`), then their values.
 pub fn request(options: &HashMap<String, OwnedValue>) -> Result<Request, Error> {
+    let r = wire::request(options).map_err(invalid)?;
     let mut p = SamplingParams::default();
-    let mut keep_alive = None;
-    let mut priority = None;
-    for (key, value) in options {
-        let v: &Value<'_> = value;
-        match key.as_str() {
-            "priority" => {
-                priority = Some(match v {
-                    Value::Str(s) => Priority::parse(s).ok_or_else(|| {
-                        Error::InvalidArgs(format!("option priority: {s:?} (interactive or background)"))
-                    })?,
-                    _ => return Err(wrong(key, "s", v)),
-                })
-            }
-            "keep_alive" => {
-                keep_alive = Some(match v {
-                    Value::I64(x) => *x,
-                    Value::I32(x) => *x as i64,
-                    Value::U32(x) => *x as i64,
-                    _ => return Err(wrong(key, "x", v)),
-                })
-            }
-            "temperature" => p.temperature = f64_of(key, v)? as f32,
-            "top_p" => p.top_p = f64_of(key, v)? as f32,
-            "repetition_penalty" => p.repetition_penalty = f64_of(key, v)? as f32,
-            "top_k" => p.top_k = u32_of(key, v)?,
-            "repeat_last_n" => p.repeat_last_n = u32_of(key, v)?,
-            "max_tokens" => p.max_tokens = u32_of(key, v)?,
-            "prompt_lookup" => p.prompt_lookup = u32_of(key, v)?,
-            "seed" => {
-                p.seed = Some(match v {
-                    Value::U64(x) => *x,
-                    Value::U32(x) => *x as u64,
-                    Value::I64(x) if *x >= 0 => *x as u64,
-                    Value::I32(x) if *x >= 0 => *x as u64,
-                    _ => return Err(wrong(key, "t", v)),
-                })
-            }
-            "json" | "json_schema" | "regex" | "lark" => {
-                let format = match (key.as_str(), v) {
-                    ("json", Value::Bool(true)) => Some(Format::Json),
-                    ("json", Value::Bool(false)) => None,
-                    ("json", _) => return Err(wrong(key, "b", v)),
-                    (_, Value::Str(s)) => Some(match key.as_str() {
-                        "json_schema" => Format::JsonSchema(s.to_string()),
-                        "regex" => Format::Regex(s.to_string()),
-                        _ => Format::Lark(s.to_string()),
-                    }),
-                    _ => return Err(wrong(key, "s", v)),
-                };
-                if let Some(f) = format {
-                    if let Some(other) = &p.format {
-                        return Err(Error::InvalidArgs(format!(
-                            "options {} and {}: at most one format",
-                            other.option(),
-                            f.option()
-                        )));
-                    }
-                    p.format = Some(f);
-                }
-            }
-            "stop" => {
-                p.stop = match v {
-                    Value::Array(a) => a
-                        .iter()
-                        .map(|s| match s {
-                            Value::Str(s) => Ok(s.to_string()),
-                            other => Err(wrong(key, "as", other)),
-                        })
-                        .collect::<Result<_, _>>()?,
-                    _ => return Err(wrong(key, "as", v)),
-                }
-            }
-            // a chat's tools: `tools()`
-            "tools" | "tool_choice" | "parallel_tool_calls" => {}
-            other => {
-                let known: Vec<&str> = llamad_api::REQUEST_OPTIONS.iter().map(|(k, _)| *k).collect();
-                return Err(Error::InvalidArgs(format!("unknown option {other} (known: {})", known.join(", "))));
-            }
+    let set = |field: &mut f32, v: Option<f64>| v.into_iter().for_each(|v| *field = v as f32);
+    set(&mut p.temperature, r.temperature);
+    set(&mut p.top_p, r.top_p);
+    set(&mut p.repetition_penalty, r.repetition_penalty);
+    for (field, v) in [
+        (&mut p.top_k, r.top_k),
+        (&mut p.repeat_last_n, r.repeat_last_n),
+        (&mut p.max_tokens, r.max_tokens),
+        (&mut p.prompt_lookup, r.prompt_lookup),
+    ] {
+        if let Some(v) = v {
+            *field = v;
         }
     }
+    p.seed = r.seed;
+    p.stop = r.stop.unwrap_or_default();
+    p.format = r.format.map(|f| match f {
+        FormatOption::Json => Format::Json,
+        FormatOption::JsonSchema(s) => Format::JsonSchema(s),
+        FormatOption::Regex(s) => Format::Regex(s),
+        FormatOption::Lark(s) => Format::Lark(s),
+    });
+    let priority = match r.priority {
+        None => None,
+        Some(s) => Some(
+            Priority::parse(&s)
+                .ok_or_else(|| Error::InvalidArgs(format!("option priority: {s:?} (interactive or background)")))?,
+        ),
+    };
     p.validate().map_err(|e| Error::InvalidArgs(e.to_string()))?;
     if let Some(f) = &p.format {
         f.check().map_err(|e| Error::InvalidArgs(e.to_string()))?;
     }
-    Ok(Request { params: p, keep_alive, priority })
+    Ok(Request { params: p, keep_alive: r.keep_alive, priority })
 }
 
 fn backend_of(key: &str, v: &Value<'_>) -> Result<BackendKind, Error> {
@@ -183,82 +152,23 @@ pub fn session(options: &Options, max_ttl: u64) -> Result<std::time::Duration, E
     Ok(std::time::Duration::from_secs(ttl))
 }
 
-/// Messages as `aa{sv}`: `role` (s: system, user, assistant, tool) and `content` (s) each;
-/// an assistant's `tool_calls` (aa{sv}: `id`, `name`, `arguments` as a JSON object's text),
-/// a tool result's `tool_call_id` (s) and `name` (s).
+/// Messages as `aa{sv}` (`llamad_formats::wire::messages`).
 pub fn messages(wire: &[HashMap<String, OwnedValue>]) -> Result<Vec<Message>, Error> {
-    let mut out = Vec::with_capacity(wire.len());
-    for (i, m) in wire.iter().enumerate() {
-        let bad = |what: String| Error::InvalidArgs(format!("messages[{i}]{what}"));
-        let (mut role, mut msg) = (None, Message::new(Role::User, ""));
-        let mut content = None;
-        for (key, value) in m {
-            let text = || match &**value {
-                Value::Str(s) => Ok(s.to_string()),
-                v => Err(bad(format!(".{key}: expected D-Bus type s, got {}", v.value_signature()))),
-            };
-            match key.as_str() {
-                "role" => role = Some(text()?),
-                "content" => content = Some(text()?),
-                "tool_call_id" => msg.tool_call_id = Some(text()?),
-                "name" => msg.name = Some(text()?),
-                "tool_calls" => msg.tool_calls = tool_calls(value).map_err(|e| bad(format!(".tool_calls{e}")))?,
-                other => {
-                    return Err(bad(format!(
-                        ": unknown key {other} (known: role, content, tool_calls, tool_call_id, name)"
-                    )));
-                }
-            }
-        }
-        msg.role = match role.as_deref() {
-            Some("system") => Role::System,
-            Some("user") => Role::User,
-            Some("assistant") => Role::Assistant,
-            Some("tool") => Role::Tool,
-            Some(other) => return Err(bad(format!(": role {other:?} (system, user, assistant or tool)"))),
-            None => return Err(bad(": no role".into())),
-        };
-        msg.content = match content {
-            Some(c) => c,
-            // an assistant message may be only calls
-            None if !msg.tool_calls.is_empty() => String::new(),
-            None => return Err(bad(": no content".into())),
-        };
-        if msg.role == Role::Tool && msg.tool_call_id.is_none() {
-            return Err(bad(": a tool result needs the tool_call_id it answers".into()));
-        }
-        out.push(msg);
-    }
-    Ok(out)
-}
-
-/// An assistant message's `tool_calls`: `aa{sv}` of `id`, `name` and `arguments` (s, a JSON object).
-fn tool_calls(v: &Value<'_>) -> Result<Vec<ToolCall>, String> {
-    let Value::Array(a) = v else {
-        return Err(format!(": expected D-Bus type aa{{sv}}, got {}", v.value_signature()));
-    };
-    let mut calls = vec![];
-    for (j, item) in a.iter().enumerate() {
-        let item = match item {
-            Value::Value(inner) => &**inner,
-            other => other,
-        };
-        let Value::Dict(d) = item else {
-            return Err(format!("[{j}]: expected a{{sv}}"));
-        };
-        let get = |k: &str| -> Result<String, String> {
-            match d.get::<_, Value<'_>>(&k) {
-                Ok(Some(Value::Str(s))) => Ok(s.to_string()),
-                _ => Err(format!("[{j}].{k}: missing or not a string")),
-            }
-        };
-        let call = ToolCall { id: get("id").unwrap_or_default(), name: get("name")?, arguments: get("arguments")? };
-        if !serde_json::from_str::<serde_json::Value>(&call.arguments).is_ok_and(|a| a.is_object()) {
-            return Err(format!("[{j}].arguments: not a JSON object"));
-        }
-        calls.push(call);
-    }
-    Ok(calls)
+    let list = wire::messages(wire).map_err(Error::InvalidArgs)?;
+    Ok(list
+        .into_iter()
+        .map(|m| Message {
+            role: m.role,
+            content: m.content,
+            tool_calls: m
+                .tool_calls
+                .into_iter()
+                .map(|c| ToolCall { id: c.id, name: c.name, arguments: c.arguments })
+                .collect(),
+            tool_call_id: m.tool_call_id,
+            name: m.name,
+        })
+        .collect())
 }
 
 /// A chat request's `tools` (s: a JSON array of functions) and `tool_choice` (s), checked,
@@ -292,26 +202,4 @@ pub fn tools(options: &Options) -> Result<Option<Tools>, Error> {
         .check()
         .map_err(|e| Error::InvalidArgs(format!("tools: {e}")))?;
     Ok(Some(tools))
-}
-
-fn f64_of(key: &str, v: &Value<'_>) -> Result<f64, Error> {
-    match v {
-        Value::F64(x) => Ok(*x),
-        Value::I32(x) => Ok(*x as f64),
-        Value::U32(x) => Ok(*x as f64),
-        Value::I64(x) => Ok(*x as f64),
-        _ => Err(wrong(key, "d", v)),
-    }
-}
-
-fn u32_of(key: &str, v: &Value<'_>) -> Result<u32, Error> {
-    match v {
-        Value::U32(x) => Ok(*x),
-        Value::I32(x) if *x >= 0 => Ok(*x as u32),
-        Value::U64(x) if *x <= u32::MAX as u64 => Ok(*x as u32),
-        Value::I64(x) if (0..=u32::MAX as i64).contains(x) => Ok(*x as u32),
-        Value::U16(x) => Ok(*x as u32),
-        Value::I32(_) | Value::I64(_) => Err(Error::InvalidArgs(format!("option {key}: must not be negative"))),
-        _ => Err(wrong(key, "u", v)),
-    }
 }
