@@ -113,7 +113,14 @@ fn hostile_configs_are_refused_by_name() {
     text.push_str(&" ".repeat(5 << 20));
     std::fs::write(&p, text).unwrap();
     let e = load(d.path(), BackendKind::Tract, false).err().unwrap();
-    assert!(e.to_string().contains("config.json") && e.to_string().contains("larger than any config"), "{e}");
+    assert!(e.to_string().contains("config.json") && e.to_string().contains("larger than any such file"), "{e}");
+    // a tokenizer claiming far more than any vocabulary needs is not read (a sparse file)
+    let d = copy_fixture("tiny-llama2-optimum-fp32");
+    let f = std::fs::OpenOptions::new().write(true).open(d.path().join("tokenizer.json")).unwrap();
+    f.set_len(129 << 20).unwrap();
+    let e = load(d.path(), BackendKind::Tract, true).err().unwrap();
+    assert!(matches!(e, LoadError::Tokenizer(TokenizerError::Bad { .. })), "{e}");
+    assert!(e.to_string().contains("tokenizer.json") && e.to_string().contains("larger than any such file"), "{e}");
 }
 
 #[test]

@@ -165,14 +165,19 @@ impl ModelDir {
 /// Config files larger than this are refused unread (real ones are a few KiB).
 const MAX_CONFIG: u64 = 4 << 20;
 
+/// The text of `file`, refused unread when it is larger than `max` bytes (model files are
+/// untrusted: one claiming gigabytes of JSON is not read into memory).
+pub(crate) fn read_bounded(file: &Path, max: u64) -> Result<String, String> {
+    let len = std::fs::metadata(file).map_err(|e| e.to_string())?.len();
+    if len > max {
+        return Err(format!("{len} bytes: larger than any such file ({max} at most)"));
+    }
+    std::fs::read_to_string(file).map_err(|e| e.to_string())
+}
+
 /// The text of a config file, bounded.
 fn read_config(file: &Path) -> Result<String, LayoutError> {
-    let bad = |reason: String| LayoutError::BadConfig { file: file.to_owned(), reason };
-    let len = std::fs::metadata(file).map_err(|e| bad(e.to_string()))?.len();
-    if len > MAX_CONFIG {
-        return Err(bad(format!("{len} bytes: larger than any config ({MAX_CONFIG} at most)")));
-    }
-    std::fs::read_to_string(file).map_err(|e| bad(e.to_string()))
+    read_bounded(file, MAX_CONFIG).map_err(|reason| LayoutError::BadConfig { file: file.to_owned(), reason })
 }
 
 fn open_genai(dir: &Path, file: &Path) -> Result<ModelDir, LayoutError> {

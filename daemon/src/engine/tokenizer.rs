@@ -44,6 +44,13 @@ fn token_text(v: Option<&Value>) -> Option<String> {
     }
 }
 
+/// `tokenizer.json` larger than this is refused unread (the largest vocabularies in use,
+/// 256k pieces, take about 35 MiB).
+const MAX_TOKENIZER: u64 = 128 << 20;
+/// `tokenizer_config.json` and `chat_template.jinja` (a few KiB; a template with its tools
+/// and examples, tens).
+const MAX_TOKENIZER_CONFIG: u64 = 4 << 20;
+
 impl Tokenizer {
     /// Loads the tokenizer of `dir` and checks it fits the model's vocabulary.
     pub fn for_model(dir: &ModelDir) -> Result<Tokenizer, TokenizerError> {
@@ -64,7 +71,9 @@ impl Tokenizer {
         template_file: Option<&Path>,
     ) -> Result<Tokenizer, TokenizerError> {
         let bad = |f: &Path, reason: String| TokenizerError::Bad { file: f.display().to_string(), reason };
-        let inner = tokenizers::Tokenizer::from_file(file).map_err(|e| bad(file, e.to_string()))?;
+        let read = |f: &Path, max: u64| super::model_dir::read_bounded(f, max).map_err(|e| bad(f, e));
+        let inner =
+            tokenizers::Tokenizer::from_bytes(read(file, MAX_TOKENIZER)?).map_err(|e| bad(file, e.to_string()))?;
         let mut tok = Tokenizer {
             inner: Arc::new(inner),
             file: file.to_path_buf(),
@@ -74,7 +83,7 @@ impl Tokenizer {
             add_bos: None,
         };
         if let Some(cfg) = config {
-            let text = std::fs::read_to_string(cfg).map_err(|e| bad(cfg, e.to_string()))?;
+            let text = read(cfg, MAX_TOKENIZER_CONFIG)?;
             let v: Value = serde_json::from_str(&text).map_err(|e| bad(cfg, e.to_string()))?;
             tok.bos_token = token_text(v.get("bos_token"));
             tok.eos_token = token_text(v.get("eos_token"));
@@ -92,7 +101,7 @@ impl Tokenizer {
         if tok.chat_template.is_none()
             && let Some(f) = template_file
         {
-            tok.chat_template = Some(std::fs::read_to_string(f).map_err(|e| bad(f, e.to_string()))?);
+            tok.chat_template = Some(read(f, MAX_TOKENIZER_CONFIG)?);
         }
         Ok(tok)
     }
