@@ -13,6 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::bus::{Daemon, python_client};
+use common::cgroup::{Cgroup, request_of};
 use common::client::loaded_now;
 use common::{repo, with_context};
 use futures_util::StreamExt;
@@ -219,42 +220,6 @@ fn the_policy_file_is_valid_against_polkits_dtd() {
     assert!(text.contains("<annotate key=\"org.freedesktop.policykit.owner\">unix-user:llamad</annotate>"));
 }
 
-/// A cgroup of this test's own in the hierarchy `root` (the legacy `name=systemd` one or
-/// the unified one; both are mounted on these machines), shaped as systemd names it.
-struct Cgroup(PathBuf);
-
-impl Cgroup {
-    fn new(root: &str, tail: &str) -> Cgroup {
-        let top = Path::new(root).join(format!("llamad-test-{}", std::process::id()));
-        let dir = top.join(tail);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| {
-            panic!("{}: {e} (both cgroup hierarchies must be mounted and writable)", dir.display())
-        });
-        Cgroup(top)
-    }
-
-    fn procs(&self, tail: &str) -> PathBuf {
-        self.0.join(tail).join("cgroup.procs")
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        // innermost first; each is empty once its processes have exited
-        let mut dirs: Vec<PathBuf> = vec![];
-        let mut stack = vec![self.0.clone()];
-        while let Some(d) = stack.pop() {
-            if let Ok(rd) = std::fs::read_dir(&d) {
-                stack.extend(rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
-            }
-            dirs.push(d);
-        }
-        for d in dirs.iter().rev() {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
-}
-
 /// The python client streaming a long completion from inside cgroup `procs`.
 fn client_in(procs: &Path, d: &Daemon) -> Child {
     let script = format!(
@@ -264,19 +229,6 @@ fn client_in(procs: &Path, d: &Daemon) -> Child {
         d.address
     );
     Command::new("sh").args(["-c", &script]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
-}
-
-/// The request of process `pid` in `ListRequests`, once it is there.
-async fn request_of(proxy: &llamad_api::ManagerProxy<'_>, pid: u32) -> HashMap<String, OwnedValue> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let list = proxy.list_requests().await.unwrap();
-        if let Some(r) = list.into_iter().find(|r| r.get("pid").and_then(|v| u32::try_from(v).ok()) == Some(pid)) {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "no request of pid {pid} was listed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn text(r: &HashMap<String, OwnedValue>, key: &str) -> String {

@@ -7,11 +7,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::bus::{Daemon, python_client};
+use common::cgroup::{Cgroup, request_of};
 use common::client::{PROMPT, collect, manager_signals};
 use common::with_context;
 use futures_util::StreamExt;
@@ -19,6 +19,7 @@ use llamad_api::ManagerProxy;
 use zbus::zvariant::{OwnedValue, Value};
 
 const TINY: &str = "tiny-llama2-optimum-fp32";
+const UNIFIED: &str = "/sys/fs/cgroup/unified";
 
 fn opts(max_tokens: u32, priority: Option<&str>) -> HashMap<&'static str, Value<'static>> {
     let mut o = HashMap::from([
@@ -138,10 +139,10 @@ async fn a_flooding_app_does_not_hold_back_another() {
         |listed: &[HashMap<String, OwnedValue>]| listed.iter().filter(|r| text(r, "app_id").is_empty()).count();
     // the other app: a Flatpak app's client (its account is its app id), placed in its scope
     let scope = "user.slice/user-1000.slice/user@1000.service/app.slice/app-flatpak-org.example.Other-1.scope";
-    let cg = Cgroup::new(scope);
+    let cg = Cgroup::new(UNIFIED, scope);
     let script = format!(
-        "echo $$ > {}/cgroup.procs && exec /usr/bin/python3 {} {} long '{PROMPT}' 7 100",
-        cg.0.join(scope).display(),
+        "echo $$ > {} && exec /usr/bin/python3 {} {} long '{PROMPT}' 7 100",
+        cg.procs(scope).display(),
         python_client().display(),
         d.address
     );
@@ -187,57 +188,17 @@ async fn a_flooding_app_does_not_hold_back_another() {
     }
 }
 
-/// A cgroup of this test's own in the unified hierarchy, shaped as systemd names it.
-struct Cgroup(PathBuf);
-
-impl Cgroup {
-    fn new(tail: &str) -> Cgroup {
-        let top = Path::new("/sys/fs/cgroup/unified").join(format!("llamad-prio-{}", std::process::id()));
-        std::fs::create_dir_all(top.join(tail)).expect("the unified cgroup hierarchy is mounted and writable");
-        Cgroup(top)
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        let mut dirs = vec![];
-        let mut stack = vec![self.0.clone()];
-        while let Some(d) = stack.pop() {
-            if let Ok(rd) = std::fs::read_dir(&d) {
-                stack.extend(rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
-            }
-            dirs.push(d);
-        }
-        for d in dirs.iter().rev() {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
-}
-
 /// The python client streaming a completion from inside the cgroup `tail` of `cg`, asking
 /// for `priority` if given.
 fn client_in(cg: &Cgroup, tail: &str, d: &Daemon, priority: Option<&str>) -> std::process::Child {
     let script = format!(
-        "echo $$ > {}/cgroup.procs && exec /usr/bin/python3 {} {} tiny Hi 1 4 {}",
-        cg.0.join(tail).display(),
+        "echo $$ > {} && exec /usr/bin/python3 {} {} tiny Hi 1 4 {}",
+        cg.procs(tail).display(),
         python_client().display(),
         d.address,
         priority.unwrap_or("")
     );
     Command::new("sh").args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap()
-}
-
-/// The request of process `pid` in `ListRequests`, once it is there.
-async fn request_of(proxy: &ManagerProxy<'_>, pid: u32) -> HashMap<String, OwnedValue> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let list = proxy.list_requests().await.unwrap();
-        if let Some(r) = list.into_iter().find(|r| r.get("pid").and_then(|v| u32::try_from(v).ok()) == Some(pid)) {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "no request of pid {pid} was listed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -248,7 +209,7 @@ async fn the_class_comes_from_the_slice_or_rule_and_is_never_raised() {
     let (conn, proxy) = d.proxy().await;
     let mut signals = manager_signals(&conn).await;
     let bg = "user.slice/user-1000.slice/user@1000.service/background.slice/indexer.service";
-    let cg = Cgroup::new(bg);
+    let cg = Cgroup::new(UNIFIED, bg);
     // occupy the worker, so the requests below stay queued and listed (cancelled at the end)
     let blocker = proxy.generate("long", PROMPT, opts(3000, None)).await.unwrap();
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bus;
+pub mod cgroup;
 pub mod client;
 pub mod sizes;
 pub mod widen;
