@@ -123,6 +123,24 @@ fn hostile_configs_are_refused_by_name() {
     assert!(e.to_string().contains("tokenizer.json") && e.to_string().contains("larger than any such file"), "{e}");
 }
 
+/// tokenizer.json files on which the tokenizers library panics (found by fuzzing: an unwrap
+/// in its decoders' deserialization; a template post-processor naming a special token it
+/// lacks, which panics on every encode) fail to load with an error naming the file.
+#[test]
+fn a_tokenizer_the_library_panics_on_is_an_error() {
+    for (crash, what) in [
+        ("crash-b3e7578b582724cb9a32a20e6f0214a3c9fa5310", "reading this file"),
+        ("crash-f1a4c7ae8560b0954b6530745c5a68d473ce6b44", "cannot encode text"),
+    ] {
+        let d = copy_fixture("tiny-llama2-optimum-fp32");
+        std::fs::copy(repo().join("fuzz/artifacts/tokenizer").join(crash), d.path().join("tokenizer.json")).unwrap();
+        let e = load(d.path(), BackendKind::Tract, true).err().unwrap();
+        assert!(matches!(e, LoadError::Tokenizer(TokenizerError::Bad { .. })), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("tokenizer.json") && msg.contains(what) && msg.contains("panicked"), "{msg}");
+    }
+}
+
 #[test]
 fn missing_tokenizer() {
     let d = copy_fixture("tiny-llama2-optimum-fp32");

@@ -168,9 +168,27 @@ pub fn options(mut data: &[u8]) {
     }
 }
 
+/// `tokenizer.json`: parsed (with its probe), then a text with special-token look-alikes
+/// encoded and decoded, as the daemon does (panics inside the library are caught there).
+pub fn tokenizer(data: &[u8]) {
+    if let Ok(t) = crate::tokenizer::parse(data) {
+        for special in [false, true] {
+            if let Ok(ids) = crate::tokenizer::encode(&t, "<s>[INST] hi <|im_end|> </s>", special) {
+                let _ = crate::tokenizer::decode(&t, &ids, false);
+            }
+        }
+    }
+}
+
 /// A target's entry point.
 pub type Target = fn(&[u8]);
 
 /// The targets by name (the fuzz targets' and the corpora's folder names).
-pub const TARGETS: &[(&str, Target)] =
-    &[("onnx", onnx), ("config", config), ("manifest", manifest), ("template", template), ("options", options)];
+pub const TARGETS: &[(&str, Target)] = &[
+    ("onnx", onnx),
+    ("config", config),
+    ("manifest", manifest),
+    ("template", template),
+    ("options", options),
+    ("tokenizer", tokenizer),
+];

@@ -1,5 +1,5 @@
 //! llamad's readers of untrusted input: a model directory's files (the ONNX
-//! graph's protobuf, the configs, the manifest, the chat template) come from
+//! graph's protobuf, the configs, the tokenizer, the manifest, the chat template) come from
 //! whoever placed the model, and request options and messages ([`wire`]) from
 //! any bus client, so each reader here is bounded (no panic, no
 //! allocation beyond what the input warrants, no unbounded work) and fuzzed
@@ -10,4 +10,5 @@ pub mod fuzzing;
 pub mod manifest;
 pub mod onnx;
 pub mod template;
+pub mod tokenizer;
 pub mod wire;

@@ -44,9 +44,7 @@ fn token_text(v: Option<&Value>) -> Option<String> {
     }
 }
 
-/// `tokenizer.json` larger than this is refused unread (the largest vocabularies in use,
-/// 256k pieces, take about 35 MiB).
-const MAX_TOKENIZER: u64 = 128 << 20;
+use llamad_formats::tokenizer::MAX_TOKENIZER;
 /// `tokenizer_config.json` and `chat_template.jinja` (a few KiB; a template with its tools
 /// and examples, tens).
 const MAX_TOKENIZER_CONFIG: u64 = 4 << 20;
@@ -73,7 +71,7 @@ impl Tokenizer {
         let bad = |f: &Path, reason: String| TokenizerError::Bad { file: f.display().to_string(), reason };
         let read = |f: &Path, max: u64| super::model_dir::read_bounded(f, max).map_err(|e| bad(f, e));
         let inner =
-            tokenizers::Tokenizer::from_bytes(read(file, MAX_TOKENIZER)?).map_err(|e| bad(file, e.to_string()))?;
+            llamad_formats::tokenizer::parse(read(file, MAX_TOKENIZER)?.as_bytes()).map_err(|e| bad(file, e))?;
         let mut tok = Tokenizer {
             inner: Arc::new(inner),
             file: file.to_path_buf(),
@@ -112,13 +110,12 @@ impl Tokenizer {
 
     /// Encodes `text`; `special` adds what the tokenizer's post-processor adds (BOS for Llama 2).
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self.inner.encode(text, special).map_err(|e| TokenizerError::Codec(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+        llamad_formats::tokenizer::encode(&self.inner, text, special).map_err(TokenizerError::Codec)
     }
 
     /// Decodes ids, leaving special tokens out.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        self.inner.decode(ids, true).map_err(|e| TokenizerError::Codec(e.to_string()))
+        llamad_formats::tokenizer::decode(&self.inner, ids, true).map_err(TokenizerError::Codec)
     }
 
     /// The Hugging Face tokenizer itself, for users that outlive a borrow (the grammar engine).
