@@ -138,29 +138,38 @@ fn concurrent_requests_give_what_each_gives_alone() {
         .map(|(p, params)| m.generate(&Prompt::Tokens(p.clone()), params, &cancel, |_| {}).unwrap().tokens)
         .collect();
     assert_eq!(m.backend.batch_counters().steps, 0, "one request at a time does not batch");
-    let start = Arc::new(Barrier::new(jobs.len()));
-    let handles: Vec<_> = jobs
-        .into_iter()
-        .map(|(p, params)| {
-            let (m, start) = (m.clone(), start.clone());
-            std::thread::spawn(move || {
-                start.wait();
-                let cancel = AtomicBool::new(false);
-                m.generate(&Prompt::Tokens(p), &params, &cancel, |_| {}).unwrap().tokens
-            })
-        })
-        .collect();
-    let together: Vec<Vec<u32>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    for (i, (t, s)) in together.iter().zip(&solo).enumerate() {
-        assert!(!s.is_empty(), "request {i} generated nothing");
-        assert_eq!(t, s, "request {i}");
-    }
-    let c = m.backend.batch_counters();
-    eprintln!("{c:?}: {:.2} rows a step", c.rows as f64 / c.steps.max(1) as f64);
     // How many rows a pass had depends on how the threads overlapped (this fixture's steps
     // take about 0.1 ms, so under a busy test run the threads may mostly take turns; alone
-    // on the machine 2.4 rows a pass were measured): some passes must have had several.
-    assert!(c.rows > c.steps, "steps were batched: {c:?}");
+    // on the machine 2.4 rows a pass were measured): some passes must have had several, in
+    // one of three tries. Every try must give each request its solo tokens.
+    for attempt in 1..=3 {
+        let before = m.backend.batch_counters();
+        let start = Arc::new(Barrier::new(jobs.len()));
+        let handles: Vec<_> = jobs
+            .iter()
+            .cloned()
+            .map(|(p, params)| {
+                let (m, start) = (m.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let cancel = AtomicBool::new(false);
+                    m.generate(&Prompt::Tokens(p), &params, &cancel, |_| {}).unwrap().tokens
+                })
+            })
+            .collect();
+        let together: Vec<Vec<u32>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        for (i, (t, s)) in together.iter().zip(&solo).enumerate() {
+            assert!(!s.is_empty(), "request {i} generated nothing");
+            assert_eq!(t, s, "request {i}, try {attempt}");
+        }
+        let c = m.backend.batch_counters();
+        let (steps, rows) = (c.steps - before.steps, c.rows - before.rows);
+        eprintln!("try {attempt}: {c:?}: {:.2} rows a step", rows as f64 / steps.max(1) as f64);
+        if rows > steps {
+            return;
+        }
+    }
+    panic!("no pass batched several rows in three tries");
 }
 
 /// A parked sequence (a session between turns) leaves the batch: the others' passes no
