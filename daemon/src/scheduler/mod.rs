@@ -463,13 +463,16 @@ impl Scheduler {
             result: stats.error_name.as_deref().unwrap_or(&stats.finish_reason),
         });
         let tokens = stats.prompt_tokens.unwrap_or(0) as u64 + stats.generated_tokens.unwrap_or(0) as u64;
-        let Job { id, owner, model_name, mut ticket, .. } = job;
+        let Job { id, owner, model_name, mut ticket, model, turn, prompt_ids, .. } = job;
         ticket.charge(tokens);
         drop(ticket);
         lease.served = tokens;
-        // The request's model reference, KV cache and buffers are gone: return the memory
-        // to the system before the reservation is released (and the model may be evicted),
-        // so that what the budget counts is what is resident.
+        // Drop the request's model reference now, not at the end of this function: a client
+        // that unloads the model on `Finished` must find it freed (a partially moved `job`
+        // would keep it until after `Finished` is sent). Then return the memory to the
+        // system before the reservation is released (and the model may be evicted), so that
+        // what the budget counts is what is resident.
+        drop((model, turn, prompt_ids));
         crate::memory::measure::release_freed();
         self.release(&model_name, kv);
         self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);

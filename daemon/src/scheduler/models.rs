@@ -308,6 +308,12 @@ impl Scheduler {
             self.sessions.drop_kv_of(name);
             self.prompt_cache.drop_model(name);
             self.baseline.fetch_add(l.estimate.runtime_code, Ordering::Relaxed);
+            // Only idle models are removed, so nothing else should hold it: if something
+            // does, its memory comes back later than the budget assumes.
+            let others = Arc::strong_count(&l.model) - 1;
+            if others > 0 {
+                tracing::warn!(model = name, references = others, "unloaded model still referenced");
+            }
             tracing::info!(model = name, reason, "model unloaded");
             let _ = self.events.send(Event::ModelUnloaded { name: name.to_string(), reason });
         }
