@@ -1,224 +1,23 @@
 //! Who may do what, on a real daemon: callers identified from the bus and their
 //! cgroup (unit, slice, Flatpak or snap app id, shown by `ListRequests` and
-//! `llamactl ps`), and polkit asked for unprivileged administrators, with
-//! python3-dbusmock's polkitd template standing in for polkitd on the test bus
-//! (allowed, denied, absent); the policy file validates against polkit's DTD.
+//! `llamactl ps`), the audit records of who did what, and the per-app rules
+//! (models, concurrency, token rates and quotas). polkit's part is in `polkit.rs`.
 
 mod common;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::bus::{Daemon, python_client};
 use common::cgroup::{Cgroup, request_of};
-use common::client::loaded_now;
+use common::users::{as_nobody, stderr};
 use common::{repo, with_context};
-use futures_util::StreamExt;
-use llamad_api::{MANAGER_INTERFACE, MANAGER_PATH};
 use zbus::zvariant::OwnedValue;
-use zbus::{MatchRule, MessageStream, message::Type as MsgType};
 
 const TINY: &str = "tiny-llama2-optimum-fp32";
-const ACTION: &str = "org.llamad.Llama1.manage-models";
-
-/// A `busctl call` on the manager as uid 65534 (nobody); `interactive`: whether the call
-/// allows interactive authorization.
-fn as_nobody(d: &Daemon, interactive: bool, args: &[&str]) -> Output {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "busctl", "--address", &d.address])
-        .arg(format!("--allow-interactive-authorization={}", if interactive { "yes" } else { "no" }))
-        .arg("call")
-        .args([llamad_api::BUS_NAME, MANAGER_PATH, MANAGER_INTERFACE])
-        .args(args)
-        .output()
-        .expect("setpriv (util-linux) and busctl (systemd)")
-}
-
-/// python3-dbusmock's polkitd on the daemon's bus (the template asks for the system bus:
-/// DBUS_SYSTEM_BUS_ADDRESS points it at the test bus).
-struct Polkit(Child);
-
-impl Polkit {
-    async fn start(d: &Daemon, conn: &zbus::Connection) -> Polkit {
-        let child = Command::new("/usr/bin/python3")
-            .args(["-m", "dbusmock", "--template", "polkitd"])
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &d.address)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3-dbusmock (tests/run installs it)");
-        let dbus = zbus::fdo::DBusProxy::new(conn).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !dbus.name_has_owner("org.freedesktop.PolicyKit1".try_into().unwrap()).await.unwrap() {
-            assert!(Instant::now() < deadline, "the polkitd mock did not take its name");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Polkit(child)
-    }
-
-    /// The mock's own control: which actions it allows.
-    async fn allow(&self, conn: &zbus::Connection, actions: &[&str]) {
-        conn.call_method(
-            Some("org.freedesktop.PolicyKit1"),
-            "/org/freedesktop/PolicyKit1/Authority",
-            Some("org.freedesktop.DBus.Mock"),
-            "SetAllowed",
-            &(actions,),
-        )
-        .await
-        .unwrap();
-    }
-}
-
-impl Drop for Polkit {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// What a monitor saw of one `CheckAuthorization` call.
-#[derive(Debug)]
-struct Check {
-    sender: String,
-    subject_kind: String,
-    subject_name: String,
-    action: String,
-    details: HashMap<String, String>,
-    flags: u32,
-}
-
-/// A monitor connection (BecomeMonitor) on the test bus that sees the daemon's polkit calls
-/// and the manager calls they answer.
-async fn monitor(d: &Daemon) -> MessageStream {
-    let conn = d.connect().await;
-    let rules = [
-        MatchRule::builder().msg_type(MsgType::MethodCall).member("CheckAuthorization").unwrap().build(),
-        MatchRule::builder().msg_type(MsgType::MethodCall).interface(MANAGER_INTERFACE).unwrap().build(),
-    ];
-    zbus::fdo::MonitoringProxy::new(&conn).await.unwrap().become_monitor(&rules, 0).await.unwrap();
-    MessageStream::from(conn)
-}
-
-/// The next `CheckAuthorization` the monitor sees, and the sender of the manager call before it.
-async fn next_check(stream: &mut MessageStream) -> (Check, String) {
-    let mut caller = String::new();
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("a CheckAuthorization call")
-            .unwrap()
-            .unwrap();
-        let h = msg.header();
-        let sender = h.sender().map(|s| s.to_string()).unwrap_or_default();
-        match h.member().map(|m| m.as_str()) {
-            Some("LoadModel") | Some("UnloadModel") => caller = sender,
-            Some("CheckAuthorization") => {
-                type Args = ((String, HashMap<String, OwnedValue>), String, HashMap<String, String>, u32, String);
-                let ((kind, subject_details), action, details, flags, _cancel): Args =
-                    msg.body().deserialize().unwrap();
-                let subject_name = subject_details.get("name").and_then(|v| <&str>::try_from(v).ok()).unwrap_or("");
-                let check = Check {
-                    sender,
-                    subject_kind: kind,
-                    subject_name: subject_name.to_string(),
-                    action,
-                    details,
-                    flags,
-                };
-                return (check, caller);
-            }
-            _ => {}
-        }
-    }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn polkit_decides_for_unprivileged_callers() {
-    let d = Daemon::start("").await;
-    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (conn, proxy) = d.proxy().await;
-    let daemon_name = zbus::fdo::DBusProxy::new(&conn)
-        .await
-        .unwrap()
-        .get_name_owner(llamad_api::BUS_NAME.try_into().unwrap())
-        .await
-        .unwrap()
-        .to_string();
-    let mut seen = monitor(&d).await;
-
-    // polkit absent: no, with the reason
-    let out = as_nobody(&d, false, &["LoadModel", "sa{sv}", "tiny", "0"]);
-    assert!(!out.status.success(), "nobody loaded a model without polkit");
-    assert!(
-        stderr(&out).contains("uid 65534 may not load or unload models: polkit could not be asked"),
-        "{}",
-        stderr(&out)
-    );
-    let (check, caller) = next_check(&mut seen).await;
-    assert_eq!((check.subject_name.as_str(), check.action.as_str()), (caller.as_str(), ACTION), "it asked");
-
-    let polkit = Polkit::start(&d, &conn).await;
-    // polkit says no (the mock's default): PermissionDenied, after asking about this caller
-    let out = as_nobody(&d, false, &["LoadModel", "sa{sv}", "tiny", "0"]);
-    assert!(!out.status.success(), "polkit said no, yet nobody loaded a model");
-    assert!(stderr(&out).contains("polkit says no to org.llamad.Llama1.manage-models"), "{}", stderr(&out));
-    let (check, caller) = next_check(&mut seen).await;
-    assert_eq!(check.sender, daemon_name, "the daemon asks: {check:?}");
-    assert_eq!((check.subject_kind.as_str(), check.subject_name.as_str()), ("system-bus-name", caller.as_str()));
-    assert!(caller.starts_with(':') && caller != daemon_name, "{caller}");
-    assert_eq!(check.action, ACTION);
-    assert_eq!(check.details.get("model").map(String::as_str), Some("tiny"), "{check:?}");
-    assert_eq!(check.flags, 0, "no interactive authorization was allowed");
-    assert!(loaded_now(&proxy).await.is_empty());
-
-    // polkit says yes: the model loads and unloads; the caller's flag is passed on
-    polkit.allow(&conn, &[ACTION]).await;
-    let out = as_nobody(&d, true, &["LoadModel", "sa{sv}", "tiny", "0"]);
-    assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
-    let (check, caller) = next_check(&mut seen).await;
-    assert_eq!((check.subject_name.as_str(), check.action.as_str()), (caller.as_str(), ACTION));
-    assert_eq!(check.flags, 1, "AllowUserInteraction, as the caller allowed it");
-    assert_eq!(loaded_now(&proxy).await, vec!["tiny".to_string()]);
-    let out = as_nobody(&d, false, &["UnloadModel", "s", "tiny"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(loaded_now(&proxy).await.is_empty());
-
-    // root (this test) is allowed without asking polkit: no check is seen for it
-    polkit.allow(&conn, &[]).await;
-    proxy.load_model("tiny", HashMap::new()).await.unwrap();
-    let out = as_nobody(&d, false, &["UnloadModel", "s", "tiny"]);
-    assert!(!out.status.success());
-    let (check, caller) = next_check(&mut seen).await;
-    assert_ne!(caller, conn.unique_name().unwrap().to_string(), "root's own call was not checked");
-    assert_eq!(check.subject_name, caller);
-    assert_eq!(loaded_now(&proxy).await, vec!["tiny".to_string()]);
-}
-
-#[test]
-fn the_policy_file_is_valid_against_polkits_dtd() {
-    let policy = repo().join("systemd/org.llamad.Llama1.policy");
-    let dtd = Path::new("/usr/share/polkit-1/policyconfig-1.dtd");
-    assert!(dtd.exists(), "polkit's DTD (Debian package polkitd; tests/run installs it)");
-    let out = Command::new("xmllint")
-        .args(["--noout", "--nonet", "--dtdvalid"])
-        .arg(dtd)
-        .arg(&policy)
-        .output()
-        .expect("xmllint (libxml2-utils)");
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = std::fs::read_to_string(&policy).unwrap();
-    assert!(text.contains(&format!("<action id=\"{ACTION}\">")));
-    assert!(text.contains("<allow_active>auth_admin_keep</allow_active>"));
-    assert!(text.contains("<annotate key=\"org.freedesktop.policykit.owner\">unix-user:llamad</annotate>"));
-}
 
 /// The python client streaming a long completion from inside cgroup `procs`.
 fn client_in(procs: &Path, d: &Daemon) -> Child {

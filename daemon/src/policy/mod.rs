@@ -41,6 +41,12 @@ pub enum PolicyError {
     )]
     AuthenticationRequired { uid: u32, what: &'static str, action: &'static str },
     #[error(
+        "uid {uid} may {what} after authenticating ({action}), but no polkit authentication agent \
+         answered for the caller: run it in a session with an agent (a desktop's, or pkttyagent) \
+         or ask an administrator"
+    )]
+    NoAgent { uid: u32, what: &'static str, action: &'static str },
+    #[error(
         "uid {uid} may not {what}: polkit could not be asked ({reason}); only root, the daemon's \
          user and admin_uids may, without it"
     )]

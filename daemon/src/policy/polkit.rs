@@ -25,11 +25,8 @@ pub async fn check(
 ) -> Result<(), PolicyError> {
     let unavailable = |reason: String| PolicyError::Unavailable { uid: caller.uid, what: action.what(), reason };
     let subject = Subject::new_for_message_header(header).map_err(|e| unavailable(e.to_string()))?;
-    let flags = if header.primary().flags().contains(Flags::AllowInteractiveAuth) {
-        CheckAuthorizationFlags::AllowUserInteraction.into()
-    } else {
-        Default::default()
-    };
+    let interactive = header.primary().flags().contains(Flags::AllowInteractiveAuth);
+    let flags = if interactive { CheckAuthorizationFlags::AllowUserInteraction.into() } else { Default::default() };
     let details: HashMap<&str, &str> = details.iter().copied().collect();
     let authority = AuthorityProxy::new(conn).await.map_err(|e| unavailable(e.to_string()))?;
     let result = authority
@@ -40,6 +37,9 @@ pub async fn check(
         authorized = result.is_authorized, challenge = result.is_challenge, "polkit");
     if result.is_authorized {
         Ok(())
+    } else if result.is_challenge && interactive {
+        // polkit would have asked an agent: none answered for the caller's session.
+        Err(PolicyError::NoAgent { uid: caller.uid, what: action.what(), action: action.id() })
     } else if result.is_challenge {
         Err(PolicyError::AuthenticationRequired { uid: caller.uid, what: action.what(), action: action.id() })
     } else {

@@ -96,8 +96,26 @@ impl Daemon {
     }
 
     async fn spawn_llamad(&mut self, config: &Path) {
-        let log = std::fs::File::create(self.dir.path().join("llamad.log")).unwrap();
-        let child = Command::new(target_bin("llamad"))
+        self.spawn_llamad_as(config, None).await
+    }
+
+    /// Spawns llamad, as `uid` (and its group) when given: with the capability to read
+    /// any file (`CAP_DAC_READ_SEARCH`, ambient), so that it reads the fixtures wherever
+    /// the clone lives, while the bus and polkit see the unprivileged uid.
+    async fn spawn_llamad_as(&mut self, config: &Path, uid: Option<u32>) {
+        let log = std::fs::File::options().create(true).append(true).open(self.dir.path().join("llamad.log")).unwrap();
+        let mut command = match uid {
+            None => Command::new(target_bin("llamad")),
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .args(["--clear-groups", "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"])
+                    .arg(target_bin("llamad"));
+                c
+            }
+        };
+        let child = command
             .args(["serve", "--address", &self.address, "--config"])
             .arg(config)
             .env("LLAMAD_LOG", "info,ort=warn")
@@ -127,6 +145,19 @@ impl Daemon {
         }
         let config = self.dir.path().join("llamad.toml");
         self.spawn_llamad(&config).await;
+    }
+
+    /// Starts llamad again as `uid` (see [`Daemon::spawn_llamad_as`]); the socket's
+    /// directory is opened to others.
+    pub async fn restart_as(&mut self, uid: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(mut c) = self.llamad.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = self.dir.path().join("llamad.toml");
+        self.spawn_llamad_as(&config, Some(uid)).await;
     }
 
     /// llamad's resident memory now, in bytes (VmRSS).

@@ -6,6 +6,7 @@ pub mod bus;
 pub mod cgroup;
 pub mod client;
 pub mod sizes;
+pub mod users;
 pub mod widen;
 
 use std::path::PathBuf;
