@@ -1,7 +1,8 @@
 //! The fault suite, on a real daemon: a flood of clients (the queue answers
 //! `Busy`, every admitted request finishes, nothing stays behind), the daemon
 //! killed mid-stream and started again (clients see its name go; nothing on
-//! disk changed), and a model directory replaced while its model is loaded.
+//! disk changed), a model directory replaced while its model is loaded, and a
+//! loaded model's files rewritten and truncated in place.
 
 mod common;
 
@@ -222,4 +223,64 @@ async fn a_model_directory_replaced_while_loaded() {
         other => panic!("{other:?}"),
     }
     assert_eq!(text("tiny").await.unwrap(), tiny);
+}
+
+/// A loaded model's files rewritten and truncated in place (`cp` over them, a download
+/// started again). ONNX Runtime maps a model's external data and reads parts of it from
+/// the file for as long as the model is loaded: unguarded, the next request died of
+/// SIGBUS. The loaded model serves on with the weights it loaded, on both backends; once
+/// unloaded, the broken files are refused with a typed error naming one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loaded_models_files_rewritten_and_truncated_in_place() {
+    // genai int4 runs on ONNX Runtime only (packed Q/K/V); the optimum one on tract.
+    let (ort_dir, tract_dir) = (copy_fixture("tiny-llama2-genai-int4"), copy_fixture(TINY));
+    let d = Daemon::start_with("", &[("g", ort_dir.path()), ("t", tract_dir.path())]).await;
+    let (conn, proxy) = d.proxy().await;
+    let mut signals = manager_signals(&conn).await;
+    let pid = d.llamad.as_ref().unwrap().id();
+    let mut text = async |model: &str| -> Result<String, Error> {
+        let id = proxy.generate(model, PROMPT, request_opts(3, 12)).await.map_err(Error::from)?;
+        match tokio::time::timeout(Duration::from_secs(30), collect(&mut signals, id)).await {
+            Ok((text, ..)) => Ok(text),
+            Err(_) => {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let state = status.lines().find(|l| l.starts_with("State:")).unwrap_or("State: gone");
+                panic!("{model}: no answer in 30 s; the daemon's {state}")
+            }
+        }
+    };
+    let backend = |b: &str| std::collections::HashMap::from([("backend", zbus::zvariant::Value::from(b.to_string()))]);
+    let (conn2, proxy2) = d.proxy().await;
+    proxy2.load_model("g", backend("onnxruntime")).await.unwrap();
+    proxy2.load_model("t", backend("tract")).await.unwrap();
+    let (g, t) = (text("g").await.unwrap(), text("t").await.unwrap());
+    for dir in [ort_dir.path(), tract_dir.path()] {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "onnx" || e == "data") {
+                let len = std::fs::metadata(&path).unwrap().len() as usize;
+                std::fs::write(&path, vec![0u8; len]).unwrap();
+            }
+        }
+    }
+    assert_eq!(text("g").await.unwrap(), g, "rewritten: the loaded model serves on, unchanged");
+    assert_eq!(text("t").await.unwrap(), t);
+    for dir in [ort_dir.path(), tract_dir.path()] {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "onnx" || e == "data") {
+                std::fs::OpenOptions::new().write(true).truncate(true).open(&path).unwrap();
+            }
+        }
+    }
+    assert_eq!(text("g").await.unwrap(), g, "truncated: the loaded model serves on, unchanged");
+    assert_eq!(text("t").await.unwrap(), t);
+    for m in ["g", "t"] {
+        proxy2.unload_model(m).await.unwrap();
+        match text(m).await {
+            Err(Error::ModelLoadFailed(msg)) => assert!(msg.contains("model.onnx"), "{msg}"),
+            other => panic!("{m}: {other:?}"),
+        }
+    }
+    drop(conn2);
 }

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod chat;
 pub mod detok;
+pub mod file_maps;
 pub mod generate;
 pub mod grammar;
 pub mod hugepages;
@@ -76,6 +77,15 @@ impl Model {
             Err(e) => return Err(e.into()),
         };
         let backend = backend::load(kind, &dir, opts)?;
+        // Before huge pages: the copies are anonymous memory, which they may then back.
+        let p = file_maps::make_private(&dir.path);
+        if p.mappings + p.shared + p.failed > 0 {
+            tracing::debug!(model = %dir.name(), mappings = p.mappings, mib = p.bytes >> 20, "model files' mappings made private");
+        }
+        if p.shared + p.failed > 0 {
+            tracing::warn!(model = %dir.name(), shared = p.shared, failed = p.failed,
+                "mappings of the model's files left as they are: changing the files while it is loaded may crash the daemon");
+        }
         if opts.huge_pages {
             let h = hugepages::collapse_weights();
             tracing::debug!(model = %dir.name(), mappings = h.mappings, advised_mib = h.bytes >> 20,

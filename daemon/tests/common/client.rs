@@ -73,7 +73,13 @@ pub async fn stream(
 /// `Finished`: the text, the final stats and the number of pieces.
 pub async fn collect(signals: &mut MessageStream, id: u64) -> (String, FinishStats, usize) {
     let (mut text, mut pieces) = (String::new(), 0);
-    while let Some(msg) = signals.next().await {
+    // A daemon that died sends nothing more: fail rather than wait for ever.
+    const STALL: std::time::Duration = std::time::Duration::from_secs(120);
+    loop {
+        let Ok(next) = tokio::time::timeout(STALL, signals.next()).await else {
+            panic!("no message about request {id} for {STALL:?}: did the daemon die?")
+        };
+        let Some(msg) = next else { break };
         let msg = msg.unwrap();
         match msg.header().member().map(|m| m.as_str()) {
             Some("Token") => {
