@@ -171,28 +171,37 @@ pub enum Role {
     Tool,
 }
 
-/// A call an assistant message made: `arguments` is a JSON object's text.
-#[derive(Clone, Debug, PartialEq)]
-pub struct WireCall {
+/// A call an assistant message made (or the model made): `arguments` is a JSON
+/// object's text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
     pub id: String,
     pub name: String,
     pub arguments: String,
 }
 
-/// One message of `aa{sv}`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct WireMessage {
+/// One message of a chat (`aa{sv}` on the bus).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
     pub role: Role,
     pub content: String,
-    pub tool_calls: Vec<WireCall>,
+    /// An assistant's calls.
+    pub tool_calls: Vec<ToolCall>,
+    /// A tool message: the call it answers, and the tool's name.
     pub tool_call_id: Option<String>,
     pub name: Option<String>,
+}
+
+impl Message {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Message { role, content: content.into(), tool_calls: vec![], tool_call_id: None, name: None }
+    }
 }
 
 /// Messages as `aa{sv}`: `role` (s: system, user, assistant, tool) and `content` (s) each;
 /// an assistant's `tool_calls` (aa{sv}: `id`, `name`, `arguments` as a JSON object's text),
 /// a tool result's `tool_call_id` (s) and `name` (s).
-pub fn messages(wire: &[HashMap<String, OwnedValue>]) -> Result<Vec<WireMessage>, String> {
+pub fn messages(wire: &[HashMap<String, OwnedValue>]) -> Result<Vec<Message>, String> {
     let mut out = Vec::with_capacity(wire.len());
     for (i, m) in wire.iter().enumerate() {
         let bad = |what: String| format!("messages[{i}]{what}");
@@ -233,13 +242,13 @@ pub fn messages(wire: &[HashMap<String, OwnedValue>]) -> Result<Vec<WireMessage>
         if role == Role::Tool && tool_call_id.is_none() {
             return Err(bad(": a tool result needs the tool_call_id it answers".into()));
         }
-        out.push(WireMessage { role, content, tool_calls, tool_call_id, name });
+        out.push(Message { role, content, tool_calls, tool_call_id, name });
     }
     Ok(out)
 }
 
 /// An assistant message's `tool_calls`: `aa{sv}` of `id`, `name` and `arguments` (s, a JSON object).
-fn calls(v: &Value<'_>) -> Result<Vec<WireCall>, String> {
+fn calls(v: &Value<'_>) -> Result<Vec<ToolCall>, String> {
     let Value::Array(a) = v else {
         return Err(format!(": expected D-Bus type aa{{sv}}, got {}", v.value_signature()));
     };
@@ -258,7 +267,7 @@ fn calls(v: &Value<'_>) -> Result<Vec<WireCall>, String> {
                 _ => Err(format!("[{j}].{k}: missing or not a string")),
             }
         };
-        let call = WireCall { id: get("id").unwrap_or_default(), name: get("name")?, arguments: get("arguments")? };
+        let call = ToolCall { id: get("id").unwrap_or_default(), name: get("name")?, arguments: get("arguments")? };
         if !serde_json::from_str::<serde_json::Value>(&call.arguments).is_ok_and(|a| a.is_object()) {
             return Err(format!("[{j}].arguments: not a JSON object"));
         }

@@ -7,51 +7,32 @@
 //! use the Llama 2 vocabulary get Meta's Llama-2-chat format, built as ids so
 //! BOS/EOS are tokens, never text.
 
-use serde::{Deserialize, Serialize};
-
 use super::tokenizer::{Tokenizer, TokenizerError};
-use super::tools::{Dialect, ToolCall, Tools, builtin_messages};
+use super::tools::{Dialect, Tools, builtin_messages};
 
-pub use llamad_formats::wire::Role;
+pub use llamad_formats::wire::{Message, Role};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Message {
-    pub role: Role,
-    pub content: String,
-    /// An assistant's calls.
-    pub tool_calls: Vec<ToolCall>,
-    /// A tool message: the call it answers, and the tool's name.
-    pub tool_call_id: Option<String>,
-    pub name: Option<String>,
-}
-
-impl Message {
-    pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Message { role, content: content.into(), tool_calls: vec![], tool_call_id: None, name: None }
+/// A message as Hugging Face templates take it (calls as `{"id", "type": "function",
+/// "function": {"name", "arguments"}}`, arguments an object).
+fn template_value(m: &Message) -> serde_json::Value {
+    let mut v = serde_json::json!({"role": m.role, "content": m.content});
+    if !m.tool_calls.is_empty() {
+        v["tool_calls"] = m
+            .tool_calls
+            .iter()
+            .map(|c| {
+                let args: serde_json::Value = serde_json::from_str(&c.arguments).unwrap_or(serde_json::json!({}));
+                serde_json::json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": args}})
+            })
+            .collect();
     }
-
-    /// The message as Hugging Face templates take it (calls as `{"id", "type": "function",
-    /// "function": {"name", "arguments"}}`, arguments an object).
-    fn template_value(&self) -> serde_json::Value {
-        let mut v = serde_json::json!({"role": self.role, "content": self.content});
-        if !self.tool_calls.is_empty() {
-            v["tool_calls"] = self
-                .tool_calls
-                .iter()
-                .map(|c| {
-                    let args: serde_json::Value = serde_json::from_str(&c.arguments).unwrap_or(serde_json::json!({}));
-                    serde_json::json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": args}})
-                })
-                .collect();
-        }
-        if let Some(id) = &self.tool_call_id {
-            v["tool_call_id"] = id.clone().into();
-        }
-        if let Some(n) = &self.name {
-            v["name"] = n.clone().into();
-        }
-        v
+    if let Some(id) = &m.tool_call_id {
+        v["tool_call_id"] = id.clone().into();
     }
+    if let Some(n) = &m.name {
+        v["name"] = n.clone().into();
+    }
+    v
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +124,7 @@ pub fn prompt_ids(tok: &Tokenizer, messages: &[Message], tools: Option<&Tools>) 
 }
 
 fn render(template: &str, tok: &Tokenizer, messages: &[Message], tools: Option<&Tools>) -> Result<String, ChatError> {
-    let messages: Vec<serde_json::Value> = messages.iter().map(Message::template_value).collect();
+    let messages: Vec<serde_json::Value> = messages.iter().map(template_value).collect();
     let inputs = llamad_formats::template::Inputs {
         messages: &messages,
         tools: tools.map(Tools::template_json),

@@ -69,12 +69,6 @@ impl<T> Drop for Lease<T> {
     }
 }
 
-impl<T> Lease<T> {
-    pub fn class(&self) -> Priority {
-        self.class
-    }
-}
-
 /// The queue holds `bound` requests already (`max_queue`).
 #[derive(Debug)]
 pub struct Full<T>(pub T);
@@ -258,7 +252,7 @@ mod tests {
         let q = queue();
         q.push("bg", Background, "a", true).unwrap();
         let (_, bg) = q.take();
-        assert_eq!(bg.class(), Background);
+        assert_eq!(bg.class, Background);
         assert!(!q.should_yield(Background));
         // not ready (its memory is not reserved): no yield
         q.push("later", Interactive, "b", false).unwrap();

@@ -16,7 +16,7 @@ use zbus::zvariant::{OwnedValue, Value};
 use llamad_formats::wire::{self, FormatOption, WireError};
 
 use crate::engine::chat::Message;
-use crate::engine::tools::{Dialect, ToolCall, Tools};
+use crate::engine::tools::{Dialect, Tools};
 use crate::engine::{BackendKind, Format, SamplingParams};
 use crate::policy::priority::Priority;
 
@@ -154,21 +154,7 @@ pub fn session(options: &Options, max_ttl: u64) -> Result<std::time::Duration, E
 
 /// Messages as `aa{sv}` (`llamad_formats::wire::messages`).
 pub fn messages(wire: &[HashMap<String, OwnedValue>]) -> Result<Vec<Message>, Error> {
-    let list = wire::messages(wire).map_err(Error::InvalidArgs)?;
-    Ok(list
-        .into_iter()
-        .map(|m| Message {
-            role: m.role,
-            content: m.content,
-            tool_calls: m
-                .tool_calls
-                .into_iter()
-                .map(|c| ToolCall { id: c.id, name: c.name, arguments: c.arguments })
-                .collect(),
-            tool_call_id: m.tool_call_id,
-            name: m.name,
-        })
-        .collect())
+    wire::messages(wire).map_err(Error::InvalidArgs)
 }
 
 /// A chat request's `tools` (s: a JSON array of functions) and `tool_choice` (s), checked,

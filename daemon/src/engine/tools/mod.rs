@@ -47,13 +47,8 @@ pub struct Tools {
     pub parallel: bool,
 }
 
-/// A call the model made: `arguments` is a JSON object's text.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ToolCall {
-    pub id: String,
-    pub name: String,
-    pub arguments: String,
-}
+/// A call the model made (the same type as an assistant message's calls).
+pub use llamad_formats::wire::ToolCall;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ToolError {
