@@ -463,16 +463,29 @@ impl Scheduler {
             result: stats.error_name.as_deref().unwrap_or(&stats.finish_reason),
         });
         let tokens = stats.prompt_tokens.unwrap_or(0) as u64 + stats.generated_tokens.unwrap_or(0) as u64;
-        let Job { id, owner, model_name, mut ticket, model, turn, prompt_ids, .. } = job;
+        // Every field named (no `..`): what the job holds is dropped here, not at the end of
+        // this function, since a client that unloads the model on `Finished` must find it
+        // freed (a partially moved `job` kept its model until after `Finished` was sent).
+        let Job {
+            id,
+            owner,
+            model_name,
+            mut ticket,
+            model,
+            turn,
+            prompt_ids,
+            params,
+            caller,
+            cancel,
+            kv: _,
+            reserved: _,
+            class: _,
+        } = job;
         ticket.charge(tokens);
-        drop(ticket);
+        drop((ticket, model, turn, prompt_ids, params, caller, cancel));
         lease.served = tokens;
-        // Drop the request's model reference now, not at the end of this function: a client
-        // that unloads the model on `Finished` must find it freed (a partially moved `job`
-        // would keep it until after `Finished` is sent). Then return the memory to the
-        // system before the reservation is released (and the model may be evicted), so that
-        // what the budget counts is what is resident.
-        drop((model, turn, prompt_ids));
+        // Return the memory to the system before the reservation is released (and the model
+        // may be evicted), so that what the budget counts is what is resident.
         crate::memory::measure::release_freed();
         self.release(&model_name, kv);
         self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
