@@ -81,6 +81,13 @@ pub struct Memory {
     /// accounting is understood: heap memory collapsed into huge pages may not all be returned
     /// when a model is unloaded (`malloc_trim` frees 4 KiB pages, not parts of a huge page).
     pub huge_pages: bool,
+    /// After a load, copy the parts of the model's files that a backend keeps mapped (ONNX
+    /// Runtime's external data) into the daemon's own memory (`engine/file_maps.rs`), so
+    /// that the files may be rewritten or truncated while the model is loaded; otherwise
+    /// that kills the daemon (SIGBUS). `false` keeps the mappings: pages never read stay on
+    /// disk and the kernel may drop the rest under pressure. Only for model files that never
+    /// change in place (a read-only image).
+    pub private_model_files: bool,
     /// The prompt cache (`session/prompt_cache.rs`): KV caches of recent requests kept for the
     /// next request that shares their prompt's beginning. Bytes, units or a share of the
     /// budget ("10%"); 0 = off.
@@ -98,6 +105,7 @@ impl Default for Memory {
             when_full: WhenFull::Queue,
             events: None,
             huge_pages: false,
+            private_model_files: true,
             prompt_cache: Size::Bytes(256 << 20),
         }
     }

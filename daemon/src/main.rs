@@ -199,6 +199,7 @@ fn generate(a: GenerateArgs) -> Result<(), String> {
         tract_block_quant: a.block_quant,
         ort_library: None,
         huge_pages: a.huge_pages,
+        private_files: true,
         batch_decode: !a.no_batch,
     };
     let prompt = match (&a.prompt, &a.chat, &a.tokens) {

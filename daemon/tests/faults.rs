@@ -254,6 +254,7 @@ async fn a_loaded_models_files_rewritten_and_truncated_in_place() {
     proxy2.load_model("g", backend("onnxruntime")).await.unwrap();
     proxy2.load_model("t", backend("tract")).await.unwrap();
     let (g, t) = (text("g").await.unwrap(), text("t").await.unwrap());
+    assert_eq!(mapped_under(pid, ort_dir.path()), 0, "ONNX Runtime's mappings of the files were replaced by copies");
     for dir in [ort_dir.path(), tract_dir.path()] {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -283,4 +284,19 @@ async fn a_loaded_models_files_rewritten_and_truncated_in_place() {
         }
     }
     drop(conn2);
+    drop(d);
+
+    // `memory.private_model_files = false` keeps ONNX Runtime's mappings (the premise above).
+    let kept = copy_fixture("tiny-llama2-genai-int4");
+    let d = Daemon::start_with("[memory]\nprivate_model_files = false", &[("g", kept.path())]).await;
+    let (_conn, proxy) = d.proxy().await;
+    proxy.load_model("g", backend("onnxruntime")).await.unwrap();
+    assert!(mapped_under(d.llamad.as_ref().unwrap().id(), kept.path()) > 0, "ONNX Runtime maps the external data");
+}
+
+/// How many mappings of process `pid` are of files under `dir`.
+fn mapped_under(pid: u32, dir: &Path) -> usize {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    maps.lines().filter(|l| l.split_whitespace().nth(5).is_some_and(|p| Path::new(p).starts_with(&dir))).count()
 }

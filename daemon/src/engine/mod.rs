@@ -78,15 +78,17 @@ impl Model {
         };
         let backend = backend::load(kind, &dir, opts)?;
         // Before huge pages: the copies are anonymous memory, which they may then back.
-        let started = std::time::Instant::now();
-        let p = file_maps::make_private(&dir.path);
-        if p.mappings + p.shared + p.failed > 0 {
-            tracing::debug!(model = %dir.name(), mappings = p.mappings, mib = p.bytes >> 20,
-                ms = started.elapsed().as_millis() as u64, "model files' mappings made private");
-        }
-        if p.shared + p.failed > 0 {
-            tracing::warn!(model = %dir.name(), shared = p.shared, failed = p.failed,
-                "mappings of the model's files left as they are: changing the files while it is loaded may crash the daemon");
+        if opts.private_files {
+            let started = std::time::Instant::now();
+            let p = file_maps::make_private(&dir.path);
+            if p.mappings + p.shared + p.failed > 0 {
+                tracing::debug!(model = %dir.name(), mappings = p.mappings, mib = p.bytes >> 20,
+                    ms = started.elapsed().as_millis() as u64, "model files' mappings made private");
+            }
+            if p.shared + p.failed > 0 {
+                tracing::warn!(model = %dir.name(), shared = p.shared, failed = p.failed,
+                    "mappings of the model's files left as they are: changing the files while it is loaded may crash the daemon");
+            }
         }
         if opts.huge_pages {
             let h = hugepages::collapse_weights();

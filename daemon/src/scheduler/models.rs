@@ -256,6 +256,7 @@ impl Scheduler {
             tract_block_quant: self.config.tract.block_quant,
             ort_library: self.config.onnxruntime.library.clone(),
             huge_pages: self.config.memory.huge_pages,
+            private_files: self.config.memory.private_model_files,
             batch_decode: self.config.onnxruntime.batch_decode,
         };
         let started = Instant::now();

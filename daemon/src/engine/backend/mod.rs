@@ -67,6 +67,9 @@ pub struct LoadOptions {
     /// Back the loaded weights with huge pages (`engine/hugepages.rs`); off by default, see
     /// `memory.huge_pages` in the configuration.
     pub huge_pages: bool,
+    /// Copy what a backend keeps mapped of the model's files (`engine/file_maps.rs`); see
+    /// `memory.private_model_files` in the configuration.
+    pub private_files: bool,
     /// ONNX Runtime, shared-buffer graphs: concurrent sequences' one-token steps run as one
     /// forward pass (`onnxruntime/batch.rs`).
     pub batch_decode: bool,
@@ -80,6 +83,7 @@ impl Default for LoadOptions {
             tract_block_quant: false,
             ort_library: None,
             huge_pages: false,
+            private_files: true,
             batch_decode: true,
         }
     }
