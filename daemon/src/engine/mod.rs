@@ -76,6 +76,12 @@ impl Model {
             Err(TokenizerError::Missing(_)) if !require_tokenizer => None,
             Err(e) => return Err(e.into()),
         };
+        // Loads in this process take turns (the daemon's already do): `file_maps` replaces
+        // the mappings of the model's files, which must not be those of another load still
+        // in progress. A backend maps files while it loads and unmaps them when done; copying
+        // a range that another thread was unmapping crashed (two tests loading one fixture).
+        static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let loading = LOADING.lock().unwrap_or_else(|e| e.into_inner());
         let backend = backend::load(kind, &dir, opts)?;
         // Before huge pages: the copies are anonymous memory, which they may then back.
         if opts.private_files {
@@ -90,6 +96,7 @@ impl Model {
                     "mappings of the model's files left as they are: changing the files while it is loaded may crash the daemon");
             }
         }
+        drop(loading);
         if opts.huge_pages {
             let h = hugepages::collapse_weights();
             tracing::debug!(model = %dir.name(), mappings = h.mappings, advised_mib = h.bytes >> 20,
