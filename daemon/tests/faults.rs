@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::bus::Daemon;
-use common::client::{PROMPT, collect, manager_signals, request_opts};
+use common::client::{PROMPT, backend_opt, collect, manager_signals, request_opts};
 use common::{copy_fixture, with_context};
 use futures_util::StreamExt;
 use llamad_api::{Error, ManagerProxy};
@@ -249,49 +249,44 @@ async fn a_loaded_models_files_rewritten_and_truncated_in_place() {
             }
         }
     };
-    let backend = |b: &str| std::collections::HashMap::from([("backend", zbus::zvariant::Value::from(b.to_string()))]);
-    let (conn2, proxy2) = d.proxy().await;
-    proxy2.load_model("g", backend("onnxruntime")).await.unwrap();
-    proxy2.load_model("t", backend("tract")).await.unwrap();
+    proxy.load_model("g", backend_opt("onnxruntime")).await.unwrap();
+    proxy.load_model("t", backend_opt("tract")).await.unwrap();
     let (g, t) = (text("g").await.unwrap(), text("t").await.unwrap());
     assert_eq!(mapped_under(pid, ort_dir.path()), 0, "ONNX Runtime's mappings of the files were replaced by copies");
-    for dir in [ort_dir.path(), tract_dir.path()] {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "onnx" || e == "data") {
-                let len = std::fs::metadata(&path).unwrap().len() as usize;
-                std::fs::write(&path, vec![0u8; len]).unwrap();
-            }
-        }
+    let graphs = graph_files(&[ort_dir.path(), tract_dir.path()]);
+    for path in &graphs {
+        let len = std::fs::metadata(path).unwrap().len() as usize;
+        std::fs::write(path, vec![0u8; len]).unwrap();
     }
     assert_eq!(text("g").await.unwrap(), g, "rewritten: the loaded model serves on, unchanged");
     assert_eq!(text("t").await.unwrap(), t);
-    for dir in [ort_dir.path(), tract_dir.path()] {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "onnx" || e == "data") {
-                std::fs::OpenOptions::new().write(true).truncate(true).open(&path).unwrap();
-            }
-        }
+    for path in &graphs {
+        std::fs::OpenOptions::new().write(true).truncate(true).open(path).unwrap();
     }
     assert_eq!(text("g").await.unwrap(), g, "truncated: the loaded model serves on, unchanged");
     assert_eq!(text("t").await.unwrap(), t);
     for m in ["g", "t"] {
-        proxy2.unload_model(m).await.unwrap();
+        proxy.unload_model(m).await.unwrap();
         match text(m).await {
             Err(Error::ModelLoadFailed(msg)) => assert!(msg.contains("model.onnx"), "{msg}"),
             other => panic!("{m}: {other:?}"),
         }
     }
-    drop(conn2);
     drop(d);
 
     // `memory.private_model_files = false` keeps ONNX Runtime's mappings (the premise above).
     let kept = copy_fixture("tiny-llama2-genai-int4");
     let d = Daemon::start_with("[memory]\nprivate_model_files = false", &[("g", kept.path())]).await;
     let (_conn, proxy) = d.proxy().await;
-    proxy.load_model("g", backend("onnxruntime")).await.unwrap();
+    proxy.load_model("g", backend_opt("onnxruntime")).await.unwrap();
     assert!(mapped_under(d.llamad.as_ref().unwrap().id(), kept.path()) > 0, "ONNX Runtime maps the external data");
+}
+
+/// The graphs and their external data (`*.onnx`, `*.data`) in `dirs`.
+fn graph_files(dirs: &[&Path]) -> Vec<std::path::PathBuf> {
+    let in_dir = |dir: &&Path| std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect::<Vec<_>>();
+    let files: Vec<_> = dirs.iter().flat_map(in_dir).collect();
+    files.into_iter().filter(|p| p.extension().is_some_and(|e| e == "onnx" || e == "data")).collect()
 }
 
 /// How many mappings of process `pid` are of files under `dir`.

@@ -301,10 +301,6 @@ fn larger_model(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
-fn backend_opt(backend: &str) -> HashMap<&'static str, Value<'static>> {
-    HashMap::from([("backend", Value::from(backend.to_string()))])
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_generated_larger_model_is_estimated_within_ten_percent_and_answers_like_its_source() {
     let gen_dir = tempfile::tempdir().unwrap();

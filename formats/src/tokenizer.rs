@@ -13,6 +13,9 @@ use tokenizers::Tokenizer;
 /// `tokenizer.json` larger than this is refused unread (the largest vocabularies in use,
 /// 256k pieces, take about 35 MiB).
 pub const MAX_TOKENIZER: u64 = 128 << 20;
+/// `tokenizer_config.json` and `chat_template.jinja` (a few KiB; a template with its tools
+/// and examples, tens).
+pub const MAX_TOKENIZER_CONFIG: u64 = 4 << 20;
 
 /// Text that goes through every stage of a tokenizer (normalizer, pre-tokenizer, model,
 /// post-processor with special tokens, decoder).

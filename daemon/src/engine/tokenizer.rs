@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use llamad_formats::tokenizer::{MAX_TOKENIZER, MAX_TOKENIZER_CONFIG};
 use serde_json::Value;
 
 use super::model_dir::ModelDir;
@@ -43,11 +44,6 @@ fn token_text(v: Option<&Value>) -> Option<String> {
         _ => None,
     }
 }
-
-use llamad_formats::tokenizer::MAX_TOKENIZER;
-/// `tokenizer_config.json` and `chat_template.jinja` (a few KiB; a template with its tools
-/// and examples, tens).
-const MAX_TOKENIZER_CONFIG: u64 = 4 << 20;
 
 impl Tokenizer {
     /// Loads the tokenizer of `dir` and checks it fits the model's vocabulary.

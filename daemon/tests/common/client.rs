@@ -16,6 +16,11 @@ use super::fixture;
 
 pub const PROMPT: &str = "Once upon a time";
 
+/// Load options naming the backend.
+pub fn backend_opt(backend: &str) -> HashMap<&'static str, Value<'static>> {
+    HashMap::from([("backend", Value::from(backend.to_string()))])
+}
+
 pub fn request_opts(seed: u64, max_tokens: u32) -> HashMap<&'static str, Value<'static>> {
     HashMap::from([
         ("seed", Value::from(seed)),
