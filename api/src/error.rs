@@ -34,6 +34,9 @@ pub enum Error {
     /// The caller's app has used its token quota (`[[apps]]` rules): the message begins
     /// `retry in N s:`, N being the seconds until the quota allows a request again.
     QuotaExceeded(String),
+    /// The request's work failed inside the daemon (a backend error, or a fault that was
+    /// contained): in `Finished`'s `error_name`; the request ended, others go on.
+    GenerationFailed(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

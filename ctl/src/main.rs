@@ -181,6 +181,7 @@ impl From<Error> for Failure {
             Error::PermissionDenied(_) | Error::Internal(_) => 1,
             Error::OutOfBudget(_) => 11,
             Error::QuotaExceeded(_) => 12,
+            Error::GenerationFailed(_) => 10,
         };
         Failure { code, message: e.to_string() }
     }

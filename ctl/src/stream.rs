@@ -1,12 +1,18 @@
 //! Streaming one request's text from the manager's `Token`/`Finished` signals
 //! (Ctrl-C cancels it), request options from the command line, and the final
 //! statistics as text or JSON.
+//!
+//! Only the daemon's signals count: any connection may send a signal with the
+//! manager's path and interface to any other, so the match rule names the
+//! unique name that owns `org.llamad.Llama1` now, and each message's sender is
+//! checked against it again. If that owner leaves the bus the stream ends with
+//! an error instead of waiting for ever.
 
 use std::collections::HashMap;
 use std::io::Write;
 
 use futures_util::StreamExt;
-use llamad_api::{FinishStats, MANAGER_INTERFACE, MANAGER_PATH, ManagerProxy};
+use llamad_api::{BUS_NAME, FinishStats, MANAGER_INTERFACE, MANAGER_PATH, ManagerProxy};
 use zbus::zvariant::Value;
 use zbus::{MatchRule, MessageStream, message::Type as MsgType};
 
@@ -71,9 +77,23 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = zbus::Result<u64>>,
 {
-    // Subscribe before starting, so no token can arrive before we listen.
-    let rule = MatchRule::builder().msg_type(MsgType::Signal).interface(MANAGER_INTERFACE)?.path(MANAGER_PATH)?.build();
+    // Subscribe before starting, so no token can arrive before we listen; only to what the
+    // daemon itself sends (see the module doc).
+    let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+    let daemon = dbus.get_name_owner(BUS_NAME.try_into().map_err(zbus::Error::from)?).await.map_err(|e| match e {
+        zbus::fdo::Error::NameHasNoOwner(_) => {
+            Failure { code: 3, message: format!("{BUS_NAME} is not on this bus (is llamad running?)") }
+        }
+        e => Failure::from(zbus::Error::from(e)),
+    })?;
+    let rule = MatchRule::builder()
+        .msg_type(MsgType::Signal)
+        .sender(daemon.clone())?
+        .interface(MANAGER_INTERFACE)?
+        .path(MANAGER_PATH)?
+        .build();
     let mut signals = MessageStream::for_match_rule(rule, conn, Some(1024)).await?;
+    let mut owners = dbus.receive_name_owner_changed_with_args(&[(0, BUS_NAME)]).await?;
     let id = start().await?;
     let mut text = String::new();
     let mut tool_calls = vec![];
@@ -85,6 +105,9 @@ where
                 let Some(msg) = msg else { return Err(Failure { code: 1, message: "the bus connection closed".into() }) };
                 let msg = msg?;
                 let header = msg.header();
+                if header.sender().map(|s| s.as_str()) != Some(daemon.as_str()) {
+                    continue;
+                }
                 match header.member().map(|m| m.as_str()) {
                     Some("Token") => {
                         let (rid, piece): (u64, String) = msg.body().deserialize()?;
@@ -111,6 +134,13 @@ where
                     _ => {}
                 }
             }
+            Some(change) = owners.next() => {
+                if let Ok(args) = change.args()
+                    && args.old_owner().as_deref() == Some(&*daemon)
+                {
+                    return Err(Failure { code: 3, message: format!("llamad left the bus before request {id} finished") });
+                }
+            }
             _ = tokio::signal::ctrl_c(), if !cancelled => {
                 cancelled = true;
                 let _ = proxy.cancel(id).await;
@@ -123,7 +153,14 @@ pub(crate) fn finish_code(stats: &FinishStats) -> Result<(), Failure> {
     match stats.finish_reason.as_str() {
         "cancelled" => Err(Failure { code: 9, message: "cancelled".into() }),
         "error" => {
-            Err(Failure { code: 10, message: stats.error.clone().unwrap_or_else(|| "generation failed".into()) })
+            let message = stats.error.clone().unwrap_or_else(|| "generation failed".into());
+            // the request's error by name: OutOfBudget, ContextOverflow... keep their exit codes
+            let code = match stats.error_name.as_deref().and_then(|n| n.rsplit('.').next()) {
+                Some("OutOfBudget") => 11,
+                Some("ContextOverflow") => 7,
+                _ => 10,
+            };
+            Err(Failure { code, message })
         }
         _ => Ok(()),
     }

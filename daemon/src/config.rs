@@ -31,6 +31,14 @@ pub struct Config {
     pub max_parallel: usize,
     /// Upper bound on a request's `max_tokens`.
     pub max_tokens_limit: u32,
+    /// The most prompt tokens one forward pass computes: longer prompts go in chunks, so a
+    /// prompt's transient memory is bounded, and a request can be cancelled, or yield to
+    /// interactive work, between chunks.
+    pub prefill_chunk: usize,
+    /// Requests whose prompts are tokenized (and rendered through chat templates) at once;
+    /// more wait. A prompt's text is bounded before that (the model's context times its
+    /// tokenizer's longest token), so this bounds the memory tokenizing can take.
+    pub max_tokenizing: usize,
     /// Seconds an idle model stays loaded after its last request: 0 = unload right after
     /// the request, negative = keep until unloaded or evicted. A request's `keep_alive`
     /// option overrides it for its model.
@@ -59,7 +67,7 @@ pub struct Memory {
     /// What llamad may use: bytes, "2GiB", or "75%" of RAM; unset = all of RAM. The cgroup
     /// limit (the unit's MemoryMax) and physical RAM cap it too.
     pub budget: Option<Size>,
-    /// Left for the rest of the system out of the budget.
+    /// Left for the rest of the system: taken off the cgroup limit and RAM (not off `budget`).
     pub reserve: Size,
     /// Pressure stall information to watch (`some avg10=...`).
     pub psi: PathBuf,
@@ -162,6 +170,8 @@ impl Default for Config {
             max_queue: 16,
             max_parallel: 4,
             max_tokens_limit: 4096,
+            prefill_chunk: crate::engine::backend::DEFAULT_PREFILL_CHUNK,
+            max_tokenizing: 2,
             admin_uids: vec![],
             keep_alive: 300,
             max_loaded_models: 3,
@@ -236,6 +246,12 @@ impl Config {
         }
         if self.max_tokens_limit == 0 {
             return bad("max_tokens_limit = 0".into());
+        }
+        if self.prefill_chunk == 0 || self.prefill_chunk > 65536 {
+            return bad(format!("prefill_chunk = {} (1 to 65536)", self.prefill_chunk));
+        }
+        if self.max_tokenizing == 0 || self.max_tokenizing > 64 {
+            return bad(format!("max_tokenizing = {} (1 to 64)", self.max_tokenizing));
         }
         if self.threads > 1024 {
             return bad(format!("threads = {}", self.threads));

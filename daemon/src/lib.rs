@@ -2,11 +2,13 @@
 //! core; [`scheduler`] runs requests on it; [`service`] serves them on D-Bus;
 //! [`memory`] budgets and estimates; [`session`] keeps conversations' KV caches;
 //! [`config`] is the daemon's configuration; [`identity`] tells who a caller is
-//! and [`policy`] what it may do; [`audit`] records who did what.
+//! and [`policy`] what it may do; [`audit`] records who did what; [`faults`]
+//! injects panics for the fault suite.
 
 pub mod audit;
 pub mod config;
 pub mod engine;
+pub mod faults;
 pub mod identity;
 pub mod memory;
 pub mod policy;

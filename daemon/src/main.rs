@@ -201,6 +201,7 @@ fn generate(a: GenerateArgs) -> Result<(), String> {
         huge_pages: a.huge_pages,
         private_files: true,
         batch_decode: !a.no_batch,
+        ..Default::default()
     };
     let prompt = match (&a.prompt, &a.chat, &a.tokens) {
         (Some(p), _, _) => Prompt::Text(p.clone()),

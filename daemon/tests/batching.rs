@@ -209,7 +209,7 @@ fn a_parked_sequence_leaves_the_batch_and_resumes_exactly() {
 /// give what each gives alone, while a third request batches with them on another thread.
 #[test]
 fn a_run_that_yields_to_another_on_its_thread_gives_what_it_gives_alone() {
-    use llamad::engine::{Resumable, Yield};
+    use llamad::engine::{GenerateError, Resumable, Yield};
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -222,12 +222,13 @@ fn a_run_that_yields_to_another_on_its_thread_gives_what_it_gives_alone() {
         fn wanted(&self) -> bool {
             self.steps.fetch_add(1, Ordering::SeqCst) == 10
         }
-        fn wait(&self) {
+        fn wait(&self, _: &mut Option<Box<dyn llamad::engine::backend::Sequence>>) -> Result<(), GenerateError> {
             let out = self
                 .model
                 .generate(&Prompt::Tokens(prompt(25, 9)), &SamplingParams::greedy(40), &AtomicBool::new(false), |_| {})
                 .unwrap();
             *self.nested.lock().unwrap() = Some(out.tokens);
+            Ok(())
         }
     }
 

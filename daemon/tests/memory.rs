@@ -4,6 +4,8 @@
 //! resident size of a stress run, read from outside the process.
 
 mod common;
+
+const CHUNK: u64 = llamad::engine::backend::DEFAULT_PREFILL_CHUNK as u64;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -81,8 +83,8 @@ async fn a_request_reserves_its_kv_cache_first() {
     let sizes = Sizes::probe_after(&["long"], &[("long", &long_dir)]).await;
     let e = estimate(&long_dir, false);
     let (short_n, long_n) = (tokens(&long_dir, PROMPT), tokens(&long_dir, &long));
-    let low = e.load_peak().max(e.resident() + e.request(short_n, short_n + 20));
-    let budget = sizes.budget_between("reservations", low, e.resident() + e.request(long_n, long_n + 4));
+    let low = e.load_peak().max(e.resident() + e.request(short_n, short_n + 20, CHUNK));
+    let budget = sizes.budget_between("reservations", low, e.resident() + e.request(long_n, long_n + 4, CHUNK));
     let d = Daemon::start_with(&with_budget("", budget), &[("long", &long_dir)]).await;
     let (conn, proxy) = settled_proxy(&d).await;
     exercise(&conn, &proxy, &["long"]).await;
@@ -186,7 +188,7 @@ async fn requests_that_do_not_fit_together_wait_or_are_refused_as_configured() {
     let sizes = Sizes::probe_after(&["long"], &extra).await;
     let e = estimate(&long_dir, false);
     let n = tokens(&long_dir, &prompt);
-    let one = e.request(n, n + 50);
+    let one = e.request(n, n + 50, CHUNK);
     let budget = sizes.budget_between("two requests", e.load_peak().max(e.resident() + one), e.resident() + 2 * one);
     let d = Daemon::start_with(&with_budget("max_parallel = 2", budget), &extra).await;
     let (conn, proxy) = settled_proxy(&d).await;
@@ -235,7 +237,7 @@ async fn peak_memory_stays_within_the_budget_under_mixed_load() {
     let sizes = Sizes::probe_after(&["tiny", "tiny-gguf"], &[]).await;
     let (tiny, gguf) = (estimate(&fixture(TINY), false), estimate(&fixture("tiny-llama2-gguf-int4"), false));
     let n = tokens(&fixture(TINY), PROMPT);
-    let requests = 2 * tiny.request(n, n + 40).max(gguf.request(n, n + 40));
+    let requests = 2 * tiny.request(n, n + 40, CHUNK).max(gguf.request(n, n + 40, CHUNK));
     let budget = sizes.budget_between(
         "stress",
         tiny.load_peak().max(gguf.load_peak()) + requests,
@@ -458,7 +460,7 @@ async fn session_caches_go_before_idle_models() {
     };
     let (a, b) = (estimate(long.path(), false), estimate(&mid, false));
     let held = tokens(long.path(), &text) + 8;
-    let (kv, request) = (a.kv(held), a.request(held, held));
+    let (kv, request) = (a.kv(held), a.request(held, held, CHUNK));
     let budget = sizes.budget_between(
         "session caches first",
         (SESSIONS * kv + request).max(b.load_peak()),

@@ -12,7 +12,11 @@ from jeepney.io.blocking import Proxy, open_dbus_connection
 
 address, model, prompt, seed, max_tokens = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 conn = open_dbus_connection(bus=address)
-rule = MatchRule(type="signal", interface="org.llamad.Llama1.Manager", path="/org/llamad/Llama1")
+# Only the daemon's own signals: any client may send a signal with the manager's path and
+# interface to us, so the rule names the unique name that owns org.llamad.Llama1 now (the
+# bus and jeepney's filter both match on it).
+(daemon,) = Proxy(message_bus, conn).GetNameOwner("org.llamad.Llama1")
+rule = MatchRule(type="signal", sender=daemon, interface="org.llamad.Llama1.Manager", path="/org/llamad/Llama1")
 Proxy(message_bus, conn).AddMatch(rule)
 manager = DBusAddress("/org/llamad/Llama1", bus_name="org.llamad.Llama1", interface="org.llamad.Llama1.Manager")
 options = {"seed": ("t", seed), "max_tokens": ("u", max_tokens), "temperature": ("d", 0.8)}

@@ -110,6 +110,11 @@ pub enum GenerateError {
     EmptyPrompt,
     #[error("the prompt has {prompt_tokens} tokens but the model's context holds {context}")]
     ContextOverflow { prompt_tokens: usize, context: usize },
+    #[error(
+        "the prompt's text has {bytes} bytes: more than the model's context of {context} tokens can hold \
+         ({limit} bytes: {context} tokens of at most {longest} bytes each); it was not tokenized"
+    )]
+    PromptTooLong { bytes: usize, limit: usize, context: usize, longest: usize },
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     BadToken { id: u32, vocab: usize },
     #[error(transparent)]
@@ -124,14 +129,20 @@ pub enum GenerateError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Grammar(#[from] GrammarError),
+    /// A run that gave its KV cache back while paused (preempted) found no room to go on.
+    #[error("{0}")]
+    NoRoom(String),
 }
 
 /// Lets other work go first between two steps of a run (the scheduler's priority classes).
 pub trait Yield {
-    /// Whether the run should stop for a while now; asked before every step, so it is cheap.
+    /// Whether the run should stop for a while now; asked before every step and prefill
+    /// chunk, so it is cheap.
     fn wanted(&self) -> bool;
-    /// Returns when the run may go on. Its sequence was parked first (it holds no batch row).
-    fn wait(&self);
+    /// Returns when the run may go on. Its sequence was parked first (it holds no batch row);
+    /// the yielder may drop it meanwhile to give its memory back (preemption): the run then
+    /// computes it again from its token ids. An error ends the run.
+    fn wait(&self, seq: &mut Option<Box<dyn Sequence>>) -> Result<(), GenerateError>;
 }
 
 /// Never yields.
@@ -139,7 +150,82 @@ impl Yield for () {
     fn wanted(&self) -> bool {
         false
     }
-    fn wait(&self) {}
+    fn wait(&self, _: &mut Option<Box<dyn Sequence>>) -> Result<(), GenerateError> {
+        Ok(())
+    }
+}
+
+/// A run's sequence, which a yield may take away to give its memory back (preemption): it
+/// is then computed again from the ids that had been fed into it.
+struct Held<'m> {
+    model: &'m Model,
+    seq: Option<Box<dyn Sequence>>,
+    /// The most tokens one forward pass feeds (`LoadOptions::prefill_chunk`).
+    chunk: usize,
+}
+
+impl Held<'_> {
+    fn seq(&mut self) -> Result<&mut Box<dyn Sequence>, GenerateError> {
+        self.seq.as_mut().ok_or(GenerateError::Backend(BackendError::NoTokens))
+    }
+
+    /// Yields to other work; `fed`: the ids the sequence holds (at least its position). False
+    /// if the run was cancelled while its sequence was taken away.
+    fn pause(
+        &mut self,
+        yielder: &dyn Yield,
+        cancel: &AtomicBool,
+        fed: &[u32],
+        logits: &mut Vec<f32>,
+    ) -> Result<bool, GenerateError> {
+        let seq = self.seq()?;
+        let position = seq.position();
+        seq.park()?;
+        yielder.wait(&mut self.seq)?;
+        if self.seq.is_none() {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            // Computed again: the logits after its last token are what they were (the next
+            // step needs them when nothing is left unfed).
+            let mut seq = self.model.backend.clone().new_sequence()?;
+            for c in fed[..position].chunks(self.chunk) {
+                seq.forward(c, logits)?;
+            }
+            self.seq = Some(seq);
+        }
+        Ok(true)
+    }
+
+    /// Feeds `tokens` after the `before` ids the sequence holds, in chunks (a long prompt's
+    /// transient memory is a chunk's, not the whole prompt's), writing the last token's
+    /// logits into `logits`. Between chunks the run may be cancelled (false: it stopped) or
+    /// yield.
+    fn prefill(
+        &mut self,
+        before: &[u32],
+        tokens: &[u32],
+        logits: &mut Vec<f32>,
+        cancel: &AtomicBool,
+        yielder: &dyn Yield,
+    ) -> Result<bool, GenerateError> {
+        let mut start = 0;
+        while start < tokens.len() {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            if start > 0
+                && yielder.wanted()
+                && !self.pause(yielder, cancel, &[before, &tokens[..start]].concat(), logits)?
+            {
+                return Ok(false);
+            }
+            let end = (start + self.chunk).min(tokens.len());
+            self.seq()?.forward(&tokens[start..end], logits)?;
+            start = end;
+        }
+        Ok(true)
+    }
 }
 
 /// A sequence kept between runs, with the exact token ids fed into it (its KV cache holds
@@ -190,9 +276,47 @@ pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+impl Prompt {
+    /// Bytes of text the prompt's tokens are made of (a chat template only adds to them).
+    pub fn text_bytes(&self) -> usize {
+        let messages = |m: &[Message]| -> usize {
+            m.iter()
+                .map(|m| {
+                    m.content.len()
+                        + m.name.as_ref().map_or(0, String::len)
+                        + m.tool_calls.iter().map(|c| c.name.len() + c.arguments.len()).sum::<usize>()
+                })
+                .sum()
+        };
+        match self {
+            Prompt::Text(t) => t.len(),
+            Prompt::Chat(m) | Prompt::ChatTools(m, _) => messages(m),
+            Prompt::Tokens(_) => 0,
+        }
+    }
+}
+
 impl Model {
+    /// The most bytes of text a prompt can have and still fit the context: checked before
+    /// anything tokenizes it, so a huge prompt costs nothing but its own bytes.
+    pub fn max_prompt_bytes(&self) -> usize {
+        let longest = self.tokenizer.as_ref().map_or(1, |t| t.longest_token);
+        self.dir.spec.context_length.saturating_mul(longest)
+    }
+
+    /// Refuses a prompt whose text alone is longer than any prompt that fits the context.
+    pub fn check_prompt_size(&self, prompt: &Prompt) -> Result<(), GenerateError> {
+        let (bytes, limit) = (prompt.text_bytes(), self.max_prompt_bytes());
+        if bytes > limit {
+            let longest = self.tokenizer.as_ref().map_or(1, |t| t.longest_token);
+            return Err(GenerateError::PromptTooLong { bytes, limit, context: self.dir.spec.context_length, longest });
+        }
+        Ok(())
+    }
+
     /// Tokenizes a prompt and checks it against the vocabulary and the context.
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, GenerateError> {
+        self.check_prompt_size(prompt)?;
         let ids = match prompt {
             Prompt::Text(t) if t.is_empty() => return Err(GenerateError::EmptyPrompt),
             Prompt::Text(t) => self.tokenizer()?.encode(t, true)?,
@@ -277,7 +401,8 @@ impl Model {
         let budget = (params.max_tokens as usize).min(context - prompt_ids.len());
         // what the grammar forces first is fed with the prompt (within the budget)
         let forced = picker.start()?;
-        let (mut seq, cached) = cache.take_for(self, &prompt_ids)?;
+        let (seq, cached) = cache.take_for(self, &prompt_ids)?;
+        let mut held = Held { model: self, seq: Some(seq), chunk: self.prefill_chunk };
         let mut out = TextOut::new(self.tokenizer.as_ref(), &params.stop);
         if let Some((d, _)) = &dialect {
             let (marker, at_start) = d.trigger();
@@ -288,17 +413,26 @@ impl Model {
         let mut generated = vec![];
         let mut finish = FinishReason::Length;
         let mut first_token_at = None;
-        seq.forward(&[&prompt_ids[cached..], &forced[..forced.len().min(budget)]].concat(), &mut logits)?;
+        let feed = [&prompt_ids[cached..], &forced[..forced.len().min(budget)]].concat();
+        let prefilled = held.prefill(&prompt_ids[..cached], &feed, &mut logits, cancel, yielder)?;
         let prompt_time = started.elapsed();
         let decoder = match params.prompt_lookup {
-            n if n > 0 && seq.can_truncate() => Decoder::Lookup(Lookup::new(n as usize)),
+            n if n > 0 && held.seq()?.can_truncate() => Decoder::Lookup(Lookup::new(n as usize)),
             _ => Decoder::Plain,
         };
         let mut steps = Steps::new(decoder);
         let is_end = |id| !params.ignore_eos && self.eos_ids.contains(&id);
         history.extend_from_slice(&forced);
         let mut ids = forced;
+        if !prefilled {
+            // cancelled before the prompt was computed: nothing is generated
+            finish = FinishReason::Cancelled;
+            ids = vec![];
+        }
         'decode: loop {
+            if finish == FinishReason::Cancelled {
+                break;
+            }
             for id in ids {
                 if is_end(id) {
                     finish = FinishReason::Eos;
@@ -320,15 +454,16 @@ impl Model {
             if generated.len() >= budget {
                 break;
             }
-            if yielder.wanted() {
-                seq.park()?;
-                yielder.wait();
+            if yielder.wanted() && !held.pause(yielder, cancel, &history, &mut logits)? {
+                finish = FinishReason::Cancelled;
+                break;
             }
             if cancel.load(Ordering::Relaxed) {
                 finish = FinishReason::Cancelled;
                 break;
             }
-            ids = steps.next(&mut *seq, &mut picker, &mut logits, &mut history, budget - generated.len(), is_end)?;
+            let seq = held.seq()?;
+            ids = steps.next(&mut **seq, &mut picker, &mut logits, &mut history, budget - generated.len(), is_end)?;
             first_token_at.get_or_insert_with(|| started.elapsed());
         }
         let mut text = out.finish(&mut on_text)?;
@@ -345,9 +480,14 @@ impl Model {
             }
         }
         if keep {
-            history.truncate(seq.position());
-            seq.park()?;
-            *cache = Resumable { seq: Some(seq), ids: history };
+            *cache = match held.seq.take() {
+                Some(mut seq) => {
+                    history.truncate(seq.position());
+                    seq.park()?;
+                    Resumable { seq: Some(seq), ids: history }
+                }
+                None => Resumable::default(),
+            };
         }
         let first = first_token_at.unwrap_or_else(|| started.elapsed());
         Ok(Output {

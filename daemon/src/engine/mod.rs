@@ -50,6 +50,8 @@ pub struct Model {
     pub eos_ids: Vec<u32>,
     /// Structured output's engine, built when a request first asks for a format.
     grammars: OnceLock<Result<grammar::Grammars, GrammarError>>,
+    /// The most prompt tokens one forward pass feeds (`LoadOptions::prefill_chunk`).
+    pub prefill_chunk: usize,
 }
 
 impl Model {
@@ -109,7 +111,14 @@ impl Model {
         {
             eos_ids.push(id);
         }
-        Ok(Model { dir, backend, tokenizer, eos_ids, grammars: OnceLock::new() })
+        Ok(Model {
+            dir,
+            backend,
+            tokenizer,
+            eos_ids,
+            grammars: OnceLock::new(),
+            prefill_chunk: opts.prefill_chunk.max(1),
+        })
     }
 
     pub fn served(&self) -> &Served {

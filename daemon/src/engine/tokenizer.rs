@@ -34,6 +34,9 @@ pub struct Tokenizer {
     pub chat_template: Option<String>,
     /// Whether encoding a prompt prepends BOS (`add_bos_token`, else the tokenizer's post-processor).
     pub add_bos: Option<bool>,
+    /// Bytes of the longest token's text (as the vocabulary spells it, which is never shorter
+    /// than the text it stands for): a text of more than `n` times this has more than `n` tokens.
+    pub longest_token: usize,
 }
 
 /// A special token in `tokenizer_config.json` is a string or `{ "content": ... }`.
@@ -68,7 +71,9 @@ impl Tokenizer {
         let read = |f: &Path, max: u64| super::model_dir::read_bounded(f, max).map_err(|e| bad(f, e));
         let inner =
             llamad_formats::tokenizer::parse(read(file, MAX_TOKENIZER)?.as_bytes()).map_err(|e| bad(file, e))?;
+        let longest_token = inner.get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1);
         let mut tok = Tokenizer {
+            longest_token,
             inner: Arc::new(inner),
             file: file.to_path_buf(),
             bos_token: None,

@@ -1,7 +1,9 @@
 //! The effective budget: the smallest of the configured value (bytes or a
-//! percentage of RAM), the cgroup limit the daemon runs under (v2
-//! `memory.max`, v1 `memory.limit_in_bytes`) and physical RAM, minus the
-//! configured reserve. Each number keeps where it came from.
+//! percentage of RAM), and the cgroup limit the daemon runs under (v2
+//! `memory.max`, v1 `memory.limit_in_bytes`) and physical RAM each less the
+//! configured reserve (room left for the rest of the system and the kernel). A
+//! budget the admin sets is that budget: the reserve only comes off limits the
+//! daemon finds. Each number keeps where it came from.
 
 use std::path::Path;
 
@@ -65,7 +67,7 @@ impl<'de> Deserialize<'de> for Size {
 /// The budget and where its parts came from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Budget {
-    /// What llamad may use: min(config, cgroup, physical) − reserve.
+    /// What llamad may use: min(config, cgroup − reserve, physical − reserve).
     pub effective: u64,
     pub config: Option<u64>,
     pub cgroup: Option<u64>,
@@ -107,8 +109,9 @@ impl Budget {
             None => (None, None),
         };
         let reserve = reserve.resolve(physical);
-        let top = [config, cgroup, Some(physical)].into_iter().flatten().min().unwrap_or(physical);
-        Budget { effective: top.saturating_sub(reserve), config, cgroup, cgroup_source, physical, reserve }
+        let found = [cgroup, Some(physical)].into_iter().flatten().min().unwrap_or(physical);
+        let effective = found.saturating_sub(reserve).min(config.unwrap_or(u64::MAX));
+        Budget { effective, config, cgroup, cgroup_source, physical, reserve }
     }
 
     /// The budget of this process on this machine.
@@ -143,13 +146,21 @@ mod tests {
     }
 
     #[test]
-    fn the_smallest_limit_wins_then_the_reserve_comes_off() {
+    fn the_smallest_limit_wins_and_the_reserve_comes_off_found_limits_only() {
         let gib = 1u64 << 30;
         let b = Budget::compute(Some(Size::Percent(50.0)), Size::Bytes(gib / 4), 8 * gib, Some((3 * gib, "x".into())));
         assert_eq!(b.config, Some(4 * gib));
         assert_eq!(b.effective, 3 * gib - gib / 4);
         let b = Budget::compute(None, Size::Bytes(0), 8 * gib, None);
         assert_eq!(b.effective, 8 * gib);
+        // an explicit budget is that budget: 1 GiB on 24 GiB with a 5 % reserve (1.2 GiB) was 0
+        let b = Budget::compute(Some(Size::Bytes(gib)), Size::Percent(5.0), 24 * gib, None);
+        assert_eq!(b.effective, gib);
+        // ... unless what the daemon finds, less the reserve, is smaller
+        let b = Budget::compute(Some(Size::Bytes(2 * gib)), Size::Bytes(gib / 2), 2 * gib, None);
+        assert_eq!(b.effective, 2 * gib - gib / 2);
+        let b = Budget::compute(None, Size::Percent(5.0), 20 * gib, Some((10 * gib, "x".into())));
+        assert_eq!(b.effective, 9 * gib);
     }
 
     #[test]

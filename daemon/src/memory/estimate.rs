@@ -156,12 +156,14 @@ impl Estimate {
     }
 
     /// What one request adds: the KV cache of `total` tokens (prompt + `max_tokens`), and
-    /// while its prompt is computed at once, the prompt's logits and activations (hidden
-    /// states and MLP of one layer at a time, attention scores of all heads), plus the
-    /// sampler's and tokenizer's buffers.
-    pub fn request(&self, prompt: u64, total: u64) -> u64 {
+    /// while its prompt is computed, a chunk's (at most `chunk` tokens: `prefill_chunk`)
+    /// logits and activations (hidden states and MLP of one layer at a time, attention
+    /// scores of all heads against up to `total` positions), plus the sampler's and
+    /// tokenizer's buffers.
+    pub fn request(&self, prompt: u64, total: u64, chunk: u64) -> u64 {
+        let fed = prompt.min(chunk.max(1));
         self.kv(total)
-            + prompt * (self.logits_per_token + self.activations_per_token + self.scores_per_token_pair * total)
+            + fed * (self.logits_per_token + self.activations_per_token + self.scores_per_token_pair * total)
             + (1 << 20)
     }
 }

@@ -6,11 +6,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use llamad_api::Error;
 
-use super::{Job, Loaded, Scheduler};
+use super::ledger::Reservation;
+use super::{Job, Loaded, Scheduler, Wanting};
 use crate::engine::BackendKind;
 use crate::memory::estimate::Estimate;
 use crate::memory::{measure, mib};
@@ -22,7 +22,12 @@ impl Loaded {
     }
 
     pub(super) fn held(&self) -> u64 {
-        self.resident() + self.kv_reserved
+        self.resident() + self.holds.kv()
+    }
+
+    /// No request holds it: it may be unloaded.
+    pub(super) fn idle(&self) -> bool {
+        self.holds.pins() == 0
     }
 }
 
@@ -52,7 +57,7 @@ impl Scheduler {
         // The models, the requests' reservations, and the KV caches sessions and the prompt
         // cache hold: none of them is the daemon's own memory.
         let models: u64 =
-            loaded.values().map(|l| l.measured.total + l.kv_reserved).sum::<u64>() + self.sessions_kv(loaded);
+            loaded.values().map(|l| l.measured.total + l.holds.kv()).sum::<u64>() + self.sessions_kv(loaded);
         let now = measure::resident().saturating_sub(models);
         if quiet {
             self.baseline.store(now, Ordering::Relaxed);
@@ -72,58 +77,48 @@ impl Scheduler {
                 Err(_) => return,
             }
         };
-        self.refresh_baseline(loaded, self.running.load(Ordering::SeqCst) == 0);
-    }
-
-    /// Whether no request is running and no load is in progress.
-    pub(super) fn quiet(&self) -> bool {
-        self.running.load(Ordering::SeqCst) == 0 && self.load_lock.try_lock().is_ok()
+        self.refresh_baseline(loaded, self.running() == 0);
     }
 
     pub(super) fn baseline(&self) -> u64 {
         self.baseline.load(Ordering::Relaxed)
     }
 
-    /// A request ends: its KV reservation and its pin on the model go.
-    pub(super) fn release(&self, name: &str, kv: u64) {
-        if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
-            l.active = l.active.saturating_sub(1);
-            l.kv_reserved = l.kv_reserved.saturating_sub(kv);
-            l.last_used = Instant::now();
+    /// A request taken by a worker reserves its KV cache here if it could not at submission:
+    /// it waits, holding nothing, until it can, is cancelled, or never can.
+    pub(super) fn reserve_when_room(&self, job: &Job) -> Result<(), Error> {
+        if job.reservation.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            return Ok(());
         }
-        self.room.notify_all();
+        tracing::info!(request = job.id, kv = %mib(job.kv), "waiting for memory to reserve the KV cache");
+        // paused background requests give their KV caches back meanwhile
+        let _wanting =
+            (job.class == crate::policy::priority::Priority::Interactive).then(|| Wanting::new(&self.wanting_room));
+        loop {
+            if job.cancel.load(Ordering::Relaxed) || self.try_reserve(job)? {
+                return Ok(());
+            }
+            let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            drop(self.room.wait_timeout(loaded, std::time::Duration::from_millis(100)));
+        }
     }
 
-    /// A queued request that could not reserve at submission waits here until it can
-    /// (or is cancelled). Returns the bytes reserved, or why it never can be.
-    pub(super) fn reserve_when_room(&self, job: &Job) -> Result<u64, Error> {
-        if job.reserved {
-            return Ok(job.kv);
-        }
+    /// Reserves `job`'s KV cache if it fits now: true when it holds it; an error when it never
+    /// will (no reservation is left to give back and no load is in progress).
+    pub(super) fn try_reserve(&self, job: &Job) -> Result<bool, Error> {
         let what = format!("the KV cache of request {}", job.id);
-        tracing::info!(request = job.id, kv = %mib(job.kv), "waiting for memory to reserve the KV cache");
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if job.cancel.load(Ordering::Relaxed) {
-                return Ok(0);
+        match self.make_room(&mut loaded, job.kv, &what, false) {
+            Ok(_) => {
+                let Some(l) = loaded.get(&job.model_name) else {
+                    return Err(Error::Internal(format!("request {}: its model is not loaded", job.id)));
+                };
+                *job.reservation.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Reservation::new(&l.holds, job.kv, &self.room));
+                Ok(true)
             }
-            match self.make_room(&mut loaded, job.kv, &what, false) {
-                Ok(_) => {
-                    if let Some(l) = loaded.get_mut(&job.model_name) {
-                        l.kv_reserved += job.kv;
-                    }
-                    return Ok(job.kv);
-                }
-                // Nothing running, about to run (holding a reservation) or loading will free
-                // anything: it never fits.
-                Err(e) if self.quiet() && loaded.values().all(|l| l.kv_reserved == 0) => return Err(e),
-                Err(_) => {}
-            }
-            loaded = self
-                .room
-                .wait_timeout(loaded, std::time::Duration::from_millis(100))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            Err(e) if loaded.values().all(|l| l.holds.kv() == 0) && self.load_lock.try_lock().is_ok() => Err(e),
+            Err(_) => Ok(false),
         }
     }
 
@@ -139,7 +134,7 @@ impl Scheduler {
             physical: Some(b.physical),
             reserve: Some(b.reserve),
             used: Some(self.used(&loaded)),
-            kv_reserved: Some(loaded.values().map(|l| l.kv_reserved).sum()),
+            kv_reserved: Some(loaded.values().map(|l| l.holds.kv()).sum()),
             rss: Some(measure::resident()),
             sessions_kv: Some(loaded.keys().map(|m| self.sessions.kv_bytes(m)).sum()),
             prompt_cache: Some(loaded.keys().map(|m| self.prompt_cache.kv_bytes(m)).sum()),
@@ -178,7 +173,7 @@ impl Scheduler {
         let need = total.max(est.load_peak());
         let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         let in_use = self.used(&loaded);
-        let idle: u64 = loaded.values().filter(|l| l.active == 0).map(Loaded::held).sum();
+        let idle: u64 = loaded.values().filter(|l| l.idle()).map(Loaded::held).sum();
         let budget = self.budget.effective;
         Ok(llamad_api::EstimateInfo {
             backend: kind.to_string(),
@@ -221,8 +216,8 @@ impl Scheduler {
                 return Ok(vec![]);
             }
         }
-        let mut idle: Vec<(&String, &Loaded)> = loaded.iter().filter(|(_, l)| l.active == 0).collect();
-        idle.sort_by_key(|(_, l)| l.last_used);
+        let mut idle: Vec<(&String, &Loaded)> = loaded.iter().filter(|(_, l)| l.idle()).collect();
+        idle.sort_by_key(|(_, l)| l.holds.last_used());
         let mut freed = 0;
         let mut victims = vec![];
         for (name, l) in idle {
@@ -234,7 +229,7 @@ impl Scheduler {
         }
         if in_use - freed + need > budget {
             let busy: Vec<String> =
-                loaded.iter().filter(|(_, l)| l.active > 0).map(|(n, l)| format!("{n} {}", mib(l.held()))).collect();
+                loaded.iter().filter(|(_, l)| !l.idle()).map(|(n, l)| format!("{n} {}", mib(l.held()))).collect();
             return Err(Error::OutOfBudget(format!(
                 "{what} needs {}; the budget is {}, {} is in use and {} available ({} by the daemon and \
                  models serving requests: {}); unloading every idle model would free only {}",

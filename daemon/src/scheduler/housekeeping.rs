@@ -1,4 +1,5 @@
-//! Housekeeping, every 250 ms: models idle past their keep_alive are unloaded;
+//! Housekeeping, every 250 ms: models idle past their keep_alive, and idle
+//! models on which a request's work panicked, are unloaded;
 //! memory pressure (PSI avg10 and trigger, cgroup events) unloads every idle
 //! model and stops admitting new work until it ends.
 
@@ -77,11 +78,13 @@ impl Scheduler {
             let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
             let expired: Vec<(String, &'static str)> = loaded
                 .iter()
-                .filter(|(_, l)| l.active == 0)
+                .filter(|(_, l)| l.idle())
                 .filter_map(|(n, l)| {
-                    if why.is_some() {
+                    if l.faulted {
+                        Some((n.clone(), "fault"))
+                    } else if why.is_some() {
                         Some((n.clone(), "pressure"))
-                    } else if l.keep_alive.is_some_and(|k| l.last_used.elapsed() >= k) {
+                    } else if l.keep_alive.is_some_and(|k| l.holds.last_used().elapsed() >= k) {
                         Some((n.clone(), "idle"))
                     } else {
                         None

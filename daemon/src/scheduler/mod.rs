@@ -12,12 +12,21 @@
 //!
 //! Order ([`queue`]): interactive requests before background ones, the least
 //! served account first within a class; running background requests yield
-//! at a token boundary while interactive work waits or runs.
+//! at a token boundary while interactive work waits or runs, and give their
+//! KV cache back (preemption: recomputed from their token ids when they go on)
+//! while an interactive request waits for memory.
+//!
+//! What a request holds ([`ledger`]): its model's pin, its KV reservation, its
+//! entry in the request table and its session's turn are values dropped when
+//! the request ends, however it ends: a panic in its work is caught, ends the
+//! request with `GenerationFailed`, and unloads the model once idle (its state
+//! may be corrupt).
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use llamad_api::{Error, FinishStats};
 use tokio::sync::mpsc::UnboundedSender;
@@ -31,6 +40,7 @@ use crate::memory::budget::Budget;
 use crate::memory::estimate::Estimate;
 use crate::memory::mib;
 use crate::policy::priority::Priority;
+use ledger::{Holds, Pin, Reservation, Room};
 use queue::{Lease, Queue};
 
 /// What the workers report.
@@ -77,17 +87,19 @@ pub enum Event {
 
 struct Loaded {
     model: Arc<Model>,
-    last_used: Instant,
-    /// Requests queued or running on this model (pinned: never evicted while > 0).
-    active: u32,
+    /// Its pins (requests preparing, queued or running: never evicted while any) and KV
+    /// reservations, and when it was last used.
+    holds: Arc<Holds>,
     estimate: Estimate,
     /// Resident growth of the daemon over the load.
     measured: crate::memory::measure::Rss,
     /// The highest resident growth seen during the load.
     load_peak: u64,
-    kv_reserved: u64,
     /// None: stays loaded until unloaded or evicted.
     keep_alive: Option<std::time::Duration>,
+    /// A request's work panicked on it: its state may be corrupt. No new request gets it;
+    /// it is unloaded once idle.
+    faulted: bool,
 }
 
 /// keep_alive seconds (config or request) → how long an idle model stays.
@@ -95,10 +107,16 @@ pub fn keep_alive(seconds: i64) -> Option<std::time::Duration> {
     (seconds >= 0).then(|| std::time::Duration::from_secs(seconds as u64))
 }
 
-/// A session's turn: the session and the messages the turn adds.
+/// A session's turn: the session (busy while the guard lives) and the messages it adds.
 pub struct Turn {
-    pub session: Arc<crate::session::Session>,
+    pub guard: crate::session::TurnGuard,
     pub messages: Vec<crate::engine::chat::Message>,
+}
+
+/// A model pinned for a request (see [`Scheduler::acquire`]): it stays loaded while this lives.
+pub struct Pinned {
+    pub model: Arc<Model>,
+    pin: Pin,
 }
 
 struct Job {
@@ -110,13 +128,36 @@ struct Job {
     ticket: crate::policy::usage::Ticket,
     model_name: String,
     model: Arc<Model>,
+    pin: Pin,
     prompt_ids: Vec<u32>,
     params: SamplingParams,
     cancel: Arc<AtomicBool>,
+    /// Bytes of KV cache the request needs, and their reservation once held (queued requests
+    /// that did not fit at submission reserve when a worker takes them; a preempted one
+    /// gives it back while it waits).
     kv: u64,
-    /// Whether `kv` is reserved yet (queued requests reserve when a worker takes them).
-    reserved: bool,
+    reservation: Mutex<Option<Reservation>>,
     class: Priority,
+    /// Its entry in the request table, removed when the job goes.
+    listed: Listed,
+}
+
+type Requests = Arc<Mutex<HashMap<u64, RequestEntry>>>;
+
+fn lock_requests(r: &Requests) -> MutexGuard<'_, HashMap<u64, RequestEntry>> {
+    r.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A request's entry in the table, for as long as the request lives.
+struct Listed {
+    requests: Requests,
+    id: u64,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        lock_requests(&self.requests).remove(&self.id);
+    }
 }
 
 struct RequestEntry {
@@ -150,18 +191,19 @@ pub struct Scheduler {
     loaded: Mutex<HashMap<String, Loaded>>,
     /// Recognised model directories and when they last changed (see `open_dir`).
     catalog: Mutex<HashMap<String, (std::time::SystemTime, crate::engine::ModelDir)>>,
-    requests: Mutex<HashMap<u64, RequestEntry>>,
+    requests: Requests,
     queue: Arc<Queue<Job>>,
     next_id: AtomicU64,
-    pub running: AtomicU32,
-    pub queued: AtomicU32,
     events: UnboundedSender<Event>,
     /// Serialises loads so one model is never loaded twice at once.
     load_lock: Mutex<()>,
     /// Why memory is under pressure, while it is.
     pressure: Mutex<Option<String>>,
-    /// Signalled (with `loaded`) when reserved memory is released.
-    room: std::sync::Condvar,
+    /// Signalled when a pin or a reservation is given back (waiters hold `loaded`).
+    room: Room,
+    /// Interactive requests waiting for memory to reserve their KV cache: paused background
+    /// requests give theirs back meanwhile (preemption).
+    wanting_room: AtomicU32,
     /// The daemon's own resident memory, counted as in use: measured at start, then again
     /// whenever it is idle (see `housekeeping`).
     baseline: AtomicU64,
@@ -175,6 +217,24 @@ pub struct Scheduler {
     warm: Mutex<std::collections::HashSet<BackendKind>>,
     pub sessions: crate::session::Sessions,
     pub prompt_cache: crate::session::prompt_cache::PromptCache,
+    /// Permits to tokenize a prompt (`max_tokenizing`), held while it is.
+    pub tokenizing: Arc<tokio::sync::Semaphore>,
+}
+
+/// Counts an interactive request waiting for memory while it lives.
+struct Wanting<'a>(&'a AtomicU32);
+
+impl<'a> Wanting<'a> {
+    fn new(count: &'a AtomicU32) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Wanting(count)
+    }
+}
+
+impl Drop for Wanting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The final message of a request that ended with `e`.
@@ -187,14 +247,12 @@ fn failed(e: &Error) -> FinishStats {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> Error {
-    Error::Internal(e.to_string())
-}
-
 /// D-Bus error for a generation error found before the request is queued.
 pub fn request_error(e: GenerateError) -> Error {
     match e {
-        GenerateError::ContextOverflow { .. } => Error::ContextOverflow(e.to_string()),
+        GenerateError::ContextOverflow { .. } | GenerateError::PromptTooLong { .. } => {
+            Error::ContextOverflow(e.to_string())
+        }
         GenerateError::EmptyPrompt | GenerateError::BadToken { .. } | GenerateError::InvalidOption(_) => {
             Error::InvalidArgs(e.to_string())
         }
@@ -206,8 +264,14 @@ pub fn request_error(e: GenerateError) -> Error {
     }
 }
 
+/// The final message of a request that did not get to run: cancelled while it was queued.
+fn cancelled_before_running() -> FinishStats {
+    FinishStats { finish_reason: "cancelled".into(), generated_tokens: Some(0), ..Default::default() }
+}
+
 mod admission;
 mod housekeeping;
+pub mod ledger;
 mod models;
 pub mod queue;
 mod sessions;
@@ -218,21 +282,21 @@ impl Scheduler {
         let s = Arc::new(Scheduler {
             loaded: Mutex::new(HashMap::new()),
             catalog: Mutex::new(HashMap::new()),
-            requests: Mutex::new(HashMap::new()),
+            requests: Default::default(),
             queue: Queue::new(config.max_queue),
             next_id: AtomicU64::new(1),
-            running: AtomicU32::new(0),
-            queued: AtomicU32::new(0),
             events,
             load_lock: Mutex::new(()),
             pressure: Mutex::new(None),
-            room: std::sync::Condvar::new(),
+            room: Default::default(),
+            wanting_room: AtomicU32::new(0),
             ort_setup: Mutex::new(()),
             verifier: Default::default(),
             reading: AtomicU32::new(0),
             warm: Mutex::new(Default::default()),
             sessions: Default::default(),
             prompt_cache: Default::default(),
+            tokenizing: Arc::new(tokio::sync::Semaphore::new(config.max_tokenizing)),
             baseline: AtomicU64::new({
                 // ONNX Runtime's one-time setup (library, environment, thread pools) belongs to
                 // the daemon's baseline, not to the first model loaded on it (unless the daemon
@@ -284,46 +348,48 @@ impl Scheduler {
         ticket: crate::policy::usage::Ticket,
         class: Priority,
         model_name: &str,
-        model: Arc<Model>,
+        pinned: Pinned,
         prompt_ids: Vec<u32>,
         mut params: SamplingParams,
         keep_alive_override: Option<i64>,
-        turn: Option<Turn>,
+        mut turn: Option<Turn>,
     ) -> Result<u64, Error> {
         params.max_tokens = params.max_tokens.min(self.config.max_tokens_limit);
         let tokens = prompt_ids.len() as u64 + params.max_tokens as u64;
-        let (kv, reserved) = {
+        // Between turns a session's KV cache counts as the session's; during one, as the
+        // request's (given back to the session if the turn never runs).
+        if let Some(t) = &mut turn {
+            t.guard.take_kv();
+        }
+        let (kv, reservation) = {
             let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
             let (kv, resident) = loaded
                 .get(model_name)
-                .map(|l| (l.estimate.request(prompt_ids.len() as u64, tokens), l.resident()))
+                .map(|l| {
+                    let chunk = self.config.prefill_chunk as u64;
+                    (l.estimate.request(prompt_ids.len() as u64, tokens, chunk), l.resident())
+                })
                 .unwrap_or((0, 0));
             let what = format!("the KV cache of this request ({tokens} tokens: prompt + max_tokens)");
-            let reserved = match self.make_room(&mut loaded, kv, &what, false) {
-                Ok(_) => true,
-                // It fits once other work is done: wait in the queue.
+            let reservation = match self.make_room(&mut loaded, kv, &what, false) {
+                Ok(_) => loaded.get(model_name).map(|l| Reservation::new(&l.holds, kv, &self.room)),
+                // It fits once other work is done: wait in the queue, holding nothing.
                 Err(_)
                     if self.config.memory.when_full == WhenFull::Queue
                         && self.baseline() + resident + kv <= self.budget.effective =>
                 {
-                    false
+                    None
                 }
-                Err(e) => {
-                    drop(loaded);
-                    self.unpin(model_name);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             };
-            if let Some(l) = loaded.get_mut(model_name) {
-                if reserved {
-                    l.kv_reserved += kv;
-                }
-                if let Some(k) = keep_alive_override {
-                    l.keep_alive = keep_alive(k);
-                }
+            if let Some(k) = keep_alive_override
+                && let Some(l) = loaded.get_mut(model_name)
+            {
+                l.keep_alive = keep_alive(k);
             }
-            (kv, reserved)
+            (kv, reservation)
         };
+        let ready = reservation.is_some();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = Arc::new(AtomicBool::new(false));
         let owner = caller.name.as_str();
@@ -332,16 +398,13 @@ impl Scheduler {
             cancel: cancel.clone(),
             caller: caller.clone(),
             model: model_name.to_string(),
-            session: turn.as_ref().map(|t| t.session.id),
+            session: turn.as_ref().map(|t| t.guard.session.id),
             running: false,
             paused: false,
             class,
         };
-        self.requests.lock().unwrap_or_else(|e| e.into_inner()).insert(id, entry);
-        self.queued.fetch_add(1, Ordering::SeqCst);
-        // Between turns a session's KV cache counts as the session's; during one, as the job's.
-        let session = turn.as_ref().map(|t| t.session.clone());
-        let session_kv = session.as_ref().map_or(0, |s| std::mem::take(&mut s.state().kv_bytes));
+        lock_requests(&self.requests).insert(id, entry);
+        let Pinned { model, pin } = pinned;
         let job = Job {
             turn,
             id,
@@ -350,26 +413,23 @@ impl Scheduler {
             ticket,
             model_name: model_name.to_string(),
             model,
+            pin,
             prompt_ids,
             params,
             cancel,
             kv,
-            reserved,
+            reservation: Mutex::new(reservation),
             class,
+            listed: Listed { requests: self.requests.clone(), id },
         };
         let account = crate::policy::rules::account_of(caller);
-        match self.queue.push(job, class, &account, reserved) {
+        match self.queue.push(job, class, &account, ready) {
             Ok(()) => {
                 let _ = self.events.send(Event::Started);
                 Ok(id)
             }
+            // The job (its pin, reservation, entry and turn) is dropped with the error.
             Err(queue::Full(_)) => {
-                if let Some(s) = session {
-                    s.state().kv_bytes = session_kv;
-                }
-                self.queued.fetch_sub(1, Ordering::SeqCst);
-                self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                self.release(model_name, if reserved { kv } else { 0 });
                 Err(Error::Busy(format!("{} requests are queued already (max_queue)", self.config.max_queue)))
             }
         }
@@ -377,10 +437,11 @@ impl Scheduler {
 
     /// Cancels request `id` if `caller` owns it.
     pub fn cancel(&self, caller: &str, id: u64) -> Result<(), Error> {
-        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let requests = lock_requests(&self.requests);
         match requests.get(&id) {
             Some(r) if r.owner == caller => {
                 r.cancel.store(true, Ordering::Relaxed);
+                self.room.notify_all();
                 Ok(())
             }
             _ => Err(Error::UnknownRequest(format!("no request {id} of this client is running or queued"))),
@@ -389,25 +450,27 @@ impl Scheduler {
 
     /// Cancels every request of `owner` (a client that left the bus). Returns how many.
     pub fn cancel_owner(&self, owner: &str) -> usize {
-        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let requests = lock_requests(&self.requests);
         let mut n = 0;
         for r in requests.values().filter(|r| r.owner == owner) {
             r.cancel.store(true, Ordering::Relaxed);
             n += 1;
         }
+        self.room.notify_all();
         n
     }
 
     /// Cancels everything (shutdown).
     pub fn cancel_all(&self) {
-        for r in self.requests.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        for r in lock_requests(&self.requests).values() {
             r.cancel.store(true, Ordering::Relaxed);
         }
+        self.room.notify_all();
     }
 
     /// Requests queued or running, oldest first.
     pub fn list_requests(&self) -> Vec<RequestSummary> {
-        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let requests = lock_requests(&self.requests);
         let mut list: Vec<RequestSummary> = requests
             .iter()
             .map(|(&id, r)| RequestSummary {
@@ -426,28 +489,56 @@ impl Scheduler {
 
     /// Requests not finished yet (queued or running).
     pub fn outstanding(&self) -> usize {
-        self.requests.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock_requests(&self.requests).len()
+    }
+
+    /// Requests running (a worker has them, paused ones included).
+    pub fn running(&self) -> u32 {
+        lock_requests(&self.requests).values().filter(|r| r.running).count() as u32
+    }
+
+    /// Requests queued (no worker has them yet).
+    pub fn queued(&self) -> u32 {
+        lock_requests(&self.requests).values().filter(|r| !r.running).count() as u32
+    }
+
+    fn set_state(&self, id: u64, running: bool, paused: bool) {
+        if let Some(r) = lock_requests(&self.requests).get_mut(&id) {
+            r.running = running;
+            r.paused = paused;
+        }
     }
 
     fn worker(&self) {
         loop {
             let (job, lease) = self.queue.take();
-            self.process(job, lease);
+            // `process` catches a panic of the request's work; this catches one of its own
+            // (a bug), so that the worker goes on. What the job held was dropped unwinding.
+            if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| self.process(job, lease))) {
+                tracing::error!(panic = %crate::faults::panic_message(&*p), "a worker panicked finishing a request");
+            }
         }
     }
 
     /// Runs a job taken from the queue, and reports and releases what it held.
     fn process(&self, job: Job, mut lease: Lease<Job>) {
-        let reserved = self.reserve_when_room(&job);
-        if let Some(r) = self.requests.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&job.id) {
-            r.running = true;
-        }
-        self.queued.fetch_sub(1, Ordering::SeqCst);
-        self.running.fetch_add(1, Ordering::SeqCst);
-        let _ = self.events.send(Event::Started);
-        let (kv, stats) = match reserved {
-            Ok(kv) => (kv, self.run(&job)),
-            Err(e) => (0, failed(&e)),
+        let stats = if job.cancel.load(Ordering::Relaxed) {
+            // cancelled while it was queued: nothing is computed
+            cancelled_before_running()
+        } else {
+            match self.reserve_when_room(&job) {
+                Ok(()) if job.cancel.load(Ordering::Relaxed) => cancelled_before_running(),
+                Ok(()) => {
+                    self.set_state(job.id, true, false);
+                    let _ = self.events.send(Event::Started);
+                    // Everything the job holds is released by drop below, whatever happened.
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| self.run(&job))) {
+                        Ok(stats) => stats,
+                        Err(p) => self.contain_panic(&job, &*p),
+                    }
+                }
+                Err(e) => failed(&e),
+            }
         };
         tracing::debug!(request = job.id, client = %job.owner, model = %job.model_name,
             finish = %stats.finish_reason, generated = stats.generated_tokens.unwrap_or(0), "request finished");
@@ -456,7 +547,7 @@ impl Scheduler {
             model: &job.model_name,
             event: crate::audit::Event::Request {
                 id: Some(job.id),
-                session: job.turn.as_ref().map(|t| t.session.id),
+                session: job.turn.as_ref().map(|t| t.guard.session.id),
                 tokens_in: stats.prompt_tokens.unwrap_or(job.prompt_ids.len() as u32),
                 tokens_out: stats.generated_tokens.unwrap_or(0),
             },
@@ -465,34 +556,47 @@ impl Scheduler {
         let tokens = stats.prompt_tokens.unwrap_or(0) as u64 + stats.generated_tokens.unwrap_or(0) as u64;
         // Every field named (no `..`): what the job holds is dropped here, not at the end of
         // this function, since a client that unloads the model on `Finished` must find it
-        // freed (a partially moved `job` kept its model until after `Finished` was sent).
+        // freed. The memory goes back to the system before the reservation and the pin do
+        // (and the model may be evicted), so that what the budget counts is what is resident.
         let Job {
             id,
             owner,
-            model_name,
+            model_name: _,
             mut ticket,
             model,
+            pin,
             turn,
             prompt_ids,
             params,
             caller,
             cancel,
             kv: _,
-            reserved: _,
+            reservation,
             class: _,
+            listed,
         } = job;
         ticket.charge(tokens);
         drop((ticket, model, turn, prompt_ids, params, caller, cancel));
         lease.served = tokens;
-        // Return the memory to the system before the reservation is released (and the model
-        // may be evicted), so that what the budget counts is what is resident.
         crate::memory::measure::release_freed();
-        self.release(&model_name, kv);
-        self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        self.running.fetch_sub(1, Ordering::SeqCst);
+        drop((reservation, pin, listed));
         let _ = self.events.send(Event::Finished { id, owner, stats: Box::new(stats) });
         // only now may paused background work go on (after this request's last message)
         drop(lease);
+    }
+
+    /// A request's work panicked: it ends with `GenerationFailed`; its model may be corrupt,
+    /// so no new request gets it and it is unloaded once idle.
+    fn contain_panic(&self, job: &Job, p: &(dyn std::any::Any + Send)) -> FinishStats {
+        let message = crate::faults::panic_message(p);
+        tracing::error!(request = job.id, model = %job.model_name, panic = %message,
+            "a request's work panicked: the request failed; the model is unloaded once idle");
+        if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&job.model_name)
+            && Arc::ptr_eq(&l.model, &job.model)
+        {
+            l.faulted = true;
+        }
+        failed(&Error::GenerationFailed(format!("the request's work failed unexpectedly ({message})")))
     }
 
     fn run(&self, job: &Job) -> FinishStats {
@@ -505,6 +609,7 @@ impl Scheduler {
         let prompt = Prompt::Tokens(job.prompt_ids.clone());
         let events = &self.events;
         let on_text = |text: &str| {
+            crate::faults::hit("run");
             let _ = events.send(Event::Token { id: job.id, owner: job.owner.clone(), text: text.to_string() });
         };
         let yielder = Yielder { scheduler: self, job };
@@ -517,9 +622,9 @@ impl Scheduler {
                 result
             }
             Some(turn) => {
-                let mut cache = std::mem::take(&mut turn.session.state().cache);
+                let mut cache = std::mem::take(&mut turn.guard.session.state().cache);
                 let result = job.model.generate_from(&mut cache, &prompt, &job.params, &job.cancel, &yielder, on_text);
-                self.end_turn(job, turn, cache, &result);
+                self.end_turn(job, cache, &result);
                 result
             }
         };
@@ -547,25 +652,32 @@ impl Scheduler {
             }
             Err(e) => {
                 tracing::error!(request = job.id, error = %e, "generation failed");
-                stats = FinishStats { backend: stats.backend, provider: stats.provider, ..failed(&internal(e)) };
+                let e = match e {
+                    GenerateError::NoRoom(m) => Error::OutOfBudget(m),
+                    e => Error::GenerationFailed(e.to_string()),
+                };
+                stats = FinishStats { backend: stats.backend, provider: stats.provider, ..failed(&e) };
             }
         }
         stats
     }
 }
 
+/// How often a paused request looks again at what it waits for.
+const PAUSE_TICK: Duration = Duration::from_millis(50);
+
 /// A running job's way of letting interactive work go first (see [`queue`]): while it
-/// yields, its worker runs the interactive requests waiting, or waits for those running.
+/// yields, its worker runs the interactive requests waiting, or waits for those running;
+/// while an interactive request waits for memory, it gives back its KV cache (its sequence
+/// and its reservation), and reserves again (waiting, holding nothing) before it goes on.
 struct Yielder<'a> {
     scheduler: &'a Scheduler,
     job: &'a Job,
 }
 
 impl Yielder<'_> {
-    fn mark_paused(&self, paused: bool) {
-        if let Some(r) = self.scheduler.requests.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&self.job.id) {
-            r.paused = paused;
-        }
+    fn reservation(&self) -> MutexGuard<'_, Option<Reservation>> {
+        self.job.reservation.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -574,12 +686,35 @@ impl crate::engine::Yield for Yielder<'_> {
         self.scheduler.queue.should_yield(self.job.class)
     }
 
-    fn wait(&self) {
+    fn wait(&self, seq: &mut Option<Box<dyn crate::engine::backend::Sequence>>) -> Result<(), GenerateError> {
+        let s = self.scheduler;
         tracing::debug!(request = self.job.id, "yielding to interactive work");
-        self.mark_paused(true);
-        while let Some((job, lease)) = self.scheduler.queue.yield_now() {
-            self.scheduler.process(job, lease);
-        }
-        self.mark_paused(false);
+        s.set_state(self.job.id, true, true);
+        let result = loop {
+            if self.job.cancel.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+            if s.wanting_room.load(Ordering::SeqCst) > 0 && self.reservation().is_some() {
+                let freed = self.reservation().as_ref().map_or(0, Reservation::bytes);
+                tracing::info!(request = self.job.id, kv = %mib(freed),
+                    "preempted: KV cache given back while interactive work waits for memory");
+                *seq = None;
+                crate::memory::measure::release_freed();
+                *self.reservation() = None;
+            }
+            match s.queue.yield_for(PAUSE_TICK) {
+                queue::Yielded::Run(job, lease) => s.process(job, lease),
+                queue::Yielded::Waiting => {}
+                queue::Yielded::Done if self.reservation().is_some() => break Ok(()),
+                // No interactive work left: reserve again to go on (waiting holding nothing).
+                queue::Yielded::Done => match s.try_reserve(self.job) {
+                    Ok(true) => break Ok(()),
+                    Ok(false) => {}
+                    Err(e) => break Err(GenerateError::NoRoom(e.description().unwrap_or_default().to_string())),
+                },
+            }
+        };
+        s.set_state(self.job.id, true, false);
+        result
     }
 }

@@ -11,7 +11,8 @@ use std::time::SystemTime;
 
 use llamad_api::{Error, ModelInfo};
 
-use super::{Event, Loaded, Scheduler, keep_alive};
+use super::ledger::Pin;
+use super::{Event, Loaded, Pinned, Scheduler, keep_alive};
 use crate::engine::backend::onnxruntime::locate_library;
 use crate::engine::{BackendKind, LayoutError, LoadError, LoadOptions, Model, ModelDir};
 use crate::memory::{measure, mib};
@@ -130,15 +131,15 @@ impl Scheduler {
                     let served = l.model.served();
                     info.backend = Some(served.backend.to_string());
                     info.provider = Some(served.provider.clone());
-                    info.idle_seconds = Some(l.last_used.elapsed().as_secs());
-                    info.running = Some(l.active);
+                    info.idle_seconds = Some(l.holds.last_used().elapsed().as_secs());
+                    info.running = Some(l.holds.pins());
                     info.estimated_bytes = Some(l.estimate.resident());
                     info.estimated_peak_bytes = Some(l.estimate.load_peak());
                     info.measured_peak_bytes = Some(l.load_peak);
                     info.measured_bytes = Some(l.measured.total);
                     info.measured_anon_bytes = Some(l.measured.anon);
                     info.measured_file_bytes = Some(l.measured.file);
-                    info.kv_reserved_bytes = Some(l.kv_reserved);
+                    info.kv_reserved_bytes = Some(l.holds.kv());
                 }
                 info
             })
@@ -162,20 +163,19 @@ impl Scheduler {
     }
 
     /// The loaded model `name`, loading it first if needed (blocking: call off the runtime).
-    /// With `pin`, the model is marked active until [`Scheduler::unpin`] or the request ends.
     pub fn get_or_load(
         &self,
         name: &str,
         backend: Option<BackendKind>,
         reason: &'static str,
     ) -> Result<Arc<Model>, Error> {
-        self.load(name, backend, false, reason)
+        self.load(name, backend, reason).map(|p| p.model)
     }
 
-    /// For a request: loads if needed and pins the model until the request ends.
-    pub fn acquire(&self, name: &str) -> Result<Arc<Model>, Error> {
+    /// For a request: loads if needed; the model stays loaded while the returned pin lives.
+    pub fn acquire(&self, name: &str) -> Result<Pinned, Error> {
         self.refuse_under_pressure()?;
-        self.load(name, None, true, "request")
+        self.load(name, None, "request")
     }
 
     fn refuse_under_pressure(&self) -> Result<(), Error> {
@@ -185,25 +185,31 @@ impl Scheduler {
         }
     }
 
-    pub fn unpin(&self, name: &str) {
-        if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
-            l.active = l.active.saturating_sub(1);
+    /// The loaded model `name`, pinned, unless a panic left it to be unloaded.
+    fn pin_loaded(&self, name: &str) -> Option<Result<Pinned, Error>> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let l = loaded.get(name)?;
+        if l.faulted {
+            if !l.idle() {
+                return Some(Err(Error::Busy(format!(
+                    "model \"{name}\" failed and is unloaded once its requests end: retry"
+                ))));
+            }
+            self.remove_model(&mut loaded, name, "fault");
+            return None;
         }
+        Some(Ok(Pinned { model: l.model.clone(), pin: Pin::new(&l.holds, &self.room) }))
     }
 
-    fn load(
-        &self,
-        name: &str,
-        backend: Option<BackendKind>,
-        pin: bool,
-        reason: &'static str,
-    ) -> Result<Arc<Model>, Error> {
+    fn load(&self, name: &str, backend: Option<BackendKind>, reason: &'static str) -> Result<Pinned, Error> {
         let path = self.model_path(name)?;
+        // A loaded model is served without waiting for another model's load.
+        if let Some(pinned) = self.pin_loaded(name) {
+            return pinned;
+        }
         let _guard = self.load_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
-            l.last_used = Instant::now();
-            l.active += pin as u32;
-            return Ok(l.model.clone());
+        if let Some(pinned) = self.pin_loaded(name) {
+            return pinned;
         }
         // nothing of the directory is read before it matches its manifest
         let verified = self
@@ -228,7 +234,7 @@ impl Scheduler {
                 mib(estimate.load_peak())
             );
             if loaded.len() >= self.config.max_loaded_models {
-                let lru = loaded.iter().filter(|(_, l)| l.active == 0).min_by_key(|(_, l)| l.last_used);
+                let lru = loaded.iter().filter(|(_, l)| l.idle()).min_by_key(|(_, l)| l.holds.last_used());
                 match lru.map(|(n, _)| n.clone()) {
                     Some(victim) => {
                         tracing::info!(model = %victim, "max_loaded_models reached");
@@ -258,6 +264,7 @@ impl Scheduler {
             huge_pages: self.config.memory.huge_pages,
             private_files: self.config.memory.private_model_files,
             batch_decode: self.config.onnxruntime.batch_decode,
+            prefill_chunk: self.config.prefill_chunk,
         };
         let started = Instant::now();
         // Both readings after returning freed heap pages, so that the growth is what the
@@ -283,21 +290,22 @@ impl Scheduler {
             tracing::warn!(model = name, provider = %p, %reason, "execution provider not used");
         }
         let model = Arc::new(model);
+        let holds = Arc::new(super::ledger::Holds::default());
+        let pin = Pin::new(&holds, &self.room);
         self.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(
             name.to_string(),
             Loaded {
                 model: model.clone(),
-                last_used: Instant::now(),
-                active: pin as u32,
+                holds,
                 estimate,
                 measured,
                 load_peak,
-                kv_reserved: 0,
                 keep_alive: keep_alive(self.config.keep_alive),
+                faulted: false,
             },
         );
         let _ = self.events.send(Event::ModelLoaded { name: name.to_string(), reason });
-        Ok(model)
+        Ok(Pinned { model, pin })
     }
 
     /// Unloads `name` (the caller frees memory afterwards). The runtime code its first load
@@ -325,8 +333,8 @@ impl Scheduler {
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         match loaded.get(name) {
             None => return Err(Error::InvalidArgs(format!("model \"{name}\" is not loaded"))),
-            Some(l) if l.active > 0 => {
-                return Err(Error::Busy(format!("model \"{name}\" is serving {} request(s)", l.active)));
+            Some(l) if !l.idle() => {
+                return Err(Error::Busy(format!("model \"{name}\" is serving {} request(s)", l.holds.pins())));
             }
             Some(_) => {}
         }

@@ -69,6 +69,16 @@ impl<T> Drop for Lease<T> {
     }
 }
 
+/// What a yielding request is to do next ([`Queue::yield_for`]).
+pub enum Yielded<T> {
+    /// Run this interactive request on the yielding thread.
+    Run(T, Lease<T>),
+    /// No interactive work is waiting (ready) or running: go on.
+    Done,
+    /// Interactive work still runs elsewhere.
+    Waiting,
+}
+
 /// The queue holds `bound` requests already (`max_queue`).
 #[derive(Debug)]
 pub struct Full<T>(pub T);
@@ -166,15 +176,33 @@ impl<T> Queue<T> {
     /// For a background request that yields: a waiting interactive request to run now (on
     /// the yielding thread), or None once no interactive work is waiting (ready) or running.
     pub fn yield_now(self: &Arc<Self>) -> Option<(T, Lease<T>)> {
+        loop {
+            match self.yield_for(std::time::Duration::from_secs(3600)) {
+                Yielded::Run(item, lease) => return Some((item, lease)),
+                Yielded::Done => return None,
+                Yielded::Waiting => {}
+            }
+        }
+    }
+
+    /// [`Queue::yield_now`] for at most `timeout`: `Waiting` if interactive work still runs
+    /// then (the yielding request looks at what else it should do, and asks again).
+    pub fn yield_for(self: &Arc<Self>, timeout: std::time::Duration) -> Yielded<T> {
+        let deadline = std::time::Instant::now() + timeout;
         let mut s = self.lock();
         loop {
             if let Some(i) = Self::best(&s, |e| e.class == Priority::Interactive && e.ready) {
-                return Some(self.start(&mut s, i));
+                let (item, lease) = self.start(&mut s, i);
+                return Yielded::Run(item, lease);
             }
             if self.urgent.load(Ordering::SeqCst) == 0 {
-                return None;
+                return Yielded::Done;
             }
-            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Yielded::Waiting;
+            }
+            s = self.changed.wait_timeout(s, left).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 

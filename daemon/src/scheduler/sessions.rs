@@ -5,36 +5,32 @@
 //! and dropped with their model.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
-use super::{Job, Loaded, Scheduler, Turn};
+use super::{Job, Loaded, Scheduler};
 use crate::engine::chat::{Message, Role};
 use crate::engine::{FinishReason, GenerateError, Output, Resumable};
 use crate::memory::mib;
 
 impl Scheduler {
-    /// Ends `turn` of `job`: the session gets its cache back; a turn that completed (not
+    /// Ends the turn of `job`: the session gets its cache back; a turn that completed (not
     /// cancelled, no error) adds its messages and the answer to the conversation.
-    pub(super) fn end_turn(&self, job: &Job, turn: &Turn, cache: Resumable, result: &Result<Output, GenerateError>) {
+    pub(super) fn end_turn(&self, job: &Job, cache: Resumable, result: &Result<Output, GenerateError>) {
+        let Some(turn) = &job.turn else { return };
         let kv = {
             let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
             loaded.get(&job.model_name).map_or(0, |l| l.estimate.kv(cache.ids().len() as u64))
         };
-        let mut st = turn.session.state();
-        st.kv_bytes = if cache.ids().is_empty() { 0 } else { kv };
-        st.cache = cache;
-        st.busy = false;
-        st.last_used = Instant::now();
-        if let Ok(out) = result
-            && out.stats.finish != FinishReason::Cancelled
-        {
-            let start = st.messages.len();
-            st.turns.push(start);
-            st.messages.extend(turn.messages.iter().cloned());
-            let mut answer = Message::new(Role::Assistant, out.text.clone());
-            answer.tool_calls = out.tool_calls.clone();
-            st.messages.push(answer);
-        }
+        let added = match result {
+            Ok(out) if out.stats.finish != FinishReason::Cancelled => {
+                let mut added = turn.messages.clone();
+                let mut answer = Message::new(Role::Assistant, out.text.clone());
+                answer.tool_calls = out.tool_calls.clone();
+                added.push(answer);
+                Some(added)
+            }
+            _ => None,
+        };
+        turn.guard.end(cache, kv, added);
     }
 
     /// Bytes of KV cache the sessions hold between turns, and the prompt cache.

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use llamad_api::{Error, FinishStats, ModelInfo, WireMessage};
 use zbus::interface;
@@ -14,12 +13,12 @@ use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
 use super::options;
+use crate::engine::Prompt;
 use crate::engine::chat::{Message, Role};
-use crate::engine::{Model, Prompt};
 use crate::identity::{Caller, Identities};
 use crate::policy::priority::{self, Priority};
 use crate::policy::{self, Action};
-use crate::scheduler::{Scheduler, request_error};
+use crate::scheduler::{Pinned, Scheduler, request_error};
 
 pub struct Manager {
     pub scheduler: Arc<Scheduler>,
@@ -184,25 +183,6 @@ impl Manager {
             .map_err(|e| Error::PermissionDenied(e.to_string()))
     }
 
-    /// Loads the model if needed and tokenizes the prompt against it (off the runtime).
-    async fn prepare(&self, model: &str, prompt: Prompt) -> Result<(Arc<Model>, Vec<u32>), Error> {
-        check_name(model)?;
-        let (s, name) = (self.scheduler.clone(), model.to_string());
-        tokio::task::spawn_blocking(move || {
-            let m = s.acquire(&name)?;
-            // prompt_ids checks the vocabulary and the context (ContextOverflow with the numbers).
-            match m.prompt_ids(&prompt) {
-                Ok(ids) => Ok((m, ids)),
-                Err(e) => {
-                    s.unpin(&name);
-                    Err(request_error(e))
-                }
-            }
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?
-    }
-
     async fn start(
         &self,
         conn: &zbus::Connection,
@@ -215,7 +195,7 @@ impl Manager {
         let prompt = with_tools(prompt, &mut params, &opts)?;
         let who = identify(&self.identities, conn, &header).await?;
         let queued = match admit(&self.scheduler.config, &self.usage, &who, model, priority) {
-            Ok((ticket, class)) => match self.prepare(model, prompt).await {
+            Ok((ticket, class)) => match prepare(&self.scheduler, model, prompt).await {
                 Ok((m, ids)) => self.scheduler.submit(&who, ticket, class, model, m, ids, params, keep_alive, None),
                 Err(e) => Err(e),
             },
@@ -226,6 +206,31 @@ impl Manager {
         }
         queued
     }
+}
+
+/// Loads `model` if needed (pinned: it stays loaded for the request), refuses a prompt
+/// whose text is longer than any that fits its context before anything tokenizes it, then
+/// tokenizes it, at most `max_tokenizing` at once (waiting asynchronously, holding nothing
+/// but the pin), off the runtime.
+pub(super) async fn prepare(
+    scheduler: &Arc<Scheduler>,
+    model: &str,
+    prompt: Prompt,
+) -> Result<(Pinned, Vec<u32>), Error> {
+    check_name(model)?;
+    let internal = |e: tokio::task::JoinError| Error::Internal(e.to_string());
+    let (s, name) = (scheduler.clone(), model.to_string());
+    let pinned = tokio::task::spawn_blocking(move || s.acquire(&name)).await.map_err(internal)??;
+    pinned.model.check_prompt_size(&prompt).map_err(request_error)?;
+    let permit = scheduler.tokenizing.clone().acquire_owned().await.map_err(|e| Error::Internal(e.to_string()))?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        // prompt_ids checks the vocabulary and the context (ContextOverflow with the numbers).
+        let ids = pinned.model.prompt_ids(&prompt).map_err(request_error)?;
+        Ok((pinned, ids))
+    })
+    .await
+    .map_err(internal)?
 }
 
 /// A chat prompt offering the request's `tools` (also kept in `params`, for decoding).
@@ -528,12 +533,12 @@ impl Manager {
 
     #[zbus(property)]
     fn requests_running(&self) -> u32 {
-        self.scheduler.running.load(Ordering::SeqCst)
+        self.scheduler.running()
     }
 
     #[zbus(property)]
     fn requests_queued(&self) -> u32 {
-        self.scheduler.queued.load(Ordering::SeqCst)
+        self.scheduler.queued()
     }
 
     /// The memory budget, where its parts come from, and what is in use.

@@ -16,7 +16,7 @@ use zbus::zvariant::OwnedValue;
 use super::manager::caller;
 use super::options;
 use crate::engine::Prompt;
-use crate::scheduler::{Scheduler, Turn, request_error};
+use crate::scheduler::{Scheduler, Turn};
 use crate::session::{CloseReason, Session, SessionError};
 
 pub struct SessionObject {
@@ -84,27 +84,16 @@ impl SessionObject {
             super::manager::audit_refused(&who, &session.model, Some(session.id), e);
         }
         let (ticket, class) = ticket?;
-        session.begin_turn().map_err(session_error)?;
-        let (s, model) = (self.scheduler.clone(), session.model.clone());
-        let turn = Turn { session: session.clone(), messages: new };
-        let caller = who.clone();
-        let queued = tokio::task::spawn_blocking(move || {
-            let m = s.acquire(&model)?;
-            let ids = match m.prompt_ids(&prompt) {
-                Ok(ids) => ids,
-                Err(e) => {
-                    s.unpin(&model);
-                    return Err(request_error(e));
-                }
-            };
-            s.submit(&caller, ticket, class, &model, m, ids, params, keep_alive, Some(turn))
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))
-        .and_then(|r| r);
-        if queued.is_err() {
-            session.state().busy = false;
-        }
+        // busy until the turn ends, however it ends (the guard is dropped with it)
+        let guard = session.begin_turn().map_err(session_error)?;
+        let model = session.model.clone();
+        let queued = match super::manager::prepare(&self.scheduler, &model, prompt).await {
+            Ok((pinned, ids)) => {
+                let turn = Turn { guard, messages: new };
+                self.scheduler.submit(&who, ticket, class, &model, pinned, ids, params, keep_alive, Some(turn))
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = &queued {
             super::manager::audit_refused(&who, &session.model, Some(session.id), e);
         }

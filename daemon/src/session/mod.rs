@@ -83,14 +83,15 @@ impl Session {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Marks a turn as started; `Busy` if one is.
-    pub fn begin_turn(&self) -> Result<(), SessionError> {
+    /// Marks a turn as started; `Busy` if one is. The session stays busy while the returned
+    /// guard lives, however the turn ends (refused, failed, cancelled, panicked).
+    pub fn begin_turn(self: &Arc<Self>) -> Result<TurnGuard, SessionError> {
         let mut s = self.state();
         if s.busy {
             return Err(SessionError::Busy(self.id));
         }
         s.busy = true;
-        Ok(())
+        Ok(TurnGuard { session: self.clone(), held_kv: 0, ended: Default::default() })
     }
 
     /// Drops the last `turns` turns (their messages and answers); the KV cache rolls back with
@@ -111,6 +112,49 @@ impl Session {
         }
         s.last_used = Instant::now();
         Ok(())
+    }
+}
+
+/// A turn in progress: the session is busy while it lives. While the turn is queued and
+/// runs, the session's KV cache is counted in the request's reservation, not as the
+/// session's (`take_kv`); a turn that ends without [`TurnGuard::end`] gives the count back
+/// to the session if it still holds its cache.
+pub struct TurnGuard {
+    pub session: Arc<Session>,
+    held_kv: u64,
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl TurnGuard {
+    /// Moves the bytes the session's KV cache is counted for into the turn.
+    pub fn take_kv(&mut self) {
+        self.held_kv += std::mem::take(&mut self.session.state().kv_bytes);
+    }
+
+    /// Ends the turn: the session gets `cache` back, counted as `kv_bytes`; a completed turn
+    /// (`added`: its messages and the answer) joins the conversation.
+    pub fn end(&self, cache: Resumable, kv_bytes: u64, added: Option<Vec<Message>>) {
+        let mut st = self.session.state();
+        st.kv_bytes = if cache.ids().is_empty() { 0 } else { kv_bytes };
+        st.cache = cache;
+        if let Some(added) = added {
+            let start = st.messages.len();
+            st.turns.push(start);
+            st.messages.extend(added);
+        }
+        drop(st);
+        self.ended.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        let mut st = self.session.state();
+        if !self.ended.load(Ordering::SeqCst) {
+            st.kv_bytes = if st.cache.ids().is_empty() { 0 } else { self.held_kv };
+        }
+        st.busy = false;
+        st.last_used = Instant::now();
     }
 }
 
@@ -288,12 +332,13 @@ mod tests {
     #[test]
     fn one_turn_at_a_time_and_rewind_drops_whole_turns() {
         let (_, one) = sessions_with_one();
-        one.begin_turn().unwrap();
-        assert_eq!(one.begin_turn(), Err(SessionError::Busy(one.id)));
+        let turn = one.begin_turn().unwrap();
+        assert_eq!(one.begin_turn().err(), Some(SessionError::Busy(one.id)));
         assert_eq!(one.rewind(0), Err(SessionError::Busy(one.id)));
+        drop(turn);
         {
             let mut st = one.state();
-            st.busy = false;
+            assert!(!st.busy, "a turn that ends however it ends leaves the session free");
             for (i, turn) in [["a", "b"], ["c", "d"], ["e", "f"]].iter().enumerate() {
                 let start = st.messages.len();
                 st.turns.push(start);
@@ -313,6 +358,26 @@ mod tests {
     }
 
     #[test]
+    fn a_turn_that_never_ran_gives_the_session_back_its_kv_count() {
+        let (_, one) = sessions_with_one();
+        one.state().cache = Resumable::detached(vec![1, 2, 3]);
+        one.state().kv_bytes = 300;
+        let mut turn = one.begin_turn().unwrap();
+        turn.take_kv();
+        assert_eq!(one.state().kv_bytes, 0, "counted in the request's reservation meanwhile");
+        drop(turn);
+        let st = one.state();
+        assert_eq!((st.kv_bytes, st.busy), (300, false));
+        drop(st);
+        // a turn whose run lost the cache (failed, panicked) leaves nothing counted
+        let mut turn = one.begin_turn().unwrap();
+        turn.take_kv();
+        one.state().cache = Resumable::default();
+        drop(turn);
+        assert_eq!(one.state().kv_bytes, 0);
+    }
+
+    #[test]
     fn idle_sessions_expire_and_give_up_their_kv_least_recently_used_first() {
         let s = Sessions::default();
         let a = s.open(":1.1", "m", Duration::ZERO, 4).unwrap();
@@ -323,7 +388,7 @@ mod tests {
         assert_eq!(s.expired(), vec![a.id]);
         assert_eq!(s.kv_bytes("m"), 30);
         assert_eq!(s.idle_kv().iter().map(|x| x.0).collect::<Vec<_>>(), vec![b.id, a.id]);
-        a.begin_turn().unwrap();
+        let _turn = a.begin_turn().unwrap();
         assert_eq!(s.drop_kv(a.id), 0, "a busy session keeps its cache");
         assert_eq!(s.drop_kv(b.id), 20);
         assert_eq!(s.kv_bytes("m"), 10);

@@ -14,6 +14,8 @@ pub struct Daemon {
     pub address: String,
     pub bus: Child,
     pub llamad: Option<Child>,
+    /// Environment variables llamad is started with (besides the test's own).
+    pub env: Vec<(String, String)>,
 }
 
 /// Models offered by every test daemon: name → fixture directory.
@@ -40,6 +42,11 @@ impl Daemon {
 
     /// As [`Daemon::start`], offering `extra_models` (name, directory) besides [`MODELS`].
     pub async fn start_with(extra_config: &str, extra_models: &[(&str, &Path)]) -> Daemon {
+        Daemon::start_env(extra_config, extra_models, &[]).await
+    }
+
+    /// As [`Daemon::start_with`], llamad having `env` in its environment.
+    pub async fn start_env(extra_config: &str, extra_models: &[(&str, &Path)], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("bus");
         let conf = dir.path().join("bus.conf");
@@ -90,7 +97,8 @@ impl Daemon {
         )
         .unwrap();
         let address = format!("unix:path={}", socket.display());
-        let mut d = Daemon { dir, address, bus, llamad: None };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut d = Daemon { dir, address, bus, llamad: None, env };
         d.spawn_llamad(&config).await;
         d
     }
@@ -119,6 +127,7 @@ impl Daemon {
             .args(["serve", "--address", &self.address, "--config"])
             .arg(config)
             .env("LLAMAD_LOG", "info,ort=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

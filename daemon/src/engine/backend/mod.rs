@@ -73,6 +73,9 @@ pub struct LoadOptions {
     /// ONNX Runtime, shared-buffer graphs: concurrent sequences' one-token steps run as one
     /// forward pass (`onnxruntime/batch.rs`).
     pub batch_decode: bool,
+    /// The most prompt tokens one forward pass feeds: a longer prompt is computed in chunks,
+    /// so its transient memory is bounded and a run can be cancelled or yield between them.
+    pub prefill_chunk: usize,
 }
 
 impl Default for LoadOptions {
@@ -85,9 +88,13 @@ impl Default for LoadOptions {
             huge_pages: false,
             private_files: true,
             batch_decode: true,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
         }
     }
 }
+
+/// Prompt tokens per forward pass unless configured (`scheduler.prefill_chunk`).
+pub const DEFAULT_PREFILL_CHUNK: usize = 256;
 
 /// What actually serves a loaded model.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]

@@ -13,7 +13,8 @@
 //! Coordination ([`Batcher`]): a sequence asking for a one-token step queues
 //! it; if no step is being collected or run, it leads: it waits up to
 //! [`COLLECT`] for every other row's sequence to queue its step, runs them all,
-//! and hands each its logits. One sequence alone never waits.
+//! and hands each its logits. One sequence alone never waits. A panic in the
+//! pass is caught: every row's step fails, and the next step leads anew.
 //!
 //! A sequence joins the arena on its first one-token step while another
 //! sequence of the model is alive (its KV cache is copied in, the arena is
@@ -250,7 +251,15 @@ impl OrtModel {
             let mut steps = std::mem::take(&mut state.queued);
             drop(state);
             let collected = Instant::now();
-            let result = self.run_batch(&mut steps);
+            // A panic in the pass fails every row's step (each request ends with an error)
+            // instead of leaving `leading` set with the others waiting for ever.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::faults::hit("batch-step");
+                self.run_batch(&mut steps)
+            }))
+            .unwrap_or_else(|p| {
+                Err(run_err(format!("the batched step panicked: {}", crate::faults::panic_message(&*p))))
+            });
             state = b.state.lock().unwrap_or_else(|e| e.into_inner());
             state.counters.collecting += collected - began;
             state.counters.running += collected.elapsed();
