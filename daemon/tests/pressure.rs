@@ -123,7 +123,7 @@ async fn an_interactive_request_preempts_the_background_request_holding_its_memo
     std::fs::write(
         d.dir.path().join("llamad.toml"),
         format!(
-            "models_dir = \"{}\"\nbackend = \"tract\"\nthreads = 1\n{top}\n[memory]\nbudget = {budget}\nwhen_full = \"queue\"\n",
+            "models_dir = \"{}\"\nbackend = \"tract\"\nthreads = 1\n{top}\n[memory]\nbudget = {budget}\nreserve = 0\nwhen_full = \"queue\"\n",
             d.dir.path().join("models").display()
         ),
     )
@@ -179,7 +179,8 @@ fn rss_of(pid: u32) -> Option<u64> {
 /// budget (before: 9.3 GiB and 52-59 s).
 #[tokio::test(flavor = "multi_thread")]
 async fn huge_prompts_are_refused_untokenized_within_the_budget() {
-    let d = Daemon::start("[memory]\nbudget = \"1GiB\"\n").await;
+    // reserve 0: the test also runs against code that took the reserve off explicit budgets
+    let d = Daemon::start("[memory]\nbudget = \"1GiB\"\nreserve = 0\n").await;
     let (_conn, proxy) = d.proxy().await;
     proxy.load_model("tiny", HashMap::new()).await.unwrap();
     let prompt = "lorem ipsum dolor sit amet ".repeat((20 << 20) / 27 + 1);
@@ -414,4 +415,23 @@ async fn a_request_for_a_loaded_model_does_not_wait_behind_another_load() {
     let load = loading.await.unwrap();
     eprintln!("request served in {served:?} while the other model loaded for {load:?}");
     assert!(served + Duration::from_millis(200) < load, "served in {served:?}, the load took {load:?}");
+}
+
+/// A model can generate U+0000 (Llama's byte token `<0x00>`), which no D-Bus string may
+/// hold: sent as is, the bus disconnected the daemon and every client lost it (found by the
+/// chaos suite). Here a regular expression makes the tiny model generate it: the client
+/// gets U+FFFD in its place, and the daemon serves on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_generated_nul_character_does_not_cost_the_daemon_its_bus_connection() {
+    let d = Daemon::start("").await;
+    let (conn, proxy) = d.proxy().await;
+    let mut signals = manager_signals(&conn).await;
+    let mut o = opts(8, None);
+    o.insert("regex", Value::from("\\x00ok"));
+    let id = proxy.generate("tiny", PROMPT, o).await.unwrap();
+    let (text, stats, _) = collect(&mut signals, id).await;
+    assert_eq!(stats.finish_reason, "eos", "{stats:?}");
+    assert_eq!(text, "\u{FFFD}ok");
+    let id = proxy.generate("tiny", PROMPT, opts(4, None)).await.expect("the daemon is still on the bus");
+    assert_eq!(collect(&mut signals, id).await.1.finish_reason, "length");
 }

@@ -63,7 +63,9 @@ pub async fn run(config: Config, bus: Bus) -> anyhow::Result<()> {
     let events = tokio::spawn(forward_events(conn.clone(), scheduler.clone(), rx));
     let s = scheduler.clone();
     let conn2 = conn.clone();
-    tokio::spawn(async move {
+    // Ends when the bus connection does (the bus closed it, or died): the daemon then stops
+    // with an error, for systemd to start it again, instead of serving no one.
+    let mut watch = tokio::spawn(async move {
         while let Some(signal) = owners.next().await {
             let Ok(args) = signal.args() else { continue };
             if args.new_owner().is_none() && args.name().starts_with(':') {
@@ -90,9 +92,14 @@ pub async fn run(config: Config, bus: Bus) -> anyhow::Result<()> {
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut lost = false;
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+        _ = &mut watch => {
+            tracing::error!("the bus connection was closed: stopping");
+            lost = true;
+        }
     }
     tracing::info!("stopping: cancelling running requests");
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
@@ -105,10 +112,20 @@ pub async fn run(config: Config, bus: Bus) -> anyhow::Result<()> {
     // Let the last Finished signals reach the bus.
     tokio::time::sleep(Duration::from_millis(100)).await;
     events.abort();
+    if lost {
+        anyhow::bail!("lost the connection to the bus");
+    }
     Ok(())
 }
 
 /// Worker events → signals (to the request's owner only) and property changes.
+/// Text as a D-Bus string may carry it: a model can generate U+0000 (Llama's byte token
+/// `<0x00>`), which no D-Bus string may hold; the bus disconnects a sender of one (every
+/// client of the daemon lost it: found by the chaos suite). It is sent as U+FFFD.
+fn wire_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') { text.replace('\0', "\u{FFFD}").into() } else { text.into() }
+}
+
 async fn forward_events(
     conn: zbus::Connection,
     scheduler: std::sync::Arc<Scheduler>,
@@ -128,14 +145,20 @@ async fn forward_events(
     while let Some(ev) = rx.recv().await {
         let result = match ev {
             Event::Token { id, owner, text } => match to(owner) {
-                Some(e) => Manager::token(&e, id, &text).await,
+                Some(e) => Manager::token(&e, id, &wire_text(&text)).await,
                 None => Ok(()),
             },
             Event::ToolCall { id, owner, call } => match to(owner) {
-                Some(e) => Manager::tool_call(&e, id, &call.id, &call.name, &call.arguments).await,
+                Some(e) => {
+                    let (name, arguments) = (wire_text(&call.name), wire_text(&call.arguments));
+                    Manager::tool_call(&e, id, &call.id, &name, &arguments).await
+                }
                 None => Ok(()),
             },
-            Event::Finished { id, owner, stats } => {
+            Event::Finished { id, owner, mut stats } => {
+                if let Some(error) = &mut stats.error {
+                    *error = wire_text(error).into_owned();
+                }
                 let r = match to(owner) {
                     Some(e) => Manager::finished(&e, id, *stats).await,
                     None => Ok(()),
@@ -170,5 +193,14 @@ async fn forward_events(
         if let Err(e) = result {
             tracing::debug!(error = %e, "signal not sent");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn text_with_nul_is_sent_with_a_replacement_character() {
+        assert_eq!(super::wire_text("a\0b"), "a\u{FFFD}b");
+        assert!(matches!(super::wire_text("plain"), std::borrow::Cow::Borrowed("plain")));
     }
 }
