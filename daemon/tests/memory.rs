@@ -83,9 +83,11 @@ async fn a_request_reserves_its_kv_cache_first() {
     let sizes = Sizes::probe_after(&["long"], &[("long", &long_dir)]).await;
     let e = estimate(&long_dir, false);
     let (short_n, long_n) = (tokens(&long_dir, PROMPT), tokens(&long_dir, &long));
-    let low = e.load_peak().max(e.resident() + e.request(short_n, short_n + 20, CHUNK));
-    let budget = sizes.budget_between("reservations", low, e.resident() + e.request(long_n, long_n + 4, CHUNK));
-    let d = Daemon::start_with(&with_budget("", budget), &[("long", &long_dir)]).await;
+    // the long prompt in one pass (prefill_chunk above it): its transients count in full
+    let one_pass = 4096;
+    let low = e.load_peak().max(e.resident() + e.request(short_n, short_n + 20, one_pass));
+    let budget = sizes.budget_between("reservations", low, e.resident() + e.request(long_n, long_n + 4, one_pass));
+    let d = Daemon::start_with(&with_budget("prefill_chunk = 4096", budget), &[("long", &long_dir)]).await;
     let (conn, proxy) = settled_proxy(&d).await;
     exercise(&conn, &proxy, &["long"]).await;
     let (_, stats, _) = stream(&conn, &proxy, "long", PROMPT, request_opts(1, 20)).await.unwrap();
@@ -201,7 +203,7 @@ async fn requests_that_do_not_fit_together_wait_or_are_refused_as_configured() {
     }
     for t in tasks {
         let (text, stats, _) = t.await.unwrap().expect("queued, not refused");
-        assert_eq!(stats.finish_reason, "length");
+        assert_eq!(stats.finish_reason, "length", "{stats:?}\n{}", d.log());
         assert_eq!(text, expected);
     }
     assert!(d.log().contains("waiting for memory"), "no request had to wait: {}", d.log());

@@ -95,6 +95,25 @@ pub fn configure_allocator() {
     }
 }
 
+/// Sets glibc's allocator so that what requests free goes back to the kernel: buffers of
+/// 1 MiB and more (logits of a prefill chunk, activations) are mapped on their own and
+/// unmapped when freed. glibc's default raises that threshold to the size of the last such
+/// buffer freed (up to 32 MiB), after which they come from a thread's arena, whose top
+/// `malloc_trim` does not give back: a 256-token chunk left 17 MiB resident for good
+/// (measured on the tiny fixture with a 4096-token context). Fixing the threshold turns the
+/// adjustment off; the cost is a map and an unmap per large buffer, against milliseconds of
+/// compute per forward pass.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only sets glibc's parameters; called before the workers start.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
+        }
+    }
+}
+
 /// Hands memory freed by unloaded models back to the kernel (glibc keeps freed heap
 /// pages otherwise, and the daemon's resident size would not come down).
 pub fn release_freed() {

@@ -77,7 +77,7 @@ impl Scheduler {
                 Err(_) => return,
             }
         };
-        self.refresh_baseline(loaded, self.running() == 0);
+        self.refresh_baseline(loaded, self.computing() == 0);
     }
 
     pub(super) fn baseline(&self) -> u64 {
@@ -117,7 +117,15 @@ impl Scheduler {
                     Some(Reservation::new(&l.holds, job.kv, &self.room));
                 Ok(true)
             }
-            Err(e) if loaded.values().all(|l| l.holds.kv() == 0) && self.load_lock.try_lock().is_ok() => Err(e),
+            // Nothing computing, reserved or loading will free anything (the baseline was just
+            // measured again, quiet): it never fits.
+            Err(e)
+                if self.computing() == 0
+                    && loaded.values().all(|l| l.holds.kv() == 0)
+                    && self.load_lock.try_lock().is_ok() =>
+            {
+                Err(e)
+            }
             Err(_) => Ok(false),
         }
     }
@@ -210,7 +218,9 @@ impl Scheduler {
             return Ok(vec![]);
         }
         if self.drop_session_kv(in_use, need) > 0 {
-            crate::memory::measure::release_freed();
+            // what the dropped caches really gave back can differ from what they were
+            // counted for: measure again
+            self.refresh_baseline_unless_loading(loaded, loading_here);
             in_use = self.used(loaded);
             if in_use + need <= budget {
                 return Ok(vec![]);

@@ -279,6 +279,7 @@ mod sessions;
 impl Scheduler {
     /// Starts `config.max_parallel` workers.
     pub fn start(config: Config, events: UnboundedSender<Event>) -> Arc<Scheduler> {
+        crate::memory::measure::tune_allocator();
         let s = Arc::new(Scheduler {
             loaded: Mutex::new(HashMap::new()),
             catalog: Mutex::new(HashMap::new()),
@@ -495,6 +496,12 @@ impl Scheduler {
     /// Requests running (a worker has them, paused ones included).
     pub fn running(&self) -> u32 {
         lock_requests(&self.requests).values().filter(|r| r.running).count() as u32
+    }
+
+    /// Requests computing now: running and not paused. A paused request's memory is counted
+    /// (its reservation) or given back (preempted).
+    pub(super) fn computing(&self) -> u32 {
+        lock_requests(&self.requests).values().filter(|r| r.running && !r.paused).count() as u32
     }
 
     /// Requests queued (no worker has them yet).

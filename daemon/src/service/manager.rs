@@ -191,12 +191,20 @@ impl Manager {
         prompt: Prompt,
         opts: HashMap<String, OwnedValue>,
     ) -> Result<u64, Error> {
-        let options::Request { mut params, keep_alive, priority } = options::request(&opts)?;
-        let prompt = with_tools(prompt, &mut params, &opts)?;
+        // formats and tools compile their grammars: off the runtime
+        let (options::Request { params, keep_alive, priority }, prompt) = blocking(move || {
+            let mut r = options::request(&opts)?;
+            let prompt = with_tools(prompt, &mut r.params, &opts)?;
+            Ok((r, prompt))
+        })
+        .await?;
         let who = identify(&self.identities, conn, &header).await?;
         let queued = match admit(&self.scheduler.config, &self.usage, &who, model, priority) {
             Ok((ticket, class)) => match prepare(&self.scheduler, model, prompt).await {
-                Ok((m, ids)) => self.scheduler.submit(&who, ticket, class, model, m, ids, params, keep_alive, None),
+                Ok((m, ids)) => {
+                    let (s, w, name) = (self.scheduler.clone(), who.clone(), model.to_string());
+                    blocking(move || s.submit(&w, ticket, class, &name, m, ids, params, keep_alive, None)).await
+                }
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
@@ -206,6 +214,15 @@ impl Manager {
         }
         queued
     }
+}
+
+/// Runs `f` on the blocking pool: what may take long or block (loads, grammar compilation,
+/// tokenizing, admission that may unload models, dropping large values) never runs on the
+/// async runtime, which serves the bus.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(e.to_string()))?
 }
 
 /// Loads `model` if needed (pinned: it stays loaded for the request), refuses a prompt
@@ -325,7 +342,11 @@ impl Manager {
         check_name(name)?;
         let who = identify(&self.identities, conn, &header).await?;
         let result = match self.check_admin(conn, &header, &who, name).await {
-            Ok(()) => self.scheduler.unload(name),
+            Ok(()) => {
+                // dropping a model frees (unmaps) its weights: off the runtime
+                let (s, n) = (self.scheduler.clone(), name.to_string());
+                blocking(move || s.unload(&n)).await
+            }
             Err(e) => Err(e),
         };
         audit_admin(&who, "unload-model", name, result.as_ref().err());
@@ -497,7 +518,7 @@ impl Manager {
     #[zbus(signal)]
     pub async fn model_loaded(emitter: &SignalEmitter<'_>, model: &str, reason: &str) -> zbus::Result<()>;
 
-    /// Broadcast: a model was unloaded (`reason`: request, idle, evicted, pressure).
+    /// Broadcast: a model was unloaded (`reason`: request, idle, evicted, pressure, fault).
     #[zbus(signal)]
     pub async fn model_unloaded(emitter: &SignalEmitter<'_>, model: &str, reason: &str) -> zbus::Result<()>;
 
@@ -521,9 +542,11 @@ impl Manager {
     }
 
     /// ONNX Runtime execution providers available in the loaded library (`cpu`, `qnn`, ...).
+    /// The first read may load the library and set the runtime up: off the async runtime.
     #[zbus(property)]
-    fn providers(&self) -> Vec<String> {
-        self.scheduler.providers()
+    async fn providers(&self) -> Vec<String> {
+        let s = self.scheduler.clone();
+        blocking(move || Ok(s.providers())).await.unwrap_or_default()
     }
 
     #[zbus(property)]

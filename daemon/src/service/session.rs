@@ -13,7 +13,7 @@ use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedValue;
 
-use super::manager::caller;
+use super::manager::{blocking, caller};
 use super::options;
 use crate::engine::Prompt;
 use crate::scheduler::{Scheduler, Turn};
@@ -46,7 +46,12 @@ impl SessionObject {
 
 /// Takes session `id` out of the registry and off the bus, and tells its owner why.
 pub async fn close(conn: &zbus::Connection, scheduler: &Scheduler, id: u64, owner: &str, reason: CloseReason) {
-    scheduler.sessions.remove(id);
+    if let Some(s) = scheduler.sessions.remove(id) {
+        // its KV cache is freed off the runtime
+        let cache = std::mem::take(&mut s.state().cache);
+        s.state().kv_bytes = 0;
+        tokio::task::spawn_blocking(move || drop(cache));
+    }
     let path = session_path(id);
     if let Ok(dest) = zbus::names::BusName::try_from(owner.to_string())
         && let Ok(emitter) = SignalEmitter::new(conn, path.clone())
@@ -73,11 +78,16 @@ impl SessionObject {
         if new.is_empty() {
             return Err(Error::InvalidArgs("messages: none".into()));
         }
-        let options::Request { mut params, keep_alive, priority } = options::request(&options)?;
         let mut conversation = session.state().messages.clone();
         conversation.extend(new.iter().cloned());
         crate::engine::chat::validate(&conversation).map_err(|e| Error::InvalidArgs(e.to_string()))?;
-        let prompt = super::manager::with_tools(Prompt::Chat(conversation), &mut params, &options)?;
+        // formats and tools compile their grammars: off the runtime
+        let (options::Request { params, keep_alive, priority }, prompt) = blocking(move || {
+            let mut r = options::request(&options)?;
+            let prompt = super::manager::with_tools(Prompt::Chat(conversation), &mut r.params, &options)?;
+            Ok((r, prompt))
+        })
+        .await?;
         let who = super::manager::identify(&self.identities, conn, &header).await?;
         let ticket = super::manager::admit(&self.scheduler.config, &self.usage, &who, &session.model, priority);
         if let Err(e) = &ticket {
@@ -90,7 +100,8 @@ impl SessionObject {
         let queued = match super::manager::prepare(&self.scheduler, &model, prompt).await {
             Ok((pinned, ids)) => {
                 let turn = Turn { guard, messages: new };
-                self.scheduler.submit(&who, ticket, class, &model, pinned, ids, params, keep_alive, Some(turn))
+                let (s, w) = (self.scheduler.clone(), who.clone());
+                blocking(move || s.submit(&w, ticket, class, &model, pinned, ids, params, keep_alive, Some(turn))).await
             }
             Err(e) => Err(e),
         };

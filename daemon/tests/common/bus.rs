@@ -70,11 +70,13 @@ impl Daemon {
             ),
         )
         .unwrap();
+        let bus_log = std::fs::File::create(dir.path().join("bus.log")).unwrap();
         let bus = Command::new("dbus-daemon")
             .arg(format!("--config-file={}", conf.display()))
             .arg("--nofork")
+            .arg("--nosyslog")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(bus_log)
             .spawn()
             .expect("dbus-daemon (Debian package dbus-daemon) must be installed: tests/run installs it");
         let deadline = Instant::now() + Duration::from_secs(10);
