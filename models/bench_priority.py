@@ -33,11 +33,9 @@ MANAGER = DBusAddress("/org/llamad/Llama1", bus_name="org.llamad.Llama1", interf
 def ttft(address, prompt, tokens):
     """Milliseconds from Generate to the first Token of this client's request, and its stats."""
     conn = open_dbus_connection(bus=address)
-    # Only the daemon's own signals: any client may send a signal with the manager's path and
-# interface to us, so the rule names the unique name that owns org.llamad.Llama1 now (the
-# bus and jeepney's filter both match on it).
-(daemon,) = Proxy(message_bus, conn).GetNameOwner("org.llamad.Llama1")
-rule = MatchRule(type="signal", sender=daemon, interface="org.llamad.Llama1.Manager", path="/org/llamad/Llama1")
+    # only the daemon's own signals (docs/dbus-api.md)
+    (daemon,) = Proxy(message_bus, conn).GetNameOwner("org.llamad.Llama1")
+    rule = MatchRule(type="signal", sender=daemon, interface="org.llamad.Llama1.Manager", path="/org/llamad/Llama1")
     Proxy(message_bus, conn).AddMatch(rule)
     options = {"max_tokens": ("u", tokens), "temperature": ("d", 0.0)}
     with conn.filter(rule, bufsize=100000) as signals:
