@@ -187,10 +187,13 @@ async fn follow(
     let started = Instant::now();
     loop {
         let left = BOUND.saturating_sub(started.elapsed());
-        let msg = tokio::time::timeout(left, signals.next())
-            .await
-            .unwrap_or_else(|_| panic!("request {id} did not end within {BOUND:?}"))?
-            .unwrap();
+        let Ok(msg) = tokio::time::timeout(left, signals.next()).await else {
+            let listed = proxy.list_requests().await;
+            let log = std::fs::read_to_string(std::env::var("CHAOS_LOG").unwrap_or_default()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!("request {id} did not end within {BOUND:?}: {listed:?}\n{}", tail.join("\n"))
+        };
+        let msg = msg?.unwrap();
         match msg.header().member().map(|m| m.as_str()) {
             Some("Token") => {
                 let (rid, piece): (u64, String) = msg.body().deserialize().unwrap();
@@ -413,6 +416,8 @@ async fn run_seed(seed: u64, seconds: u64) {
     let (fused, genai) = (fixture("tiny-gguf-fused"), fixture("tiny-llama2-genai-int4"));
     let extra = [("long", long.path()), ("fused", fused.as_path()), ("genai", genai.as_path())];
     let mut d = Daemon::start_with("", &extra).await;
+    // SAFETY: read by this test's own clients only (each test binary runs this one test)
+    unsafe { std::env::set_var("CHAOS_LOG", d.dir.path().join("llamad.log")) };
     configure(&mut d, &s, "").await;
     // warm up: each model loaded, run alone (the greedy references), unloaded
     let (conn, proxy) = d.proxy().await;

@@ -5,7 +5,8 @@
 //!   holds preempts it (both end; the background text is what it is alone);
 //! - huge prompts are refused before anything tokenizes them, quickly, with
 //!   resident memory inside the budget;
-//! - llamactl ignores signals forged by another client;
+//! - llamactl, the Python example and the Rust proxy ignore signals forged by another
+//!   client;
 //! - a request cancelled while queued computes nothing;
 //! - a panic in a request's work (injected with `LLAMAD_FAULTS`) ends that
 //!   request with `GenerationFailed`, leaves no reservation, pin, entry or busy
@@ -230,36 +231,17 @@ async fn huge_prompts_are_refused_untokenized_within_the_budget() {
     assert_eq!(collect(&mut s, id).await.1.finish_reason, "length");
 }
 
-/// While `llamactl run` streams, another client sends it `Token` and `Finished` signals
-/// with the manager's path and interface: llamactl prints only the daemon's text and ends
-/// at the daemon's `Finished`.
-#[tokio::test(flavor = "multi_thread")]
-async fn llamactl_ignores_signals_forged_by_another_client() {
-    let long = with_context(TINY, 4096);
-    let d = Daemon::start_with("", &[("long", long.path())]).await;
-    let (conn, proxy) = d.proxy().await;
-    let alone = {
-        let out =
-            d.llamactl().args(["run", "long", PROMPT, "--max-tokens", "1500", "--temperature", "0"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let child = d
-        .llamactl()
-        .args(["run", "long", PROMPT, "--max-tokens", "1500", "--temperature", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // its request and its unique name, from ListRequests
+/// Sends the streaming client of the only listed request forged `Token` and `Finished`
+/// signals (the manager's path and interface, from another connection).
+async fn forge(conn: &zbus::Connection, proxy: &ManagerProxy<'_>) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let (id, client) = loop {
-        if let Some(r) = requests(&proxy).await.first() {
+        if let Some(r) = requests(proxy).await.first() {
             let id = u64::try_from(field(r, "id").unwrap()).unwrap();
             let client = <&str>::try_from(field(r, "client").unwrap()).unwrap().to_string();
             break (id, client);
         }
-        assert!(Instant::now() < deadline, "llamactl's request never showed");
+        assert!(Instant::now() < deadline, "the client's request never showed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     for _ in 0..20 {
@@ -269,11 +251,60 @@ async fn llamactl_ignores_signals_forged_by_another_client() {
     }
     let stats = llamad_api::FinishStats { finish_reason: "eos".into(), ..Default::default() };
     conn.emit_signal(Some(client.as_str()), MANAGER_PATH, MANAGER_INTERFACE, "Finished", &(id, stats)).await.unwrap();
+}
+
+/// While `llamactl run` and the Python example client stream, another client sends them
+/// `Token` and `Finished` signals with the manager's path and interface: each prints only
+/// the daemon's text and ends at the daemon's `Finished`. The Rust proxy's streams too.
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_ignore_signals_forged_by_another_client() {
+    let long = with_context(TINY, 4096);
+    let d = Daemon::start_with("", &[("long", long.path())]).await;
+    let (conn, proxy) = d.proxy().await;
+    let args = ["run", "long", PROMPT, "--max-tokens", "1500", "--temperature", "0"];
+    let alone = {
+        let out = d.llamactl().args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let child = d.llamactl().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    forge(&conn, &proxy).await;
     let out = child.wait_with_output().unwrap();
     let printed = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!printed.contains("FORGED"), "llamactl printed a forged token");
     assert_eq!(printed, alone, "llamactl stopped at a forged Finished or lost text");
+
+    // the Python example (jeepney), sampling with a seed
+    let python = || {
+        let mut c = std::process::Command::new("/usr/bin/python3");
+        c.arg(common::bus::python_client())
+            .args([&d.address, "long", PROMPT, "3", "1500"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let alone: serde_json::Value = serde_json::from_slice(&python().output().unwrap().stdout).unwrap();
+    let child = python().spawn().unwrap();
+    forge(&conn, &proxy).await;
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["text"], alone["text"], "the Python client took a forged token or Finished");
+    assert_eq!(got["finish_reason"], "length");
+
+    // the Rust proxy's signal stream (zbus matches the owner of the proxy's destination)
+    let mut tokens = proxy.receive_token().await.unwrap();
+    let forger = d.connect().await;
+    let me = conn.unique_name().unwrap().to_string();
+    forger.emit_signal(Some(me.as_str()), MANAGER_PATH, MANAGER_INTERFACE, "Token", &(0u64, "FORGED")).await.unwrap();
+    let id = proxy.generate("tiny", PROMPT, opts(4, None)).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(30), futures_util::StreamExt::next(&mut tokens))
+        .await
+        .unwrap()
+        .unwrap();
+    let a = first.args().unwrap();
+    assert_eq!((a.request, a.text == "FORGED"), (id, false), "the proxy's stream took a forged token");
 }
 
 /// With one worker busy, a queued request with a long prompt is cancelled: it ends

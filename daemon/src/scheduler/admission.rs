@@ -66,6 +66,19 @@ impl Scheduler {
         }
     }
 
+    /// Measures the daemon's own memory again (as [`Scheduler::refresh_baseline`]) and keeps
+    /// it only if it is lower than the baseline. Only while nothing computes: a running
+    /// request may not have allocated all it reserved yet, which would read as less.
+    fn lower_baseline(&self, loaded: &HashMap<String, Loaded>) {
+        if self.reading.load(Ordering::SeqCst) > 0 || self.computing() > 0 {
+            return;
+        }
+        measure::release_freed();
+        let models: u64 =
+            loaded.values().map(|l| l.measured.total + l.holds.kv()).sum::<u64>() + self.sessions_kv(loaded);
+        self.baseline.fetch_min(measure::resident().saturating_sub(models), Ordering::Relaxed);
+    }
+
     /// [`Scheduler::refresh_baseline`] unless a load other than the caller's own (when
     /// `loading_here`) is in progress; quiet when no request runs either.
     pub(super) fn refresh_baseline_unless_loading(&self, loaded: &HashMap<String, Loaded>, loading_here: bool) {
@@ -87,8 +100,14 @@ impl Scheduler {
     /// A request taken by a worker reserves its KV cache here if it could not at submission:
     /// it waits, holding nothing, until it can, is cancelled, or never can.
     pub(super) fn reserve_when_room(&self, job: &Job) -> Result<(), Error> {
-        if job.reservation.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+        if job.reservation.lock().unwrap_or_else(|e| e.into_inner()).is_some() || self.try_reserve(job)? {
             return Ok(());
+        }
+        if self.config.memory.when_full == crate::config::WhenFull::Refuse {
+            let what = format!("the KV cache of request {}", job.id);
+            let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            // refused with the numbers, unless it fits after all (then reserved below)
+            self.make_room(&mut loaded, job.kv, &what, false)?;
         }
         tracing::info!(request = job.id, kv = %mib(job.kv), "waiting for memory to reserve the KV cache");
         // paused background requests give their KV caches back meanwhile
@@ -218,9 +237,9 @@ impl Scheduler {
             return Ok(vec![]);
         }
         if self.drop_session_kv(in_use, need) > 0 {
-            // what the dropped caches really gave back can differ from what they were
-            // counted for: measure again
-            self.refresh_baseline_unless_loading(loaded, loading_here);
+            // the dropped caches may have given back more than they were counted for (what
+            // a finished request left with them): measured again, the baseline may go down
+            self.lower_baseline(loaded);
             in_use = self.used(loaded);
             if in_use + need <= budget {
                 return Ok(vec![]);

@@ -132,9 +132,8 @@ struct Job {
     prompt_ids: Vec<u32>,
     params: SamplingParams,
     cancel: Arc<AtomicBool>,
-    /// Bytes of KV cache the request needs, and their reservation once held (queued requests
-    /// that did not fit at submission reserve when a worker takes them; a preempted one
-    /// gives it back while it waits).
+    /// Bytes of KV cache the request needs, and their reservation once held: taken when a
+    /// worker starts the request (a queued one holds nothing), given back while preempted.
     kv: u64,
     reservation: Mutex<Option<Reservation>>,
     class: Priority,
@@ -362,7 +361,7 @@ impl Scheduler {
         if let Some(t) = &mut turn {
             t.guard.take_kv();
         }
-        let (kv, reservation) = {
+        let (kv, ready) = {
             let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
             let (kv, resident) = loaded
                 .get(model_name)
@@ -372,14 +371,16 @@ impl Scheduler {
                 })
                 .unwrap_or((0, 0));
             let what = format!("the KV cache of this request ({tokens} tokens: prompt + max_tokens)");
-            let reservation = match self.make_room(&mut loaded, kv, &what, false) {
-                Ok(_) => loaded.get(model_name).map(|l| Reservation::new(&l.holds, kv, &self.room)),
-                // It fits once other work is done: wait in the queue, holding nothing.
+            // Admission only: a queued request holds nothing (its reservation is taken when a
+            // worker starts it), so that memory is never held by work that cannot run.
+            let ready = match self.make_room(&mut loaded, kv, &what, false) {
+                Ok(_) => true,
+                // It fits once other work is done: wait in the queue.
                 Err(_)
                     if self.config.memory.when_full == WhenFull::Queue
                         && self.baseline() + resident + kv <= self.budget.effective =>
                 {
-                    None
+                    false
                 }
                 Err(e) => return Err(e),
             };
@@ -388,9 +389,8 @@ impl Scheduler {
             {
                 l.keep_alive = keep_alive(k);
             }
-            (kv, reservation)
+            (kv, ready)
         };
-        let ready = reservation.is_some();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = Arc::new(AtomicBool::new(false));
         let owner = caller.name.as_str();
@@ -419,7 +419,7 @@ impl Scheduler {
             params,
             cancel,
             kv,
-            reservation: Mutex::new(reservation),
+            reservation: Mutex::new(None),
             class,
             listed: Listed { requests: self.requests.clone(), id },
         };
@@ -686,6 +686,16 @@ impl Yielder<'_> {
     fn reservation(&self) -> MutexGuard<'_, Option<Reservation>> {
         self.job.reservation.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Gives the request's KV cache back: its sequence (computed again when it goes on) and
+    /// its reservation.
+    fn preempt(&self, seq: &mut Option<Box<dyn crate::engine::backend::Sequence>>, why: &str) {
+        let Some(r) = self.reservation().take() else { return };
+        tracing::info!(request = self.job.id, kv = %mib(r.bytes()), why, "preempted: KV cache given back");
+        *seq = None;
+        crate::memory::measure::release_freed();
+        drop(r);
+    }
 }
 
 impl crate::engine::Yield for Yielder<'_> {
@@ -701,16 +711,18 @@ impl crate::engine::Yield for Yielder<'_> {
             if self.job.cancel.load(Ordering::Relaxed) {
                 break Ok(());
             }
-            if s.wanting_room.load(Ordering::SeqCst) > 0 && self.reservation().is_some() {
-                let freed = self.reservation().as_ref().map_or(0, Reservation::bytes);
-                tracing::info!(request = self.job.id, kv = %mib(freed),
-                    "preempted: KV cache given back while interactive work waits for memory");
-                *seq = None;
-                crate::memory::measure::release_freed();
-                *self.reservation() = None;
+            if s.wanting_room.load(Ordering::SeqCst) > 0 {
+                self.preempt(seq, "interactive work waits for memory");
             }
             match s.queue.yield_for(PAUSE_TICK) {
-                queue::Yielded::Run(job, lease) => s.process(job, lease),
+                queue::Yielded::Run(job, lease) => {
+                    // Run here: if it cannot reserve while this request holds its KV cache,
+                    // this one gives it back first (it must not wait on itself).
+                    if matches!(s.try_reserve(&job), Ok(false)) {
+                        self.preempt(seq, "the interactive request it runs needs the memory");
+                    }
+                    s.process(job, lease)
+                }
                 queue::Yielded::Waiting => {}
                 queue::Yielded::Done if self.reservation().is_some() => break Ok(()),
                 // No interactive work left: reserve again to go on (waiting holding nothing).
