@@ -66,11 +66,18 @@ impl Scheduler {
         }
     }
 
+    /// Nothing computes and no reservation is held: what is resident is the daemon's own
+    /// memory, the models' and the caches' (a reservation may not be allocated yet, and would
+    /// read as the daemon's own memory being less).
+    fn settled(&self, loaded: &HashMap<String, Loaded>) -> bool {
+        self.computing() == 0 && loaded.values().all(|l| l.holds.kv() == 0)
+    }
+
     /// Measures the daemon's own memory again (as [`Scheduler::refresh_baseline`]) and keeps
     /// it only if it is lower than the baseline. Only while nothing computes: a running
     /// request may not have allocated all it reserved yet, which would read as less.
     fn lower_baseline(&self, loaded: &HashMap<String, Loaded>) {
-        if self.reading.load(Ordering::SeqCst) > 0 || self.computing() > 0 {
+        if self.reading.load(Ordering::SeqCst) > 0 || !self.settled(loaded) {
             return;
         }
         measure::release_freed();
@@ -90,7 +97,7 @@ impl Scheduler {
                 Err(_) => return,
             }
         };
-        self.refresh_baseline(loaded, self.computing() == 0);
+        self.refresh_baseline(loaded, self.settled(loaded));
     }
 
     pub(super) fn baseline(&self) -> u64 {
