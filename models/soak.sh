@@ -22,7 +22,7 @@ log="${TMPDIR:-/tmp}/llamad-soak.log"
 cargo build --workspace --all-targets -q
 status=0
 CHAOS_SEEDS=$seeds CHAOS_SECONDS=$per cargo test -q -p llamad --test chaos -- --nocapture > "$log" 2>&1 || status=$?
-grep '^chaos:' "$log" || true
+grep '^chaos: seed' "$log" || true
 [ $status -eq 0 ] || { tail -40 "$log"; echo "soak: FAILED (full log: $log)"; }
-echo "soak: $(grep -c '^chaos:' "$log") seeds of ${per} s passed; log: $log"
+echo "soak: $(grep -c '^chaos: seed' "$log") seeds of ${per} s passed; log: $log"
 exit $status
