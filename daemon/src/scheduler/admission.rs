@@ -53,12 +53,7 @@ impl Scheduler {
         if self.reading.load(Ordering::SeqCst) > 0 {
             return;
         }
-        measure::release_freed();
-        // The models, the requests' reservations, and the KV caches sessions and the prompt
-        // cache hold: none of them is the daemon's own memory.
-        let models: u64 =
-            loaded.values().map(|l| l.measured.total + l.holds.kv()).sum::<u64>() + self.sessions_kv(loaded);
-        let now = measure::resident().saturating_sub(models);
+        let now = self.own_memory_now(loaded);
         if quiet {
             self.baseline.store(now, Ordering::Relaxed);
         } else {
@@ -80,10 +75,23 @@ impl Scheduler {
         if self.reading.load(Ordering::SeqCst) > 0 || !self.settled(loaded) {
             return;
         }
+        self.baseline.fetch_min(self.own_memory_now(loaded), Ordering::Relaxed);
+    }
+
+    /// What is resident now, less the models, the requests' reservations and the KV caches
+    /// sessions and the prompt cache hold (none of them is the daemon's own memory), after
+    /// returning freed heap pages.
+    fn own_memory_now(&self, loaded: &HashMap<String, Loaded>) -> u64 {
         measure::release_freed();
         let models: u64 =
             loaded.values().map(|l| l.measured.total + l.holds.kv()).sum::<u64>() + self.sessions_kv(loaded);
-        self.baseline.fetch_min(measure::resident().saturating_sub(models), Ordering::Relaxed);
+        measure::resident().saturating_sub(models)
+    }
+
+    /// Waits until a pin or a reservation is given back, or 100 ms.
+    pub(super) fn wait_for_room(&self) {
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        drop(self.room.wait_timeout(loaded, std::time::Duration::from_millis(100)));
     }
 
     /// [`Scheduler::refresh_baseline`] unless a load other than the caller's own (when
@@ -104,8 +112,9 @@ impl Scheduler {
         self.baseline.load(Ordering::Relaxed)
     }
 
-    /// A request taken by a worker reserves its KV cache here if it could not at submission:
-    /// it waits, holding nothing, until it can, is cancelled, or never can.
+    /// A request taken by a worker reserves its KV cache here: at once if it fits, otherwise
+    /// (unless `when_full` is `refuse`) waiting, holding nothing, until it can, is cancelled,
+    /// or never can.
     pub(super) fn reserve_when_room(&self, job: &Job) -> Result<(), Error> {
         if job.reservation.lock().unwrap_or_else(|e| e.into_inner()).is_some() || self.try_reserve(job)? {
             return Ok(());
@@ -124,8 +133,7 @@ impl Scheduler {
             if job.cancel.load(Ordering::Relaxed) || self.try_reserve(job)? {
                 return Ok(());
             }
-            let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-            drop(self.room.wait_timeout(loaded, std::time::Duration::from_millis(100)));
+            self.wait_for_room();
         }
     }
 
@@ -145,13 +153,7 @@ impl Scheduler {
             }
             // Nothing computing, reserved or loading will free anything (the baseline was just
             // measured again, quiet): it never fits.
-            Err(e)
-                if self.computing() == 0
-                    && loaded.values().all(|l| l.holds.kv() == 0)
-                    && self.load_lock.try_lock().is_ok() =>
-            {
-                Err(e)
-            }
+            Err(e) if self.settled(&loaded) && self.load_lock.try_lock().is_ok() => Err(e),
             Err(_) => Ok(false),
         }
     }

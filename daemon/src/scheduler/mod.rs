@@ -728,7 +728,7 @@ impl crate::engine::Yield for Yielder<'_> {
                 // No interactive work left: reserve again to go on (waiting holding nothing).
                 queue::Yielded::Done => match s.try_reserve(self.job) {
                     Ok(true) => break Ok(()),
-                    Ok(false) => {}
+                    Ok(false) => s.wait_for_room(),
                     Err(e) => break Err(GenerateError::NoRoom(e.description().unwrap_or_default().to_string())),
                 },
             }
