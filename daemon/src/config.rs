@@ -23,10 +23,11 @@ pub struct Config {
     pub backend: Option<BackendKind>,
     /// Compute threads per model; 0 = one per core.
     pub threads: usize,
-    /// Requests waiting for a worker beyond which new ones get `Busy`.
+    /// Requests waiting to start (on all models) beyond which new ones get `Busy`.
     pub max_queue: usize,
-    /// Requests computed at the same time. On ONNX Runtime's shared-buffer graphs those on one
-    /// model decode in one forward pass (`onnxruntime.batch_decode`): 4 at once give about 2×
+    /// Requests computed at the same time on one model (its engine loop's rows; paused
+    /// background rows are not counted). On ONNX Runtime's shared-buffer graphs their decoding
+    /// steps run as one forward pass (`onnxruntime.batch_decode`): 4 at once give about 2×
     /// the tokens/s of one (docs/benchmarks.md); elsewhere they take turns.
     pub max_parallel: usize,
     /// Upper bound on a request's `max_tokens`.
@@ -133,8 +134,8 @@ pub struct OnnxRuntime {
     pub library: Option<PathBuf>,
     /// Execution providers in order of preference.
     pub providers: Vec<ProviderConfig>,
-    /// Concurrent requests on one model decode in one forward pass (graphs with a shared KV
-    /// buffer); only matters with `max_parallel` above 1.
+    /// The decoding steps of a model's running requests run as one forward pass (graphs with
+    /// a shared KV buffer); only matters with `max_parallel` above 1.
     pub batch_decode: bool,
 }
 

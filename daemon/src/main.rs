@@ -116,8 +116,9 @@ struct GenerateArgs {
     /// The output follows the grammar in FILE (llguidance's Lark syntax).
     #[arg(long, value_name = "FILE", value_parser = read_file)]
     lark: Option<String>,
-    /// Run N copies of the request at once, on threads (as the daemon's workers do), and print
-    /// their aggregate speed instead of the text (a benchmark of batched decoding).
+    /// Run N copies of the request at once (as the daemon's engine loop runs a model's
+    /// requests), and print their aggregate speed instead of the text (a benchmark of
+    /// batched decoding).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     parallel: u32,
     /// With --parallel: the sequences take turns instead of decoding in batches.
@@ -133,19 +134,25 @@ fn generate_parallel(
     n: usize,
     json: bool,
 ) -> Result<(), String> {
-    let start = std::sync::Barrier::new(n);
+    // driven as the daemon's engine loop drives a model's requests: one prefill chunk and
+    // one decoding step of the others (batched) a tick
     let t0 = std::time::Instant::now();
-    let results: Vec<Result<llamad::engine::Output, String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..n)
-            .map(|_| {
-                scope.spawn(|| {
-                    start.wait();
-                    model.generate(prompt, params, &AtomicBool::new(false), |_| {}).map_err(|e| e.to_string())
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a request panicked".into()))).collect()
-    });
+    let mut runs = (0..n)
+        .map(|_| llamad::engine::Run::start(model, &mut Default::default(), prompt, params))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    while runs.iter().any(|r| !r.done()) {
+        if let Some(r) = runs.iter_mut().find(|r| r.needs_prefill()) {
+            r.prefill_chunk().map_err(|e| e.to_string())?;
+        }
+        let mut decoding: Vec<&mut llamad::engine::Run> =
+            runs.iter_mut().filter(|r| !r.done() && !r.needs_prefill()).collect();
+        for r in llamad::engine::Run::step_together(&mut decoding) {
+            r.map_err(|e| e.to_string())?;
+        }
+    }
+    let results: Vec<Result<llamad::engine::Output, String>> =
+        runs.iter_mut().map(|r| r.finish(None).map_err(|e| e.to_string())).collect();
     let wall = t0.elapsed().as_secs_f64();
     let outputs = results.into_iter().collect::<Result<Vec<_>, _>>()?;
     let generated: usize = outputs.iter().map(|o| o.stats.generated_tokens).sum();
@@ -159,18 +166,17 @@ fn generate_parallel(
             "parallel": n, "generated_tokens": generated, "wall_s": wall, "aggregate_tokens_per_s": aggregate,
             "decode_tokens_per_s": decode, "batch_steps": c.steps, "batch_rows": c.rows,
             "batch_placeholders": c.placeholders,
-            "batch_run_s": c.running.as_secs_f64(), "batch_collect_s": c.collecting.as_secs_f64(), "peak_rss_kib": peak_rss_kib().unwrap_or(0),
+            "batch_run_s": c.running.as_secs_f64(), "peak_rss_kib": peak_rss_kib().unwrap_or(0),
         });
         eprintln!("{v}");
     } else {
         eprintln!(
             "{n} at once: {generated} tokens in {wall:.2} s, {aggregate:.1} tok/s in all | each decodes {:.1}-{:.1} tok/s | \
-             {} batched passes, {rows:.2} rows a pass, {:.2} ms each, {:.3} ms collecting",
+             {} batched passes, {rows:.2} rows a pass, {:.2} ms each",
             decode[0],
             decode[decode.len() - 1],
             c.steps,
             c.running.as_secs_f64() * 1e3 / c.steps.max(1) as f64,
-            c.collecting.as_secs_f64() * 1e3 / c.steps.max(1) as f64,
         );
     }
     Ok(())

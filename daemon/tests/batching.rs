@@ -1,15 +1,28 @@
-//! Batched decoding on ONNX Runtime's shared-buffer graphs: concurrent sequences of
-//! one model step together in one forward pass and compute what each computes
-//! alone, through joining, placeholder rows, growth, truncation, leaving and
-//! rejoining; and concurrent requests through `Model::generate` give the output
-//! each gives alone.
+//! Batched decoding on ONNX Runtime's shared-buffer graphs: sequences of one
+//! model stepped together (`LoadedModel::step_batch`) run in one forward pass
+//! and compute what each computes alone, through joining, placeholder rows,
+//! growth, truncation, leaving and rejoining; and runs driven together as the
+//! engine loop drives them (a prefill chunk and a batched step a tick,
+//! preemption included) give the output each gives alone.
 
 mod common;
 use common::*;
-use llamad::engine::backend::Sequence;
-use llamad::engine::{BackendKind, LoadOptions, Model, Prompt, SamplingParams};
+use llamad::engine::backend::{BatchStep, Sequence};
+use llamad::engine::{BackendKind, LoadOptions, Model, Prompt, Resumable, Run, SamplingParams};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Barrier};
+
+/// One batched step of `seqs[i]` for each `(i, token)` of `steps`.
+fn step(m: &Model, seqs: &mut [Box<dyn Sequence>], logits: &mut [Vec<f32>], steps: &[(usize, u32)]) {
+    let mut batch: Vec<BatchStep<'_>> = vec![];
+    for ((i, seq), l) in seqs.iter_mut().enumerate().zip(logits.iter_mut()) {
+        if let Some(&(_, token)) = steps.iter().find(|s| s.0 == i) {
+            batch.push(BatchStep { seq: &mut **seq, token, logits: l });
+        }
+    }
+    for r in m.backend.step_batch(&mut batch) {
+        r.unwrap();
+    }
+}
 
 fn load_with(batch_decode: bool) -> Model {
     let opts = LoadOptions { batch_decode, ..opts(BackendKind::Onnxruntime) };
@@ -28,9 +41,9 @@ fn prompt(len: usize, salt: u32) -> Vec<u32> {
 /// to about ±10.
 const ROW_TOLERANCE: f32 = 1e-3;
 
-/// One thread, three sequences stepping in turn: each step leads a batch in which the others
-/// are placeholder rows. Covers joining, growth past the first capacity (256), truncation
-/// inside the batch, a multi-token feed (leaving, then rejoining) and a row dropped midway.
+/// Three sequences, two of which step in each pass (the third a placeholder row). Covers
+/// joining, growth past the first capacity (256), truncation inside the batch, a multi-token
+/// feed (leaving, then rejoining) and a row dropped midway.
 #[test]
 fn rows_of_a_batch_compute_what_each_sequence_computes_alone() {
     let batched = load_with(true);
@@ -58,16 +71,18 @@ fn rows_of_a_batch_compute_what_each_sequence_computes_alone() {
         assert!(d < ROW_TOLERANCE, "sequence {i} {what}: |Δ| {d}");
         worst = worst.max(d);
     };
-    for step in 0..60u32 {
-        for i in 0..3 {
-            if i == 2 && step >= 30 {
-                continue; // dropped below
-            }
-            let t = 259 + (step * 13 + i as u32 * 5) % 250;
-            b[i].forward(&[t], &mut lb[i]).unwrap();
+    for n in 0..60u32 {
+        let rows = if n < 30 { 3 } else { 2 }; // the third is dropped below
+        let steps: Vec<(usize, u32)> = (0..rows)
+            .filter(|&i| rows == 2 || !(n as usize + i).is_multiple_of(3))
+            .map(|i| (i, 259 + (n * 13 + i as u32 * 5) % 250))
+            .collect();
+        step(&batched, &mut b, &mut lb, &steps);
+        for &(i, t) in &steps {
             a[i].forward(&[t], &mut la[i]).unwrap();
-            check(&lb, &la, i, &format!("at step {step}"));
+            check(&lb, &la, i, &format!("at step {n}"));
         }
+        let step = n;
         match step {
             10 => {
                 // rolled back inside the batch, then stepped on
@@ -91,8 +106,8 @@ fn rows_of_a_batch_compute_what_each_sequence_computes_alone() {
     }
     assert!(b[1].position() > 256, "the batch grew past its first capacity");
     let c = batched.backend.batch_counters();
-    // one thread: every pass is one sequence's step, the others' rows placeholders
-    assert!(c.steps >= 150 && c.placeholders >= c.steps, "batched passes: {c:?}");
+    // one pass a step; during the first 30, one row of three a placeholder in each
+    assert!(c.steps >= 59 && c.rows >= 2 * c.steps && c.placeholders >= 29, "batched passes: {c:?}");
     assert_eq!(alone.backend.batch_counters().steps, 0);
     eprintln!("worst |Δ| {worst}, {c:?}");
 }
@@ -106,16 +121,13 @@ fn a_sequence_alone_does_not_batch() {
     assert_eq!(m.backend.batch_counters().steps, 0);
 }
 
-/// Four requests at once on threads, as the scheduler's workers run them: each gives the
-/// tokens it gives alone (greedy and seeded sampling), and their steps were batched.
-/// Tests whose threads must overlap to batch take turns with each other (this binary's
-/// tests run in parallel on few cores).
-static OVERLAPPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
+/// Four requests driven together as a model's engine loop drives them (one prefill chunk
+/// and one batched decoding step a tick; one of them preempted midway and computed again):
+/// each gives the tokens it gives alone (greedy and seeded sampling), and their steps were
+/// batched.
 #[test]
-fn concurrent_requests_give_what_each_gives_alone() {
-    let _turn = OVERLAPPING.lock().unwrap_or_else(|e| e.into_inner());
-    let m = Arc::new(load_with(true));
+fn runs_stepped_together_give_what_each_gives_alone() {
+    let m = load_with(true);
     let jobs: Vec<(Vec<u32>, SamplingParams)> = (0..4u32)
         .map(|i| {
             let params = match i {
@@ -129,7 +141,7 @@ fn concurrent_requests_give_what_each_gives_alone() {
                     ..Default::default()
                 },
             };
-            (prompt(10 + 9 * i as usize, i), params)
+            (prompt(10 + 90 * i as usize, i), params)
         })
         .collect();
     let cancel = AtomicBool::new(false);
@@ -138,38 +150,33 @@ fn concurrent_requests_give_what_each_gives_alone() {
         .map(|(p, params)| m.generate(&Prompt::Tokens(p.clone()), params, &cancel, |_| {}).unwrap().tokens)
         .collect();
     assert_eq!(m.backend.batch_counters().steps, 0, "one request at a time does not batch");
-    // How many rows a pass had depends on how the threads overlapped (this fixture's steps
-    // take about 0.1 ms, so under a busy test run the threads may mostly take turns; alone
-    // on the machine 2.4 rows a pass were measured): some passes must have had several, in
-    // one of three tries. Every try must give each request its solo tokens.
-    for attempt in 1..=3 {
-        let before = m.backend.batch_counters();
-        let start = Arc::new(Barrier::new(jobs.len()));
-        let handles: Vec<_> = jobs
-            .iter()
-            .cloned()
-            .map(|(p, params)| {
-                let (m, start) = (m.clone(), start.clone());
-                std::thread::spawn(move || {
-                    start.wait();
-                    let cancel = AtomicBool::new(false);
-                    m.generate(&Prompt::Tokens(p), &params, &cancel, |_| {}).unwrap().tokens
-                })
-            })
-            .collect();
-        let together: Vec<Vec<u32>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        for (i, (t, s)) in together.iter().zip(&solo).enumerate() {
-            assert!(!s.is_empty(), "request {i} generated nothing");
-            assert_eq!(t, s, "request {i}, try {attempt}");
+    let mut runs: Vec<Run> = jobs
+        .iter()
+        .map(|(p, params)| Run::start(&m, &mut Resumable::default(), &Prompt::Tokens(p.clone()), params).unwrap())
+        .collect();
+    let mut tick = 0;
+    while runs.iter().any(|r| !r.done()) {
+        if tick == 30 {
+            assert!(runs[1].preempt(), "run 1 held its sequence");
         }
-        let c = m.backend.batch_counters();
-        let (steps, rows) = (c.steps - before.steps, c.rows - before.rows);
-        eprintln!("try {attempt}: {c:?}: {:.2} rows a step", rows as f64 / steps.max(1) as f64);
-        if rows > steps {
-            return;
+        let decoding: Vec<usize> = (0..4).filter(|&i| !runs[i].done() && !runs[i].needs_prefill()).collect();
+        if let Some(i) = (0..4).find(|&i| runs[i].needs_prefill()) {
+            runs[i].prefill_chunk().unwrap();
         }
+        let mut stepping: Vec<&mut Run> =
+            runs.iter_mut().enumerate().filter(|(i, _)| decoding.contains(i)).map(|(_, r)| r).collect();
+        for r in Run::step_together(&mut stepping) {
+            r.unwrap();
+        }
+        tick += 1;
     }
-    panic!("no pass batched several rows in three tries");
+    for (i, (run, s)) in runs.iter_mut().zip(&solo).enumerate() {
+        assert!(!s.is_empty(), "request {i} generated nothing");
+        assert_eq!(&run.finish(None).unwrap().tokens, s, "request {i}");
+    }
+    let c = m.backend.batch_counters();
+    eprintln!("{c:?}: {:.2} rows a step", c.rows as f64 / c.steps.max(1) as f64);
+    assert!(c.rows > c.steps + 40, "passes batched several rows: {c:?}");
 }
 
 /// A parked sequence (a session between turns) leaves the batch: the others' passes no
@@ -186,10 +193,16 @@ fn a_parked_sequence_leaves_the_batch_and_resumes_exactly() {
     ra.forward(&prompt(30, 5), &mut lr).unwrap();
     b.forward(&prompt(12, 6), &mut lb).unwrap();
     for t in 300..305 {
-        a.forward(&[t], &mut la).unwrap();
+        let mut steps = [
+            BatchStep { seq: &mut *a, token: t, logits: &mut la },
+            BatchStep { seq: &mut *b, token: t, logits: &mut lb },
+        ];
+        for r in batched.backend.step_batch(&mut steps) {
+            r.unwrap();
+        }
         ra.forward(&[t], &mut lr).unwrap();
-        b.forward(&[t], &mut lb).unwrap();
     }
+    assert!(max_abs_diff(&la, &lr) < ROW_TOLERANCE, "{}", max_abs_diff(&la, &lr));
     a.park().unwrap();
     let before = batched.backend.batch_counters();
     for t in 305..310 {
@@ -203,63 +216,43 @@ fn a_parked_sequence_leaves_the_batch_and_resumes_exactly() {
     assert!(max_abs_diff(&la, &lr) < ROW_TOLERANCE, "{}", max_abs_diff(&la, &lr));
 }
 
-/// A run that yields between two steps (the scheduler's background work pausing for
-/// interactive work) parks its sequence and, on its own thread, lets another request of the
-/// model run to the end (as the scheduler's yielding worker does); then it goes on. Both
-/// give what each gives alone, while a third request batches with them on another thread.
+/// The arena stays within what its rows' reservations count (their planned buffers): two
+/// rows join while one at the longest row's capacity fits both plans; once the long row
+/// grows past what the plans allow for two rows at its capacity, it steps alone (the short
+/// row stays in the arena); every step computes what the sequence computes unbatched.
 #[test]
-fn a_run_that_yields_to_another_on_its_thread_gives_what_it_gives_alone() {
-    use llamad::engine::{GenerateError, Resumable, Yield};
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    struct Interrupt<'a> {
-        model: &'a Model,
-        steps: AtomicUsize,
-        nested: Mutex<Option<Vec<u32>>>,
+fn the_arena_stays_within_its_rows_plans() {
+    let batched = load_with(true);
+    let alone = load_with(false);
+    let mut b: Vec<Box<dyn Sequence>> = (0..2).map(|_| batched.backend.clone().new_sequence().unwrap()).collect();
+    let mut a: Vec<Box<dyn Sequence>> = (0..2).map(|_| alone.backend.clone().new_sequence().unwrap()).collect();
+    // plans of 300 and 40 positions: buffers of 512 (the fixture's context) + 256 = 768
+    for s in [&mut b, &mut a] {
+        s[0].plan(300);
+        s[1].plan(40);
     }
-    impl Yield for Interrupt<'_> {
-        fn wanted(&self) -> bool {
-            self.steps.fetch_add(1, Ordering::SeqCst) == 10
+    let (mut lb, mut la) = (vec![vec![]; 2], vec![vec![]; 2]);
+    for (i, p) in [prompt(130, 1), prompt(10, 2)].iter().enumerate() {
+        b[i].forward(p, &mut lb[i]).unwrap();
+        a[i].forward(p, &mut la[i]).unwrap();
+    }
+    let mut grown = None;
+    for n in 0..160u32 {
+        let t = 259 + (n * 7) % 250;
+        // the short row stops at its plan (10 + 29 tokens), the long one goes on
+        let steps: Vec<(usize, u32)> = if n < 29 { vec![(0, t), (1, t)] } else { vec![(0, t)] };
+        if b[0].position() == 256 {
+            grown = Some(batched.backend.batch_counters());
         }
-        fn wait(&self, _: &mut Option<Box<dyn llamad::engine::backend::Sequence>>) -> Result<(), GenerateError> {
-            let out = self
-                .model
-                .generate(&Prompt::Tokens(prompt(25, 9)), &SamplingParams::greedy(40), &AtomicBool::new(false), |_| {})
-                .unwrap();
-            *self.nested.lock().unwrap() = Some(out.tokens);
-            Ok(())
+        step(&batched, &mut b, &mut lb, &steps);
+        for &(i, t) in &steps {
+            a[i].forward(&[t], &mut la[i]).unwrap();
+            let d = max_abs_diff(&lb[i], &la[i]);
+            assert!(d < ROW_TOLERANCE, "sequence {i} at step {n}: |Δ| {d}");
         }
     }
-
-    let _turn = OVERLAPPING.lock().unwrap_or_else(|e| e.into_inner());
-    let m = Arc::new(load_with(true));
-    let cancel = AtomicBool::new(false);
-    let solo =
-        |p: Vec<u32>, n| m.generate(&Prompt::Tokens(p), &SamplingParams::greedy(n), &cancel, |_| {}).unwrap().tokens;
-    let (want_main, want_nested, want_other) =
-        (solo(prompt(17, 8), 60), solo(prompt(25, 9), 40), solo(prompt(9, 4), 200));
-    let other = {
-        let m = m.clone();
-        std::thread::spawn(move || {
-            let p = SamplingParams::greedy(200);
-            m.generate(&Prompt::Tokens(prompt(9, 4)), &p, &AtomicBool::new(false), |_| {}).unwrap().tokens
-        })
-    };
-    let interrupt = Interrupt { model: &m, steps: AtomicUsize::new(0), nested: Mutex::new(None) };
-    let mut cache = Resumable::default();
-    let out = m
-        .generate_from(
-            &mut cache,
-            &Prompt::Tokens(prompt(17, 8)),
-            &SamplingParams::greedy(60),
-            &cancel,
-            &interrupt,
-            |_| {},
-        )
-        .unwrap();
-    assert_eq!(out.tokens, want_main, "the yielding run");
-    assert_eq!(interrupt.nested.lock().unwrap().as_deref(), Some(&want_nested[..]), "the run it let go first");
-    assert_eq!(other.join().unwrap(), want_other, "the request batching beside them");
-    assert!(interrupt.steps.load(Ordering::SeqCst) > 11, "the run went on after yielding");
+    let (grown, end) = (grown.expect("the long row passed 256"), batched.backend.batch_counters());
+    assert!(grown.steps >= 29 && grown.rows >= 2 * 29, "both rows batched while they fit: {grown:?}");
+    // two rows at 512 positions would be 1024 > 768: the long row steps alone from 256 on
+    assert_eq!(end.steps, grown.steps, "no batched pass once the arena would exceed the plans: {end:?}");
 }

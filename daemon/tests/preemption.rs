@@ -1,57 +1,38 @@
 //! Preemption and chunked prefill in the decoding loop, on both backends: a run whose
 //! sequence is taken away while it yields (its KV cache given back) is computed again from
-//! its token ids and gives exactly what it gives alone; a prompt computed in chunks gives
+//! its token ids and gives exactly what it gives alone (a [`Run`] driven as the engine
+//! loop drives it); a prompt computed in chunks gives
 //! the logits of one computed at once; a run cancelled between chunks stops there.
 
 mod common;
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use common::max_abs_diff;
-use llamad::engine::backend::Sequence;
-use llamad::engine::{
-    BackendKind, FinishReason, GenerateError, LoadOptions, Model, Prompt, Resumable, SamplingParams, Yield,
-};
+use llamad::engine::{BackendKind, FinishReason, LoadOptions, Model, Prompt, Resumable, Run, SamplingParams};
 
-/// Drops the run's sequence at the yields it is asked for (as the scheduler does while an
-/// interactive request waits for memory), cancelling at one of them if told to.
-struct Preempt {
-    steps: AtomicUsize,
-    at: Vec<usize>,
-    dropped: AtomicUsize,
-    cancel_at: Option<usize>,
-    cancel: Mutex<Option<std::sync::Arc<AtomicBool>>>,
-}
-
-impl Preempt {
-    fn at(at: &[usize]) -> Preempt {
-        Preempt {
-            steps: AtomicUsize::new(0),
-            at: at.to_vec(),
-            dropped: AtomicUsize::new(0),
-            cancel_at: None,
-            cancel: Mutex::new(None),
+/// Drives `run` to its end as the engine loop does, preempting it (its sequence dropped, as
+/// the loop does while an interactive request waits for memory) before the units of work
+/// numbered in `at` (a unit: a prefill chunk or a decoding step), and cancelling it before
+/// unit `cancel_at`. Returns how many preemptions dropped a sequence, and the units run.
+fn drive(run: &mut Run, at: &[usize], cancel_at: Option<usize>) -> (usize, usize) {
+    let (mut n, mut dropped) = (0, 0);
+    while !run.done() {
+        if at.contains(&n) && run.preempt() {
+            dropped += 1;
         }
-    }
-}
-
-impl Yield for Preempt {
-    fn wanted(&self) -> bool {
-        let n = self.steps.fetch_add(1, Ordering::SeqCst);
-        self.at.contains(&n) || self.cancel_at == Some(n)
-    }
-    fn wait(&self, seq: &mut Option<Box<dyn Sequence>>) -> Result<(), GenerateError> {
-        assert!(seq.is_some());
-        *seq = None;
-        self.dropped.fetch_add(1, Ordering::SeqCst);
-        if self.cancel_at.is_some()
-            && let Some(c) = &*self.cancel.lock().unwrap()
-        {
-            c.store(true, Ordering::SeqCst);
+        if cancel_at == Some(n) {
+            run.cancel();
+            break;
         }
-        Ok(())
+        if run.needs_prefill() {
+            run.prefill_chunk().unwrap();
+        } else {
+            run.step().unwrap();
+        }
+        n += 1;
     }
+    (dropped, n)
 }
 
 fn load(name: &str, kind: BackendKind, chunk: usize) -> Model {
@@ -77,13 +58,14 @@ fn a_preempted_run_is_computed_again_and_gives_what_it_gives_alone() {
         let cancel = AtomicBool::new(false);
         let p = SamplingParams::greedy(60);
         let alone = m.generate(&Prompt::Tokens(prompt(100)), &p, &cancel, |_| {}).unwrap().tokens;
-        // 101 prompt tokens in chunks of 16: yields 0-5 come between chunks; then preempted
-        // during the prefill, before the first step, and twice while decoding
+        // 101 prompt tokens in chunks of 16 are units 0-6: preempted during the prefill,
+        // before its last chunk, and twice while decoding
         for at in [vec![2], vec![6], vec![20, 45]] {
-            let y = Preempt::at(&at);
             let mut cache = Resumable::default();
-            let out = m.generate_from(&mut cache, &Prompt::Tokens(prompt(100)), &p, &cancel, &y, |_| {}).unwrap();
-            assert_eq!(y.dropped.load(Ordering::SeqCst), at.len(), "{name} on {kind}: preempted at {at:?}");
+            let mut run = Run::start(&m, &mut cache, &Prompt::Tokens(prompt(100)), &p).unwrap();
+            let (dropped, _) = drive(&mut run, &at, None);
+            let out = run.finish(Some(&mut cache)).unwrap();
+            assert_eq!(dropped, at.len(), "{name} on {kind}: preempted at {at:?}");
             assert_eq!(out.tokens, alone, "{name} on {kind}: preempted at yields {at:?}");
             assert_eq!(cache.ids().len(), 101 + 59, "the cache holds the recomputed sequence (the last token unfed)");
         }
@@ -116,15 +98,18 @@ fn a_prompt_computed_in_chunks_gives_the_logits_of_one_pass() {
 #[test]
 fn a_run_cancelled_between_prefill_chunks_stops_there() {
     let m = load("tiny-llama2-optimum-fp32", BackendKind::Tract, 8);
-    let cancel = std::sync::Arc::new(AtomicBool::new(false));
-    let y = Preempt { cancel_at: Some(3), ..Preempt::at(&[]) };
-    *y.cancel.lock().unwrap() = Some(cancel.clone());
     let mut cache = Resumable::default();
-    let out = m
-        .generate_from(&mut cache, &Prompt::Tokens(prompt(200)), &SamplingParams::greedy(20), &cancel, &y, |_| {})
-        .unwrap();
+    let mut run = Run::start(&m, &mut cache, &Prompt::Tokens(prompt(200)), &SamplingParams::greedy(20)).unwrap();
+    let (_, units) = drive(&mut run, &[], Some(3));
+    let out = run.finish(Some(&mut cache)).unwrap();
     assert_eq!(out.stats.finish, FinishReason::Cancelled);
     assert_eq!(out.tokens, Vec::<u32>::new());
-    assert!(y.steps.load(Ordering::SeqCst) <= 4, "no chunk was asked to yield after the cancel");
-    assert!(cache.ids().is_empty(), "the sequence was given back, nothing is kept");
+    assert_eq!(units, 3);
+    assert_eq!(cache.ids().len(), 3 * 8, "the sequence holds the three chunks computed, no more");
+    // and a cancel that reaches a preempted run computes nothing more
+    let mut run =
+        Run::start(&m, &mut Resumable::default(), &Prompt::Tokens(prompt(200)), &SamplingParams::greedy(20)).unwrap();
+    let (dropped, units) = drive(&mut run, &[2], Some(2));
+    assert_eq!((dropped, units), (1, 2));
+    assert_eq!(run.finish(None).unwrap().stats.finish, FinishReason::Cancelled);
 }

@@ -371,8 +371,8 @@ async fn a_panic_in_a_requests_work_ends_that_request_only_and_releases_everythi
 }
 
 /// `LLAMAD_FAULTS=batch-step@20` on ONNX Runtime's batched decoding: the pass that panics
-/// fails every row's request (each ends with `GenerationFailed`, none hangs), and the model
-/// serves the next requests.
+/// fails every row's request (each ends with `GenerationFailed`, none hangs); the model,
+/// whose batch state may be corrupt, is unloaded once idle and serves again once loaded.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panic_in_the_batch_leader_ends_its_rows_and_no_one_waits_for_ever() {
     let d = Daemon::start_env(
@@ -406,6 +406,13 @@ async fn a_panic_in_the_batch_leader_ends_its_rows_and_no_one_waits_for_ever() {
         assert_eq!(s.error_name.as_deref(), Some("org.llamad.Llama1.Error.GenerationFailed"), "{s:?}");
     }
     quiet(&conn, &proxy).await;
+    // the pass's state may be corrupt: the model is unloaded once idle, then serves again
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.loaded_models().await.unwrap().iter().any(|m| m == "fused") {
+        assert!(Instant::now() < deadline, "the faulted model was not unloaded: {}", d.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.load_model("fused", common::client::backend_opt("onnxruntime")).await.unwrap();
     let id = proxy.generate("fused", PROMPT, opts(20, None)).await.unwrap();
     assert_eq!(collect(&mut signals, id).await.1.finish_reason, "length");
 }

@@ -192,7 +192,7 @@ async fn a_flooding_app_does_not_hold_back_another() {
 /// for `priority` if given.
 fn client_in(cg: &Cgroup, tail: &str, d: &Daemon, priority: Option<&str>) -> std::process::Child {
     let script = format!(
-        "echo $$ > {} && exec /usr/bin/python3 {} {} tiny Hi 1 4 {}",
+        "echo $$ > {} && exec /usr/bin/python3 {} {} long Hi 1 4 {}",
         cg.procs(tail).display(),
         python_client().display(),
         d.address,
@@ -210,7 +210,8 @@ async fn the_class_comes_from_the_slice_or_rule_and_is_never_raised() {
     let mut signals = manager_signals(&conn).await;
     let bg = "user.slice/user-1000.slice/user@1000.service/background.slice/indexer.service";
     let cg = Cgroup::new(UNIFIED, bg);
-    // occupy the worker, so the requests below stay queued and listed (cancelled at the end)
+    // occupy the model's one row, so the requests below stay queued and listed (cancelled
+    // at the end): `max_parallel` is per model
     let blocker = proxy.generate("long", PROMPT, opts(3000, None)).await.unwrap();
 
     let mut clients = vec![];
@@ -230,16 +231,16 @@ async fn the_class_comes_from_the_slice_or_rule_and_is_never_raised() {
     let out = Command::new("setpriv")
         .args(["--reuid=2", "--regid=2", "--clear-groups", "busctl", "--address", &d.address])
         .args(["call", "org.llamad.Llama1", "/org/llamad/Llama1", "org.llamad.Llama1.Manager"])
-        .args(["Generate", "ssa{sv}", "tiny", "Hi", "1", "priority", "s", "interactive"])
+        .args(["Generate", "ssa{sv}", "long", "Hi", "1", "priority", "s", "interactive"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("background") && err.contains("never raise"), "{err}");
 
     // callers outside background.slice are interactive and may lower their class
-    let mine = proxy.generate("tiny", PROMPT, opts(4, None)).await.unwrap();
+    let mine = proxy.generate("long", PROMPT, opts(4, None)).await.unwrap();
     assert_eq!(state_of(&proxy, mine).await.map(|s| s.1).as_deref(), Some("interactive"));
-    let lowered = proxy.generate("tiny", PROMPT, opts(4, Some("background"))).await.unwrap();
+    let lowered = proxy.generate("long", PROMPT, opts(4, Some("background"))).await.unwrap();
     assert_eq!(state_of(&proxy, lowered).await.map(|s| s.1).as_deref(), Some("background"));
 
     // bad values are typed errors naming the option

@@ -35,8 +35,7 @@ fn a_resumed_sequence_feeds_only_new_tokens_and_computes_what_a_new_one_does() {
         let mut prompt: Vec<u32> = vec![1, 300, 301, 302, 303];
         for turn in 0..4u32 {
             let held = cache.ids().to_vec();
-            let out =
-                m.generate_from(&mut cache, &Prompt::Tokens(prompt.clone()), &params, &cancel, &(), |_| {}).unwrap();
+            let out = m.generate_from(&mut cache, &Prompt::Tokens(prompt.clone()), &params, &cancel, |_| {}).unwrap();
             let alone = m.generate(&Prompt::Tokens(prompt.clone()), &params, &cancel, |_| {}).unwrap();
             assert_eq!(out.tokens, alone.tokens, "{name} on {kind}, turn {turn}");
             assert_eq!(out.stats.cached_prompt_tokens, held.len(), "{name} on {kind}, turn {turn}: reused");
@@ -48,7 +47,7 @@ fn a_resumed_sequence_feeds_only_new_tokens_and_computes_what_a_new_one_does() {
         }
         // a prompt that parts from what is held after 3 tokens: rolled back to them
         let forked = [&prompt[..3], &[400, 401]].concat();
-        let out = m.generate_from(&mut cache, &Prompt::Tokens(forked.clone()), &params, &cancel, &(), |_| {}).unwrap();
+        let out = m.generate_from(&mut cache, &Prompt::Tokens(forked.clone()), &params, &cancel, |_| {}).unwrap();
         let alone = m.generate(&Prompt::Tokens(forked), &params, &cancel, |_| {}).unwrap();
         assert_eq!(out.stats.cached_prompt_tokens, 3, "{name} on {kind}");
         assert_eq!(out.tokens, alone.tokens, "{name} on {kind}, after rolling back");

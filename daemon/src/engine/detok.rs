@@ -10,8 +10,8 @@
 
 use super::tokenizer::{Tokenizer, TokenizerError};
 
-pub struct Detokenizer<'t> {
-    tok: &'t Tokenizer,
+pub struct Detokenizer {
+    tok: Tokenizer,
     ids: Vec<u32>,
     /// Start of the window decoded for context.
     prefix: usize,
@@ -19,9 +19,9 @@ pub struct Detokenizer<'t> {
     read: usize,
 }
 
-impl<'t> Detokenizer<'t> {
-    pub fn new(tok: &'t Tokenizer) -> Self {
-        Detokenizer { tok, ids: vec![], prefix: 0, read: 0 }
+impl Detokenizer {
+    pub fn new(tok: &Tokenizer) -> Self {
+        Detokenizer { tok: tok.clone(), ids: vec![], prefix: 0, read: 0 }
     }
 
     /// Adds a token; returns the text that became complete, if any.

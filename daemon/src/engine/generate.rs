@@ -1,19 +1,18 @@
-//! The decoding loop: prompt → tokens → prefill → next tokens (one a step, or
-//! more with speculation: `speculate.rs`), until EOS, a stop string,
-//! `max_tokens`, the context's end, or cancellation. Text is streamed through a
-//! callback as it becomes complete, through the text stages (`text.rs`: stop
-//! strings). Each token is picked by `pick.rs`: a request's format (`grammar/`)
-//! masks the logits before the sampler, and the run ends when the grammar does.
-//!
-//! Between steps a run may yield ([`Yield`]: the scheduler's background work
-//! waiting for interactive work), its sequence parked meanwhile.
+//! A request's types (prompt, output, stats, errors), its prompt's checks and
+//! tokenizing, and the one-request driver [`Model::generate`]: a [`Run`]
+//! (`run.rs`: prefill in chunks, then decoding steps, one a step or more with
+//! speculation: `speculate.rs`) stepped to its end on the calling thread. Text
+//! is streamed through a callback as it becomes complete, through the text
+//! stages (`text.rs`: stop strings). Each token is picked by `pick.rs`: a
+//! request's format (`grammar/`) masks the logits before the sampler, and the
+//! run ends when the grammar does.
 //!
 //! A run can continue a [`Resumable`] sequence (a session's, a prompt cache's):
 //! the longest common prefix of the ids it holds and the new prompt is kept, the
 //! rest rolled back, and only the new tokens are fed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -21,12 +20,11 @@ use super::Model;
 use super::backend::{BackendError, Sequence};
 use super::chat::{self, ChatError, Message};
 use super::grammar::{GrammarError, Grammars};
-use super::pick::Picker;
-use super::sampler::{InvalidOption, Sampler, SamplingParams};
-use super::speculate::{Decoder, DraftStats, Lookup, Steps};
-use super::text::TextOut;
+use super::run::Run;
+use super::sampler::{InvalidOption, SamplingParams};
+use super::speculate::DraftStats;
 use super::tokenizer::TokenizerError;
-use super::tools::{self, Dialect, ToolCall, Tools};
+use super::tools::{ToolCall, Tools};
 
 /// What to continue from.
 #[derive(Clone, Debug)]
@@ -129,103 +127,6 @@ pub enum GenerateError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Grammar(#[from] GrammarError),
-    /// A run that gave its KV cache back while paused (preempted) found no room to go on.
-    #[error("{0}")]
-    NoRoom(String),
-}
-
-/// Lets other work go first between two steps of a run (the scheduler's priority classes).
-pub trait Yield {
-    /// Whether the run should stop for a while now; asked before every step and prefill
-    /// chunk, so it is cheap.
-    fn wanted(&self) -> bool;
-    /// Returns when the run may go on. Its sequence was parked first (it holds no batch row);
-    /// the yielder may drop it meanwhile to give its memory back (preemption): the run then
-    /// computes it again from its token ids. An error ends the run.
-    fn wait(&self, seq: &mut Option<Box<dyn Sequence>>) -> Result<(), GenerateError>;
-}
-
-/// Never yields.
-impl Yield for () {
-    fn wanted(&self) -> bool {
-        false
-    }
-    fn wait(&self, _: &mut Option<Box<dyn Sequence>>) -> Result<(), GenerateError> {
-        Ok(())
-    }
-}
-
-/// A run's sequence, which a yield may take away to give its memory back (preemption): it
-/// is then computed again from the ids that had been fed into it.
-struct Held<'m> {
-    model: &'m Model,
-    seq: Option<Box<dyn Sequence>>,
-    /// The most tokens one forward pass feeds (`LoadOptions::prefill_chunk`).
-    chunk: usize,
-}
-
-impl Held<'_> {
-    fn seq(&mut self) -> Result<&mut Box<dyn Sequence>, GenerateError> {
-        self.seq.as_mut().ok_or(GenerateError::Backend(BackendError::NoTokens))
-    }
-
-    /// Yields to other work; `fed`: the ids the sequence holds (at least its position). False
-    /// if the run was cancelled while its sequence was taken away.
-    fn pause(
-        &mut self,
-        yielder: &dyn Yield,
-        cancel: &AtomicBool,
-        fed: &[u32],
-        logits: &mut Vec<f32>,
-    ) -> Result<bool, GenerateError> {
-        let seq = self.seq()?;
-        let position = seq.position();
-        seq.park()?;
-        yielder.wait(&mut self.seq)?;
-        if self.seq.is_none() {
-            if cancel.load(Ordering::Relaxed) {
-                return Ok(false);
-            }
-            // Computed again: the logits after its last token are what they were (the next
-            // step needs them when nothing is left unfed).
-            let mut seq = self.model.backend.clone().new_sequence()?;
-            for c in fed[..position].chunks(self.chunk) {
-                seq.forward(c, logits)?;
-            }
-            self.seq = Some(seq);
-        }
-        Ok(true)
-    }
-
-    /// Feeds `tokens` after the `before` ids the sequence holds, in chunks (a long prompt's
-    /// transient memory is a chunk's, not the whole prompt's), writing the last token's
-    /// logits into `logits`. Between chunks the run may be cancelled (false: it stopped) or
-    /// yield.
-    fn prefill(
-        &mut self,
-        before: &[u32],
-        tokens: &[u32],
-        logits: &mut Vec<f32>,
-        cancel: &AtomicBool,
-        yielder: &dyn Yield,
-    ) -> Result<bool, GenerateError> {
-        let mut start = 0;
-        while start < tokens.len() {
-            if cancel.load(Ordering::Relaxed) {
-                return Ok(false);
-            }
-            if start > 0
-                && yielder.wanted()
-                && !self.pause(yielder, cancel, &[before, &tokens[..start]].concat(), logits)?
-            {
-                return Ok(false);
-            }
-            let end = (start + self.chunk).min(tokens.len());
-            self.seq()?.forward(&tokens[start..end], logits)?;
-            start = end;
-        }
-        Ok(true)
-    }
 }
 
 /// A sequence kept between runs, with the exact token ids fed into it (its KV cache holds
@@ -248,6 +149,11 @@ impl Resumable {
         Resumable { seq: None, ids }
     }
 
+    /// Holds `seq`, into which exactly `ids` were fed.
+    pub(super) fn holding(seq: Box<dyn Sequence>, ids: Vec<u32>) -> Resumable {
+        Resumable { seq: Some(seq), ids }
+    }
+
     /// Drops the KV cache (the next run computes its whole prompt).
     pub fn clear(&mut self) {
         self.seq = None;
@@ -258,7 +164,11 @@ impl Resumable {
     /// already: the common prefix, at most all but the last prompt token (whose logits the
     /// run needs), with what followed rolled back. A sequence that cannot roll back is
     /// replaced by a new one.
-    fn take_for(&mut self, model: &Model, prompt: &[u32]) -> Result<(Box<dyn Sequence>, usize), BackendError> {
+    pub(super) fn take_for(
+        &mut self,
+        model: &Model,
+        prompt: &[u32],
+    ) -> Result<(Box<dyn Sequence>, usize), BackendError> {
         let held = std::mem::take(&mut self.ids);
         if let Some(mut seq) = self.seq.take() {
             let common = common_prefix(&held, prompt).min(prompt.len() - 1);
@@ -350,25 +260,24 @@ impl Model {
         cancel: &AtomicBool,
         on_text: impl FnMut(&str),
     ) -> Result<Output, GenerateError> {
-        self.run(&mut Resumable::default(), false, prompt, params, cancel, &(), on_text)
+        self.run(&mut Resumable::default(), false, prompt, params, cancel, on_text)
     }
 
     /// Runs one request, continuing `cache` (which holds the run's sequence afterwards, or
-    /// nothing if it failed), and letting other work go first when `yielder` wants.
+    /// nothing if it failed).
     pub fn generate_from(
         &self,
         cache: &mut Resumable,
         prompt: &Prompt,
         params: &SamplingParams,
         cancel: &AtomicBool,
-        yielder: &dyn Yield,
         on_text: impl FnMut(&str),
     ) -> Result<Output, GenerateError> {
-        self.run(cache, true, prompt, params, cancel, yielder, on_text)
+        self.run(cache, true, prompt, params, cancel, on_text)
     }
 
-    /// The decoding loop; `keep`: the sequence is kept in `cache` afterwards (parked).
-    #[allow(clippy::too_many_arguments)]
+    /// Drives a [`Run`] to its end on this thread; `keep`: the sequence is kept in `cache`
+    /// afterwards (parked).
     fn run(
         &self,
         cache: &mut Resumable,
@@ -376,138 +285,30 @@ impl Model {
         prompt: &Prompt,
         params: &SamplingParams,
         cancel: &AtomicBool,
-        yielder: &dyn Yield,
         mut on_text: impl FnMut(&str),
     ) -> Result<Output, GenerateError> {
-        params.validate()?;
-        let prompt_ids = self.prompt_ids(prompt)?;
-        // tools offered: the answer's grammar, call marker and parsing follow the template
-        let offered = params.tools.as_ref().or(match prompt {
-            Prompt::ChatTools(_, t) => Some(t),
-            _ => None,
-        });
-        let dialect = match offered {
-            Some(t) => {
-                let d = Dialect::of(self.tokenizer()?.chat_template.as_deref());
-                Some((d, tools::format_for(t, d)))
-            }
-            None => None,
-        };
-        let format = dialect.as_ref().map(|(_, f)| f).or(params.format.as_ref());
-        let constraint = format.map(|f| self.grammars()?.constraint(f)).transpose()?;
-        let started = Instant::now();
-        let mut picker = Picker::new(Sampler::new(params), constraint);
-        let context = self.dir.spec.context_length;
-        let budget = (params.max_tokens as usize).min(context - prompt_ids.len());
-        // what the grammar forces first is fed with the prompt (within the budget)
-        let forced = picker.start()?;
-        let (seq, cached) = cache.take_for(self, &prompt_ids)?;
-        let mut held = Held { model: self, seq: Some(seq), chunk: self.prefill_chunk };
-        let mut out = TextOut::new(self.tokenizer.as_ref(), &params.stop);
-        if let Some((d, _)) = &dialect {
-            let (marker, at_start) = d.trigger();
-            out = out.hold_calls(marker, at_start);
-        }
-        let mut history = prompt_ids.clone();
-        let mut logits = Vec::new();
-        let mut generated = vec![];
-        let mut finish = FinishReason::Length;
-        let mut first_token_at = None;
-        let feed = [&prompt_ids[cached..], &forced[..forced.len().min(budget)]].concat();
-        let prefilled = held.prefill(&prompt_ids[..cached], &feed, &mut logits, cancel, yielder)?;
-        let prompt_time = started.elapsed();
-        let decoder = match params.prompt_lookup {
-            n if n > 0 && held.seq()?.can_truncate() => Decoder::Lookup(Lookup::new(n as usize)),
-            _ => Decoder::Plain,
-        };
-        let mut steps = Steps::new(decoder);
-        let is_end = |id| !params.ignore_eos && self.eos_ids.contains(&id);
-        history.extend_from_slice(&forced);
-        let mut ids = forced;
-        if !prefilled {
-            // cancelled before the prompt was computed: nothing is generated
-            finish = FinishReason::Cancelled;
-            ids = vec![];
-        }
-        'decode: loop {
-            if finish == FinishReason::Cancelled {
-                break;
-            }
-            for id in ids {
-                if is_end(id) {
-                    finish = FinishReason::Eos;
-                    break 'decode;
-                }
-                if generated.len() == budget {
-                    break 'decode;
-                }
-                generated.push(id);
-                if out.push(id, &mut on_text)? {
-                    finish = FinishReason::Stop;
-                    break 'decode;
-                }
-            }
-            if picker.done() {
-                finish = FinishReason::Eos;
-                break;
-            }
-            if generated.len() >= budget {
-                break;
-            }
-            if yielder.wanted() && !held.pause(yielder, cancel, &history, &mut logits)? {
-                finish = FinishReason::Cancelled;
-                break;
-            }
+        let mut run = Run::start(self, cache, prompt, params)?;
+        while !run.done() {
             if cancel.load(Ordering::Relaxed) {
-                finish = FinishReason::Cancelled;
+                run.cancel();
                 break;
             }
-            let seq = held.seq()?;
-            ids = steps.next(&mut **seq, &mut picker, &mut logits, &mut history, budget - generated.len(), is_end)?;
-            first_token_at.get_or_insert_with(|| started.elapsed());
-        }
-        let mut text = out.finish(&mut on_text)?;
-        let mut tool_calls = vec![];
-        if let Some((d, _)) = &dialect
-            && finish == FinishReason::Eos
-        {
-            (text, tool_calls) = d.parse(&text);
-            if !tool_calls.is_empty() {
-                finish = FinishReason::ToolCalls;
+            if run.needs_prefill() {
+                run.prefill_chunk()?;
+            } else {
+                run.step()?;
             }
-            for c in &mut tool_calls {
-                c.id = format!("call_{:016x}", rand::random::<u64>());
+            let text = run.take_text();
+            if !text.is_empty() {
+                on_text(&text);
             }
         }
-        if keep {
-            *cache = match held.seq.take() {
-                Some(mut seq) => {
-                    history.truncate(seq.position());
-                    seq.park()?;
-                    Resumable { seq: Some(seq), ids: history }
-                }
-                None => Resumable::default(),
-            };
+        let out = run.finish(keep.then_some(cache))?;
+        let text = run.take_text();
+        if !text.is_empty() {
+            on_text(&text);
         }
-        let first = first_token_at.unwrap_or_else(|| started.elapsed());
-        Ok(Output {
-            text,
-            tokens: generated.clone(),
-            tool_calls,
-            stats: Stats {
-                prompt_tokens: prompt_ids.len(),
-                generated_tokens: generated.len(),
-                time_to_first_token: first,
-                prompt_time,
-                decode_time: started.elapsed().saturating_sub(first),
-                finish,
-                seed: picker.sampler.seed,
-                draft: steps.stats,
-                cached_prompt_tokens: cached,
-                forced_tokens: picker.forced.min(generated.len()),
-                pick_time: picker.time,
-            },
-        })
+        Ok(out)
     }
 
     /// The model's grammar engine, built on first use.

@@ -13,6 +13,7 @@ pub mod hugepages;
 pub mod model_dir;
 pub mod onnx_graph;
 pub mod pick;
+pub mod run;
 pub mod sampler;
 pub mod speculate;
 pub mod text;
@@ -23,9 +24,10 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 pub use backend::{BackendError, BackendKind, LoadOptions, LoadedModel, Served};
-pub use generate::{FinishReason, GenerateError, Output, Prompt, Resumable, Stats, Yield};
+pub use generate::{FinishReason, GenerateError, Output, Prompt, Resumable, Stats};
 pub use grammar::{Format, GrammarError};
 pub use model_dir::{Layout, LayoutError, ModelDir, Quantization};
+pub use run::Run;
 pub use sampler::SamplingParams;
 pub use tokenizer::{Tokenizer, TokenizerError};
 

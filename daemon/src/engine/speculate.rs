@@ -84,6 +84,16 @@ pub enum Decoder {
 /// The longest pause of prompt lookup after drafts of which nothing was kept, in steps.
 const MAX_PAUSE: usize = 32;
 
+/// What the first half of a step did ([`Steps::begin`]).
+pub enum Begun {
+    /// A draft was verified: these are the step's tokens.
+    Picked(Vec<u32>),
+    /// Feed these tokens (the last step's), then pick from their last logits.
+    Feed(Vec<u32>),
+    /// Nothing to feed: pick from the logits as they are (the prompt's).
+    Ready,
+}
+
 /// One decoding strategy's state over a request.
 pub struct Steps {
     decoder: Decoder,
@@ -139,20 +149,51 @@ impl Steps {
         left: usize,
         is_end: impl Fn(u32) -> bool,
     ) -> Result<Vec<u32>, GenerateError> {
-        debug_assert!(left > 0);
-        if !self.unfed.is_empty() {
-            let (draft, max_draft): (Vec<u32>, usize) = match &self.decoder {
-                Decoder::Lookup(l) if self.pause == 0 && !picker.constrained() => {
-                    (l.draft(history, (left - 1).min(self.draft_len)).to_vec(), l.max_draft)
-                }
-                _ => (vec![], 0),
-            };
-            self.pause = self.pause.saturating_sub(1);
-            if !draft.is_empty() {
-                return Ok(self.verify(seq, &mut picker.sampler, history, draft, max_draft, is_end)?);
-            }
-            seq.forward(&self.unfed, logits)?;
+        match self.begin(seq, picker, history, left, &is_end)? {
+            Begun::Picked(ids) => return Ok(ids),
+            Begun::Feed(tokens) => seq.forward(&tokens, logits)?,
+            Begun::Ready => {}
         }
+        self.pick(picker, logits, history, is_end)
+    }
+
+    /// The first half of a step ([`Steps::next`] is both): a draft is verified here (it is
+    /// the whole step); otherwise says what to feed before picking from the logits (nothing
+    /// at the first step, whose logits are the prompt's).
+    pub fn begin(
+        &mut self,
+        seq: &mut dyn Sequence,
+        picker: &mut Picker,
+        history: &mut Vec<u32>,
+        left: usize,
+        is_end: impl Fn(u32) -> bool,
+    ) -> Result<Begun, GenerateError> {
+        debug_assert!(left > 0);
+        if self.unfed.is_empty() {
+            return Ok(Begun::Ready);
+        }
+        let (draft, max_draft): (Vec<u32>, usize) = match &self.decoder {
+            Decoder::Lookup(l) if self.pause == 0 && !picker.constrained() => {
+                (l.draft(history, (left - 1).min(self.draft_len)).to_vec(), l.max_draft)
+            }
+            _ => (vec![], 0),
+        };
+        self.pause = self.pause.saturating_sub(1);
+        if !draft.is_empty() {
+            return Ok(Begun::Picked(self.verify(seq, &mut picker.sampler, history, draft, max_draft, is_end)?));
+        }
+        Ok(Begun::Feed(self.unfed.clone()))
+    }
+
+    /// The second half of a step: picks from the logits after what [`Steps::begin`] said to
+    /// feed.
+    pub fn pick(
+        &mut self,
+        picker: &mut Picker,
+        logits: &mut [f32],
+        history: &mut Vec<u32>,
+        is_end: impl Fn(u32) -> bool,
+    ) -> Result<Vec<u32>, GenerateError> {
         let mut out = Vec::with_capacity(1);
         picker.pick(logits, history, is_end, &mut out)?;
         history.extend_from_slice(&out);

@@ -24,23 +24,23 @@ fn held_back<'s>(text: &str, stops: impl IntoIterator<Item = &'s str>) -> usize 
 }
 
 /// A request's output text as it is built and streamed.
-pub struct TextOut<'t> {
-    detok: Option<Detokenizer<'t>>,
-    stops: &'t [String],
+pub struct TextOut {
+    detok: Option<Detokenizer>,
+    stops: Vec<String>,
     text: String,
     /// Bytes of `text` given to the callback.
     emitted: usize,
     /// A stop string was found: the text ends before it.
     stopped: bool,
     /// The tool-call marker, and whether it counts only at the start of the text.
-    hold: Option<(&'t str, bool)>,
+    hold: Option<(String, bool)>,
 }
 
-impl<'t> TextOut<'t> {
-    pub fn new(tokenizer: Option<&'t Tokenizer>, stops: &'t [String]) -> TextOut<'t> {
+impl TextOut {
+    pub fn new(tokenizer: Option<&Tokenizer>, stops: &[String]) -> TextOut {
         TextOut {
             detok: tokenizer.map(Detokenizer::new),
-            stops,
+            stops: stops.to_vec(),
             text: String::new(),
             emitted: 0,
             stopped: false,
@@ -49,14 +49,14 @@ impl<'t> TextOut<'t> {
     }
 
     /// Holds back a tool call: text from `marker` on (anywhere, or only at the start).
-    pub fn hold_calls(mut self, marker: &'t str, at_start: bool) -> TextOut<'t> {
-        self.hold = Some((marker, at_start));
+    pub fn hold_calls(mut self, marker: &str, at_start: bool) -> TextOut {
+        self.hold = Some((marker.to_string(), at_start));
         self
     }
 
     /// How much of the text may be streamed as far as the tool-call hold is concerned.
     fn streamable(&self) -> usize {
-        let Some((marker, at_start)) = self.hold else {
+        let Some((marker, at_start)) = self.hold.as_ref().map(|(m, a)| (m.as_str(), *a)) else {
             return self.text.len();
         };
         if at_start {
@@ -101,9 +101,9 @@ impl<'t> TextOut<'t> {
         {
             self.text.push_str(&rest);
         }
-        let end = match self.hold {
-            Some((marker, true)) if self.text.trim_start().starts_with(marker) => self.emitted,
-            Some((marker, false)) => self.text.find(marker).unwrap_or(self.text.len()),
+        let end = match &self.hold {
+            Some((marker, true)) if self.text.trim_start().starts_with(marker.as_str()) => self.emitted,
+            Some((marker, false)) => self.text.find(marker.as_str()).unwrap_or(self.text.len()),
             _ => self.text.len(),
         };
         if end > self.emitted {

@@ -22,6 +22,8 @@ pub enum TokenizerError {
     Codec(String),
 }
 
+/// Cheap to clone: the vocabulary is shared; a stream's detokenizer keeps a clone.
+#[derive(Clone)]
 pub struct Tokenizer {
     /// Shared with the grammar engine's tokenizer environment (`grammar/env.rs`).
     inner: Arc<tokenizers::Tokenizer>,

@@ -10,10 +10,19 @@ use std::sync::atomic::Ordering;
 use llamad_api::Error;
 
 use super::ledger::Reservation;
-use super::{Job, Loaded, Scheduler, Wanting};
+use super::{Loaded, Scheduler};
 use crate::engine::BackendKind;
 use crate::memory::estimate::Estimate;
 use crate::memory::{measure, mib};
+
+/// What [`Scheduler::try_reserve`] got.
+pub(super) enum Reserve {
+    Held(Reservation),
+    /// Not now: once other work ends.
+    Later(Error),
+    /// Never, as things are.
+    Never(Error),
+}
 
 impl Loaded {
     /// The model itself: the larger of its estimate and its measured growth.
@@ -88,12 +97,6 @@ impl Scheduler {
         measure::resident().saturating_sub(models)
     }
 
-    /// Waits until a pin or a reservation is given back, or 100 ms.
-    pub(super) fn wait_for_room(&self) {
-        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        drop(self.room.wait_timeout(loaded, std::time::Duration::from_millis(100)));
-    }
-
     /// [`Scheduler::refresh_baseline`] unless a load other than the caller's own (when
     /// `loading_here`) is in progress; quiet when no request runs either.
     pub(super) fn refresh_baseline_unless_loading(&self, loaded: &HashMap<String, Loaded>, loading_here: bool) {
@@ -112,49 +115,21 @@ impl Scheduler {
         self.baseline.load(Ordering::Relaxed)
     }
 
-    /// A request taken by a worker reserves its KV cache here: at once if it fits, otherwise
-    /// (unless `when_full` is `refuse`) waiting, holding nothing, until it can, is cancelled,
-    /// or never can.
-    pub(super) fn reserve_when_room(&self, job: &Job) -> Result<(), Error> {
-        if job.reservation.lock().unwrap_or_else(|e| e.into_inner()).is_some() || self.try_reserve(job)? {
-            return Ok(());
-        }
-        if self.config.memory.when_full == crate::config::WhenFull::Refuse {
-            let what = format!("the KV cache of request {}", job.id);
-            let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-            // refused with the numbers, unless it fits after all (then reserved below)
-            self.make_room(&mut loaded, job.kv, &what, false)?;
-        }
-        tracing::info!(request = job.id, kv = %mib(job.kv), "waiting for memory to reserve the KV cache");
-        // paused background requests give their KV caches back meanwhile
-        let _wanting =
-            (job.class == crate::policy::priority::Priority::Interactive).then(|| Wanting::new(&self.wanting_room));
-        loop {
-            if job.cancel.load(Ordering::Relaxed) || self.try_reserve(job)? {
-                return Ok(());
-            }
-            self.wait_for_room();
-        }
-    }
-
-    /// Reserves `job`'s KV cache if it fits now: true when it holds it; an error when it never
-    /// will (no reservation is left to give back and no load is in progress).
-    pub(super) fn try_reserve(&self, job: &Job) -> Result<bool, Error> {
-        let what = format!("the KV cache of request {}", job.id);
+    /// Reserves `kv` bytes for request `id` of `model` if they fit now; otherwise says whether
+    /// they may fit later (the error has the numbers) or never will (no reservation is left to
+    /// give back and no load is in progress).
+    pub(super) fn try_reserve(&self, model: &str, kv: u64, id: u64) -> Reserve {
+        let what = format!("the KV cache of request {id}");
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        match self.make_room(&mut loaded, job.kv, &what, false) {
-            Ok(_) => {
-                let Some(l) = loaded.get(&job.model_name) else {
-                    return Err(Error::Internal(format!("request {}: its model is not loaded", job.id)));
-                };
-                *job.reservation.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(Reservation::new(&l.holds, job.kv, &self.room));
-                Ok(true)
-            }
+        match self.make_room(&mut loaded, kv, &what, false) {
+            Ok(_) => match loaded.get(model) {
+                Some(l) => Reserve::Held(Reservation::new(&l.holds, kv, &self.room)),
+                None => Reserve::Never(Error::Internal(format!("request {id}: its model is not loaded"))),
+            },
             // Nothing computing, reserved or loading will free anything (the baseline was just
             // measured again, quiet): it never fits.
-            Err(e) if self.settled(&loaded) && self.load_lock.try_lock().is_ok() => Err(e),
-            Err(_) => Ok(false),
+            Err(e) if self.settled(&loaded) && self.load_lock.try_lock().is_ok() => Reserve::Never(e),
+            Err(e) => Reserve::Later(e),
         }
     }
 

@@ -1,32 +1,25 @@
 //! Models and requests: the catalog of the models directory, loaded models
-//! (on first use or at start), the bounded request queue and the worker
-//! threads that run generations off the async runtime. Results leave as
-//! [`Event`]s on a channel; the D-Bus layer turns them into signals.
+//! (on first use or at start), and one engine loop per loaded model that runs
+//! its requests ([`engine_loop`]). Results leave as [`Event`]s on a channel; the
+//! D-Bus layer turns them into signals.
 //!
-//! Memory ([`admission`]): a load is admitted only if its estimated peak fits
-//! the budget next to what is in use, after unloading idle models least
-//! recently used first when that makes it fit; a request reserves its KV cache
-//! (prompt + `max_tokens`) before it is queued or once others finish. What does
-//! not fit is refused with `OutOfBudget` and the numbers. Loading and the
-//! catalog are in [`models`], keep_alive and pressure in [`housekeeping`].
+//! The parts: the model registry ([`models`]: catalog, loading, unloading), the
+//! ledger ([`ledger`]: pins and KV reservations as values released on drop), the
+//! memory admission ([`admission`]), the order requests run in ([`queue`]:
+//! priority classes, fairness between accounts), the request table
+//! ([`requests`]), the per-model loop ([`engine_loop`]), sessions' side
+//! ([`sessions`]) and housekeeping (keep_alive, pressure: [`housekeeping`]).
 //!
-//! Order ([`queue`]): interactive requests before background ones, the least
-//! served account first within a class; running background requests yield
-//! at a token boundary while interactive work waits or runs, and give their
-//! KV cache back (preemption: recomputed from their token ids when they go on)
-//! while an interactive request waits for memory.
-//!
-//! What a request holds ([`ledger`]): its model's pin, its KV reservation, its
-//! entry in the request table and its session's turn are values dropped when
-//! the request ends, however it ends: a panic in its work is caught, ends the
-//! request with `GenerationFailed`, and unloads the model once idle (its state
-//! may be corrupt).
+//! A request's path: the D-Bus layer tokenizes its prompt and pins its model
+//! ([`Scheduler::acquire`]); [`Scheduler::submit`] admits it (refused at once with
+//! the numbers if it can never fit, or if the queue is full) and sends it to its
+//! model's loop, where it waits holding nothing but its pin until its KV
+//! reservation is held, runs, and ends; [`Scheduler::conclude`] then releases
+//! everything it held (by drop) and reports `Finished`.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
 
 use llamad_api::{Error, FinishStats};
 use tokio::sync::mpsc::UnboundedSender;
@@ -34,14 +27,16 @@ use zbus::DBusError as _;
 
 use crate::config::{Config, WhenFull};
 use crate::engine::backend::onnxruntime::locate_library;
-use crate::engine::{BackendKind, GenerateError, GrammarError, Model, Prompt, SamplingParams};
+use crate::engine::{BackendKind, GenerateError, GrammarError, Model, SamplingParams};
 use crate::identity::Caller;
 use crate::memory::budget::Budget;
 use crate::memory::estimate::Estimate;
 use crate::memory::mib;
 use crate::policy::priority::Priority;
 use ledger::{Holds, Pin, Reservation, Room};
-use queue::{Lease, Queue};
+use queue::Queue;
+pub use requests::RequestSummary;
+use requests::{Listed, Requests};
 
 /// What the workers report.
 #[derive(Debug)]
@@ -100,6 +95,8 @@ struct Loaded {
     /// A request's work panicked on it: its state may be corrupt. No new request gets it;
     /// it is unloaded once idle.
     faulted: bool,
+    /// Its engine loop's inbox; dropped with the model, which ends the loop.
+    inbox: std::sync::mpsc::Sender<Job>,
 }
 
 /// keep_alive seconds (config or request) → how long an idle model stays.
@@ -132,66 +129,30 @@ struct Job {
     prompt_ids: Vec<u32>,
     params: SamplingParams,
     cancel: Arc<AtomicBool>,
-    /// Bytes of KV cache the request needs, and their reservation once held: taken when a
-    /// worker starts the request (a queued one holds nothing), given back while preempted.
+    /// Bytes of KV cache the request needs, and their reservation once held: taken when its
+    /// loop starts the request (a queued one holds nothing), given back while preempted.
     kv: u64,
-    reservation: Mutex<Option<Reservation>>,
+    reservation: Option<Reservation>,
     class: Priority,
     /// Its entry in the request table, removed when the job goes.
     listed: Listed,
-}
-
-type Requests = Arc<Mutex<HashMap<u64, RequestEntry>>>;
-
-fn lock_requests(r: &Requests) -> MutexGuard<'_, HashMap<u64, RequestEntry>> {
-    r.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A request's entry in the table, for as long as the request lives.
-struct Listed {
-    requests: Requests,
-    id: u64,
-}
-
-impl Drop for Listed {
-    fn drop(&mut self) {
-        lock_requests(&self.requests).remove(&self.id);
-    }
-}
-
-struct RequestEntry {
-    owner: String,
-    cancel: Arc<AtomicBool>,
-    caller: Arc<Caller>,
-    model: String,
-    session: Option<u64>,
-    /// A worker runs it (it was queued before).
-    running: bool,
-    /// It yields to interactive work now (between two tokens).
-    paused: bool,
-    class: Priority,
-}
-
-/// A request queued or running, for `ListRequests`: who asked (never what).
-#[derive(Clone, Debug)]
-pub struct RequestSummary {
-    pub id: u64,
-    pub model: String,
-    pub running: bool,
-    pub paused: bool,
-    pub class: Priority,
-    pub caller: Arc<Caller>,
-    pub session: Option<u64>,
+    /// Its place in the order (and its account's count of running requests).
+    place: queue::Place,
+    /// An interactive request waiting for memory: paused background work gives its KV
+    /// cache back while this lives.
+    wanting: Option<Wanting>,
 }
 
 pub struct Scheduler {
+    /// Itself, for the engine loops it starts.
+    me: Weak<Scheduler>,
     pub config: Config,
     pub budget: Budget,
     loaded: Mutex<HashMap<String, Loaded>>,
     /// Recognised model directories and when they last changed (see `open_dir`).
     catalog: Mutex<HashMap<String, (std::time::SystemTime, crate::engine::ModelDir)>>,
     requests: Requests,
-    queue: Arc<Queue<Job>>,
+    queue: Arc<Queue>,
     next_id: AtomicU64,
     events: UnboundedSender<Event>,
     /// Serialises loads so one model is never loaded twice at once.
@@ -202,7 +163,7 @@ pub struct Scheduler {
     room: Room,
     /// Interactive requests waiting for memory to reserve their KV cache: paused background
     /// requests give theirs back meanwhile (preemption).
-    wanting_room: AtomicU32,
+    wanting_room: Arc<AtomicU32>,
     /// The daemon's own resident memory, counted as in use: measured at start, then again
     /// whenever it is idle (see `housekeeping`).
     baseline: AtomicU64,
@@ -221,16 +182,16 @@ pub struct Scheduler {
 }
 
 /// Counts an interactive request waiting for memory while it lives.
-struct Wanting<'a>(&'a AtomicU32);
+struct Wanting(Arc<AtomicU32>);
 
-impl<'a> Wanting<'a> {
-    fn new(count: &'a AtomicU32) -> Self {
+impl Wanting {
+    fn new(count: Arc<AtomicU32>) -> Self {
         count.fetch_add(1, Ordering::SeqCst);
         Wanting(count)
     }
 }
 
-impl Drop for Wanting<'_> {
+impl Drop for Wanting {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
@@ -269,17 +230,20 @@ fn cancelled_before_running() -> FinishStats {
 }
 
 mod admission;
+pub mod engine_loop;
 mod housekeeping;
 pub mod ledger;
 mod models;
 pub mod queue;
+pub mod requests;
 mod sessions;
 
 impl Scheduler {
-    /// Starts `config.max_parallel` workers.
+    /// Starts the scheduler and its housekeeping thread (engine loops start with their models).
     pub fn start(config: Config, events: UnboundedSender<Event>) -> Arc<Scheduler> {
         crate::memory::measure::tune_allocator();
-        let s = Arc::new(Scheduler {
+        let s = Arc::new_cyclic(|me| Scheduler {
+            me: me.clone(),
             loaded: Mutex::new(HashMap::new()),
             catalog: Mutex::new(HashMap::new()),
             requests: Default::default(),
@@ -289,7 +253,7 @@ impl Scheduler {
             load_lock: Mutex::new(()),
             pressure: Mutex::new(None),
             room: Default::default(),
-            wanting_room: AtomicU32::new(0),
+            wanting_room: Default::default(),
             ort_setup: Mutex::new(()),
             verifier: Default::default(),
             reading: AtomicU32::new(0),
@@ -319,13 +283,6 @@ impl Scheduler {
             .name("llamad-housekeeping".into())
             .spawn(move || h.housekeeping())
             .expect("spawning the housekeeping thread");
-        for i in 0..s.config.max_parallel {
-            let s = s.clone();
-            std::thread::Builder::new()
-                .name(format!("llamad-worker-{i}"))
-                .spawn(move || s.worker())
-                .expect("spawning a worker thread");
-        }
         s
     }
 
@@ -361,7 +318,7 @@ impl Scheduler {
         if let Some(t) = &mut turn {
             t.guard.take_kv();
         }
-        let (kv, ready) = {
+        let kv = {
             let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
             let (kv, resident) = loaded
                 .get(model_name)
@@ -371,40 +328,44 @@ impl Scheduler {
                 })
                 .unwrap_or((0, 0));
             let what = format!("the KV cache of this request ({tokens} tokens: prompt + max_tokens)");
-            // Admission only: a queued request holds nothing (its reservation is taken when a
-            // worker starts it), so that memory is never held by work that cannot run.
-            let ready = match self.make_room(&mut loaded, kv, &what, false) {
-                Ok(_) => true,
+            // Admission only: a queued request holds nothing (its reservation is taken when its
+            // loop starts it), so that memory is never held by work that cannot run.
+            match self.make_room(&mut loaded, kv, &what, false) {
+                Ok(_) => {}
                 // It fits once other work is done: wait in the queue.
                 Err(_)
                     if self.config.memory.when_full == WhenFull::Queue
-                        && self.baseline() + resident + kv <= self.budget.effective =>
-                {
-                    false
-                }
+                        && self.baseline() + resident + kv <= self.budget.effective => {}
                 Err(e) => return Err(e),
-            };
+            }
             if let Some(k) = keep_alive_override
                 && let Some(l) = loaded.get_mut(model_name)
             {
                 l.keep_alive = keep_alive(k);
             }
-            (kv, ready)
+            kv
         };
+        let account = crate::policy::rules::account_of(caller);
+        // The job (its pin, entry and turn) is dropped with an error.
+        let place = self.queue.enter(class, &account).map_err(|queue::Full| {
+            Error::Busy(format!("{} requests are queued already (max_queue)", self.config.max_queue))
+        })?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = Arc::new(AtomicBool::new(false));
         let owner = caller.name.as_str();
-        let entry = RequestEntry {
-            owner: owner.to_string(),
-            cancel: cancel.clone(),
-            caller: caller.clone(),
-            model: model_name.to_string(),
-            session: turn.as_ref().map(|t| t.guard.session.id),
-            running: false,
-            paused: false,
-            class,
-        };
-        lock_requests(&self.requests).insert(id, entry);
+        let listed = self.requests.insert(
+            id,
+            requests::Entry {
+                owner: owner.to_string(),
+                cancel: cancel.clone(),
+                caller: caller.clone(),
+                model: model_name.to_string(),
+                session: turn.as_ref().map(|t| t.guard.session.id),
+                running: false,
+                paused: false,
+                class,
+            },
+        );
         let Pinned { model, pin } = pinned;
         let job = Job {
             turn,
@@ -419,134 +380,63 @@ impl Scheduler {
             params,
             cancel,
             kv,
-            reservation: Mutex::new(None),
+            reservation: None,
             class,
-            listed: Listed { requests: self.requests.clone(), id },
+            listed,
+            place,
+            wanting: None,
         };
-        let account = crate::policy::rules::account_of(caller);
-        match self.queue.push(job, class, &account, ready) {
-            Ok(()) => {
-                let _ = self.events.send(Event::Started);
-                Ok(id)
-            }
-            // The job (its pin, reservation, entry and turn) is dropped with the error.
-            Err(queue::Full(_)) => {
-                Err(Error::Busy(format!("{} requests are queued already (max_queue)", self.config.max_queue)))
-            }
+        let inbox = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(model_name).map(|l| l.inbox.clone());
+        if inbox.is_some_and(|i| i.send(job).is_ok()) {
+            let _ = self.events.send(Event::Started);
+            return Ok(id);
         }
+        Err(Error::Internal(format!("model \"{model_name}\" has no engine loop")))
     }
 
     /// Cancels request `id` if `caller` owns it.
     pub fn cancel(&self, caller: &str, id: u64) -> Result<(), Error> {
-        let requests = lock_requests(&self.requests);
-        match requests.get(&id) {
-            Some(r) if r.owner == caller => {
-                r.cancel.store(true, Ordering::Relaxed);
-                self.room.notify_all();
-                Ok(())
-            }
-            _ => Err(Error::UnknownRequest(format!("no request {id} of this client is running or queued"))),
-        }
+        self.requests.cancel(caller, id)
     }
 
     /// Cancels every request of `owner` (a client that left the bus). Returns how many.
     pub fn cancel_owner(&self, owner: &str) -> usize {
-        let requests = lock_requests(&self.requests);
-        let mut n = 0;
-        for r in requests.values().filter(|r| r.owner == owner) {
-            r.cancel.store(true, Ordering::Relaxed);
-            n += 1;
-        }
-        self.room.notify_all();
-        n
+        self.requests.cancel_owner(owner)
     }
 
     /// Cancels everything (shutdown).
     pub fn cancel_all(&self) {
-        for r in lock_requests(&self.requests).values() {
-            r.cancel.store(true, Ordering::Relaxed);
-        }
-        self.room.notify_all();
+        self.requests.cancel_all()
     }
 
     /// Requests queued or running, oldest first.
     pub fn list_requests(&self) -> Vec<RequestSummary> {
-        let requests = lock_requests(&self.requests);
-        let mut list: Vec<RequestSummary> = requests
-            .iter()
-            .map(|(&id, r)| RequestSummary {
-                id,
-                model: r.model.clone(),
-                running: r.running,
-                paused: r.paused,
-                class: r.class,
-                caller: r.caller.clone(),
-                session: r.session,
-            })
-            .collect();
-        list.sort_by_key(|r| r.id);
-        list
+        self.requests.list()
     }
 
     /// Requests not finished yet (queued or running).
     pub fn outstanding(&self) -> usize {
-        lock_requests(&self.requests).len()
+        self.requests.count(|_| true) as usize
     }
 
-    /// Requests running (a worker has them, paused ones included).
+    /// Requests running (their loop has them, paused ones included).
     pub fn running(&self) -> u32 {
-        lock_requests(&self.requests).values().filter(|r| r.running).count() as u32
+        self.requests.count(|r| r.running)
     }
 
     /// Requests computing now: running and not paused. A paused request's memory is counted
     /// (its reservation) or given back (preempted).
     pub(super) fn computing(&self) -> u32 {
-        lock_requests(&self.requests).values().filter(|r| r.running && !r.paused).count() as u32
+        self.requests.count(|r| r.running && !r.paused)
     }
 
-    /// Requests queued (no worker has them yet).
+    /// Requests queued (not started yet).
     pub fn queued(&self) -> u32 {
-        lock_requests(&self.requests).values().filter(|r| !r.running).count() as u32
+        self.requests.count(|r| !r.running)
     }
 
-    fn set_state(&self, id: u64, running: bool, paused: bool) {
-        if let Some(r) = lock_requests(&self.requests).get_mut(&id) {
-            r.running = running;
-            r.paused = paused;
-        }
-    }
-
-    fn worker(&self) {
-        loop {
-            let (job, lease) = self.queue.take();
-            // `process` catches a panic of the request's work; this catches one of its own
-            // (a bug), so that the worker goes on. What the job held was dropped unwinding.
-            if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| self.process(job, lease))) {
-                tracing::error!(panic = %crate::faults::panic_message(&*p), "a worker panicked finishing a request");
-            }
-        }
-    }
-
-    /// Runs a job taken from the queue, and reports and releases what it held.
-    fn process(&self, job: Job, mut lease: Lease<Job>) {
-        let stats = if job.cancel.load(Ordering::Relaxed) {
-            // cancelled while it was queued: nothing is computed
-            cancelled_before_running()
-        } else {
-            match self.reserve_when_room(&job) {
-                Ok(()) if job.cancel.load(Ordering::Relaxed) => cancelled_before_running(),
-                Ok(()) => {
-                    self.set_state(job.id, true, false);
-                    let _ = self.events.send(Event::Started);
-                    // Everything the job holds is released by drop below, whatever happened.
-                    match std::panic::catch_unwind(AssertUnwindSafe(|| self.run(&job))) {
-                        Ok(stats) => stats,
-                        Err(p) => self.contain_panic(&job, &*p),
-                    }
-                }
-                Err(e) => failed(&e),
-            }
-        };
+    /// Reports the end of a request and releases what it held.
+    fn conclude(&self, job: Job, stats: FinishStats) {
         tracing::debug!(request = job.id, client = %job.owner, model = %job.model_name,
             finish = %stats.finish_reason, generated = stats.generated_tokens.unwrap_or(0), "request finished");
         crate::audit::log(&crate::audit::Record {
@@ -581,159 +471,30 @@ impl Scheduler {
             reservation,
             class: _,
             listed,
+            mut place,
+            wanting,
         } = job;
         ticket.charge(tokens);
-        drop((ticket, model, turn, prompt_ids, params, caller, cancel));
-        lease.served = tokens;
+        drop((ticket, model, turn, prompt_ids, params, caller, cancel, wanting));
+        place.served = tokens;
         crate::memory::measure::release_freed();
         drop((reservation, pin, listed));
         let _ = self.events.send(Event::Finished { id, owner, stats: Box::new(stats) });
         // only now may paused background work go on (after this request's last message)
-        drop(lease);
+        drop(place);
     }
 
     /// A request's work panicked: it ends with `GenerationFailed`; its model may be corrupt,
     /// so no new request gets it and it is unloaded once idle.
-    fn contain_panic(&self, job: &Job, p: &(dyn std::any::Any + Send)) -> FinishStats {
+    fn contain_panic(&self, model_name: &str, model: &Arc<Model>, id: u64, p: &(dyn std::any::Any + Send)) -> Error {
         let message = crate::faults::panic_message(p);
-        tracing::error!(request = job.id, model = %job.model_name, panic = %message,
+        tracing::error!(request = id, model = %model_name, panic = %message,
             "a request's work panicked: the request failed; the model is unloaded once idle");
-        if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&job.model_name)
-            && Arc::ptr_eq(&l.model, &job.model)
+        if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get_mut(model_name)
+            && Arc::ptr_eq(&l.model, model)
         {
             l.faulted = true;
         }
-        failed(&Error::GenerationFailed(format!("the request's work failed unexpectedly ({message})")))
-    }
-
-    fn run(&self, job: &Job) -> FinishStats {
-        let served = job.model.served();
-        let mut stats = FinishStats {
-            backend: Some(served.backend.to_string()),
-            provider: Some(served.provider.clone()),
-            ..Default::default()
-        };
-        let prompt = Prompt::Tokens(job.prompt_ids.clone());
-        let events = &self.events;
-        let on_text = |text: &str| {
-            crate::faults::hit("run");
-            let _ = events.send(Event::Token { id: job.id, owner: job.owner.clone(), text: text.to_string() });
-        };
-        let yielder = Yielder { scheduler: self, job };
-        let result = match &job.turn {
-            None => {
-                let mut cache =
-                    self.prompt_cache.take(&job.model_name, &job.prompt_ids, 1).map(|c| c.0).unwrap_or_default();
-                let result = job.model.generate_from(&mut cache, &prompt, &job.params, &job.cancel, &yielder, on_text);
-                self.keep_prompt(job, cache);
-                result
-            }
-            Some(turn) => {
-                let mut cache = std::mem::take(&mut turn.guard.session.state().cache);
-                let result = job.model.generate_from(&mut cache, &prompt, &job.params, &job.cancel, &yielder, on_text);
-                self.end_turn(job, cache, &result);
-                result
-            }
-        };
-        match result {
-            Ok(out) => {
-                for call in out.tool_calls {
-                    let _ = self.events.send(Event::ToolCall { id: job.id, owner: job.owner.clone(), call });
-                }
-                let s = out.stats;
-                stats.finish_reason = s.finish.as_str().to_string();
-                stats.prompt_tokens = Some(s.prompt_tokens as u32);
-                stats.generated_tokens = Some(s.generated_tokens as u32);
-                stats.time_to_first_token_ms = Some(s.time_to_first_token.as_secs_f64() * 1e3);
-                stats.prompt_tokens_per_s = Some(s.prompt_tokens_per_s());
-                stats.decode_tokens_per_s = Some(s.decode_tokens_per_s());
-                stats.seed = Some(s.seed);
-                stats.cached_prompt_tokens = Some(s.cached_prompt_tokens as u32);
-                if job.params.format.is_some() || job.params.tools.is_some() {
-                    stats.forced_tokens = Some(s.forced_tokens as u32);
-                }
-                if job.params.prompt_lookup > 0 {
-                    stats.draft_tokens = Some(s.draft.drafted as u32);
-                    stats.draft_accepted = Some(s.draft.accepted as u32);
-                }
-            }
-            Err(e) => {
-                tracing::error!(request = job.id, error = %e, "generation failed");
-                let e = match e {
-                    GenerateError::NoRoom(m) => Error::OutOfBudget(m),
-                    e => Error::GenerationFailed(e.to_string()),
-                };
-                stats = FinishStats { backend: stats.backend, provider: stats.provider, ..failed(&e) };
-            }
-        }
-        stats
-    }
-}
-
-/// How often a paused request looks again at what it waits for.
-const PAUSE_TICK: Duration = Duration::from_millis(50);
-
-/// A running job's way of letting interactive work go first (see [`queue`]): while it
-/// yields, its worker runs the interactive requests waiting, or waits for those running;
-/// while an interactive request waits for memory, it gives back its KV cache (its sequence
-/// and its reservation), and reserves again (waiting, holding nothing) before it goes on.
-struct Yielder<'a> {
-    scheduler: &'a Scheduler,
-    job: &'a Job,
-}
-
-impl Yielder<'_> {
-    fn reservation(&self) -> MutexGuard<'_, Option<Reservation>> {
-        self.job.reservation.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Gives the request's KV cache back: its sequence (computed again when it goes on) and
-    /// its reservation.
-    fn preempt(&self, seq: &mut Option<Box<dyn crate::engine::backend::Sequence>>, why: &str) {
-        let Some(r) = self.reservation().take() else { return };
-        tracing::info!(request = self.job.id, kv = %mib(r.bytes()), why, "preempted: KV cache given back");
-        *seq = None;
-        crate::memory::measure::release_freed();
-        drop(r);
-    }
-}
-
-impl crate::engine::Yield for Yielder<'_> {
-    fn wanted(&self) -> bool {
-        self.scheduler.queue.should_yield(self.job.class)
-    }
-
-    fn wait(&self, seq: &mut Option<Box<dyn crate::engine::backend::Sequence>>) -> Result<(), GenerateError> {
-        let s = self.scheduler;
-        tracing::debug!(request = self.job.id, "yielding to interactive work");
-        s.set_state(self.job.id, true, true);
-        let result = loop {
-            if self.job.cancel.load(Ordering::Relaxed) {
-                break Ok(());
-            }
-            if s.wanting_room.load(Ordering::SeqCst) > 0 {
-                self.preempt(seq, "interactive work waits for memory");
-            }
-            match s.queue.yield_for(PAUSE_TICK) {
-                queue::Yielded::Run(job, lease) => {
-                    // Run here: if it cannot reserve while this request holds its KV cache,
-                    // this one gives it back first (it must not wait on itself).
-                    if matches!(s.try_reserve(&job), Ok(false)) {
-                        self.preempt(seq, "the interactive request it runs needs the memory");
-                    }
-                    s.process(job, lease)
-                }
-                queue::Yielded::Waiting => {}
-                queue::Yielded::Done if self.reservation().is_some() => break Ok(()),
-                // No interactive work left: reserve again to go on (waiting holding nothing).
-                queue::Yielded::Done => match s.try_reserve(self.job) {
-                    Ok(true) => break Ok(()),
-                    Ok(false) => s.wait_for_room(),
-                    Err(e) => break Err(GenerateError::NoRoom(e.description().unwrap_or_default().to_string())),
-                },
-            }
-        };
-        s.set_state(self.job.id, true, false);
-        result
+        Error::GenerationFailed(format!("the request's work failed unexpectedly ({message})"))
     }
 }

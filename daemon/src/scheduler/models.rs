@@ -302,6 +302,7 @@ impl Scheduler {
                 load_peak,
                 keep_alive: keep_alive(self.config.keep_alive),
                 faulted: false,
+                inbox: super::engine_loop::spawn(self.me.upgrade().expect("the scheduler is alive"), name),
             },
         );
         let _ = self.events.send(Event::ModelLoaded { name: name.to_string(), reason });

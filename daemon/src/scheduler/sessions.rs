@@ -8,20 +8,20 @@ use std::collections::HashMap;
 
 use super::{Job, Loaded, Scheduler};
 use crate::engine::chat::{Message, Role};
-use crate::engine::{FinishReason, GenerateError, Output, Resumable};
+use crate::engine::{FinishReason, Output, Resumable};
 use crate::memory::mib;
 
 impl Scheduler {
     /// Ends the turn of `job`: the session gets its cache back; a turn that completed (not
     /// cancelled, no error) adds its messages and the answer to the conversation.
-    pub(super) fn end_turn(&self, job: &Job, cache: Resumable, result: &Result<Output, GenerateError>) {
+    pub(super) fn end_turn(&self, job: &Job, cache: Resumable, output: Option<&Output>) {
         let Some(turn) = &job.turn else { return };
         let kv = {
             let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
             loaded.get(&job.model_name).map_or(0, |l| l.estimate.kv(cache.ids().len() as u64))
         };
-        let added = match result {
-            Ok(out) if out.stats.finish != FinishReason::Cancelled => {
+        let added = match output {
+            Some(out) if out.stats.finish != FinishReason::Cancelled => {
                 let mut added = turn.messages.clone();
                 let mut answer = Message::new(Role::Assistant, out.text.clone());
                 answer.tool_calls = out.tool_calls.clone();

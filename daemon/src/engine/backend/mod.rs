@@ -148,6 +148,19 @@ pub trait LoadedModel: Send + Sync {
     fn batch_counters(&self) -> BatchCounters {
         Default::default()
     }
+    /// One-token steps of several sequences of this model: each feeds its token and gets its
+    /// logits, as [`Sequence::forward`] would, one result a step. Backends that batch run them
+    /// as one forward pass (the weights read once for all); the others one after another.
+    fn step_batch(&self, steps: &mut [BatchStep<'_>]) -> Vec<Result<(), BackendError>> {
+        steps.iter_mut().map(|s| s.seq.forward(&[s.token], s.logits)).collect()
+    }
+}
+
+/// A sequence's one-token step in [`LoadedModel::step_batch`].
+pub struct BatchStep<'a> {
+    pub seq: &'a mut dyn Sequence,
+    pub token: u32,
+    pub logits: &'a mut Vec<f32>,
 }
 
 /// One generation stream with its own KV cache.
@@ -174,6 +187,12 @@ pub trait Sequence: Send {
     fn park(&mut self) -> Result<(), BackendError> {
         Ok(())
     }
+    /// The most positions this sequence will hold (its request's prompt and `max_tokens`,
+    /// which its KV reservation counts): a backend that shares memory between sequences
+    /// keeps each within it. Unset, the context.
+    fn plan(&mut self, _positions: usize) {}
+    /// For its backend's [`LoadedModel::step_batch`], which finds its own sequences.
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
 /// What batching has done on a model.
@@ -185,8 +204,7 @@ pub struct BatchCounters {
     pub rows: u64,
     /// Rows those passes fed a placeholder (their sequence had not asked for a step).
     pub placeholders: u64,
-    /// Time spent waiting for the other rows' steps, and running the passes.
-    pub collecting: std::time::Duration,
+    /// Time spent running the passes.
     pub running: std::time::Duration,
 }
 

@@ -297,6 +297,10 @@ impl Sequence for TractSequence {
         Ok(())
     }
 
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
     fn position(&self) -> usize {
         self.position
     }

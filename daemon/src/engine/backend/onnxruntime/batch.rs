@@ -1,47 +1,53 @@
-//! Batched decoding: the one-token steps of concurrent sequences of one model
+//! Batched decoding: the one-token steps of several sequences of one model
 //! run as one forward pass, so the weights are read once for all of them.
 //!
 //! Only for graphs with a shared KV buffer (`GroupQueryAttention`, which takes a
 //! length per row from the attention mask). The sequences that take part keep
 //! their KV cache in the model's [`Arena`]: per layer and kind one buffer
 //! `[rows, kv_heads, capacity, head_dim]`, one row per sequence, bound once as
-//! past and present. A step feeds every row: a sequence that has not asked for
-//! a step is fed a placeholder token at its next position, which its own next
+//! past and present. A pass feeds every row: a row whose sequence takes no step
+//! in it is fed a placeholder token at its next position, which its own next
 //! step writes over (so the arena's capacity is always at least the longest
 //! row's position + 1).
 //!
-//! Coordination ([`Batcher`]): a sequence asking for a one-token step queues
-//! it; if no step is being collected or run, it leads: it waits up to
-//! [`COLLECT`] for every other row's sequence to queue its step, runs them all,
-//! and hands each its logits. One sequence alone never waits. A panic in the
-//! pass is caught: every row's step fails, and the next step leads anew.
+//! Who batches: the caller, explicitly. [`LoadedModel::step_batch`] (the
+//! scheduler's engine loop, once a tick, with every row that decodes) runs the
+//! steps it is given as one pass; there is no collection window and no leader.
+//! A sequence of the arena stepped alone ([`Sequence::forward`]) runs a pass of
+//! its own row, the others placeholders.
 //!
-//! A sequence joins the arena on its first one-token step while another
-//! sequence of the model is alive (its KV cache is copied in, the arena is
-//! reallocated with one more row), and leaves it when dropped, or when it feeds
-//! several tokens at once (copied out to its own buffers again); one that
-//! verifies drafts (logits of several rows) never joins again. Joining and
-//! leaving copy every row's cache once; steps copy nothing.
+//! A sequence joins the arena on its first batched step (its KV cache is copied
+//! in, the arena is reallocated with one more row), and leaves it when dropped,
+//! parked, or fed several tokens at once (copied out to its own buffers again);
+//! one that verifies drafts (logits of several rows) never joins again. Joining
+//! and leaving copy every row's cache once; steps copy nothing.
 //!
-//! Memory: every row has the longest row's capacity. A sequence joins only if
-//! the arena then holds at most twice what the rows would hold alone; a long
-//! row that grows later can still take the arena past that, to `rows ×` its
-//! capacity, until rows leave.
+//! Memory: every row has the longest row's capacity, so the arena is kept
+//! within what its rows' KV reservations count: each sequence is told the most
+//! positions it will hold ([`Sequence::plan`]: its request's prompt and
+//! `max_tokens`, for which its reservation counts a buffer of
+//! `buffer_capacity(planned)` positions). A sequence joins only if the arena then
+//! holds at most the sum of its rows' planned buffers, and before a step that
+//! would grow the arena past that sum, the longest stepping row leaves it (its
+//! step runs alone). A rebuild (a row joining, leaving, or the arena growing)
+//! frees the old arena layer by layer as it copies it, so it holds one layer's
+//! buffer twice, not the whole arena; the row that moves in or out exists twice
+//! for the copy (its own buffers and its row, each within its reservation).
+//! A rebuild that fails leaves the arena empty: its rows' next steps fail.
+//!
+//! [`Sequence::plan`]: crate::engine::backend::Sequence::plan
+//!
+//! [`LoadedModel::step_batch`]: crate::engine::backend::LoadedModel::step_batch
+//! [`Sequence::forward`]: crate::engine::backend::Sequence::forward
 
-use std::collections::HashMap;
-use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ort::memory::Allocator;
 use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
 
-use super::{FIRST_CAPACITY, OrtModel, buffer_capacity, run_err};
-use crate::engine::backend::{BackendError, BatchCounters};
-
-/// How long a leading step waits for the other rows' steps. Between two steps a sequence
-/// samples, detokenizes and streams a piece of text: tens of microseconds.
-pub(super) const COLLECT: Duration = Duration::from_millis(3);
+use super::{FIRST_CAPACITY, Kv, OrtModel, OrtSequence, buffer_capacity, run_err};
+use crate::engine::backend::{BackendError, BatchCounters, BatchStep, check_room};
 
 /// The KV caches of the sequences that decode in batches, one row each.
 #[derive(Default)]
@@ -60,6 +66,8 @@ struct Row {
     id: u64,
     /// Positions held (the next token goes here).
     position: usize,
+    /// The most positions it will hold ([`Sequence::plan`](crate::engine::backend::Sequence::plan)).
+    planned: usize,
 }
 
 /// Where a row's cache comes from when the arena is rebuilt.
@@ -68,32 +76,6 @@ enum Source<'a> {
     Arena(usize),
     /// A sequence's own buffers, `[1, kv_heads, capacity, head_dim]`.
     Own(&'a [Tensor<f32>], usize),
-}
-
-/// One queued step.
-pub(super) struct Step {
-    id: u64,
-    token: u32,
-    /// The sequence's logits buffer, returned filled.
-    logits: Vec<f32>,
-}
-
-#[derive(Default)]
-struct State {
-    /// Rows in the arena: how many steps a full batch has.
-    members: usize,
-    queued: Vec<Step>,
-    done: HashMap<u64, Result<Vec<f32>, String>>,
-    /// A step is leading (collecting or running).
-    leading: bool,
-    counters: BatchCounters,
-}
-
-/// Collects steps and hands out results; see the module doc.
-#[derive(Default)]
-pub(super) struct Batcher {
-    state: Mutex<State>,
-    changed: Condvar,
 }
 
 /// Copies the first `keep` positions of `lanes` lanes of `d` values (a lane: one row's head).
@@ -105,7 +87,7 @@ fn copy_lanes(src: &[f32], src_cap: usize, dst: &mut [f32], dst_cap: usize, lane
 
 impl OrtModel {
     pub fn batch_counters(&self) -> BatchCounters {
-        self.batch.state.lock().unwrap_or_else(|e| e.into_inner()).counters
+        *self.counters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The arena's capacity for rows holding `positions` (the longest + 1, for its next step).
@@ -130,56 +112,71 @@ impl OrtModel {
         let capacity = self.arena_capacity(longest);
         let (h, d) = (s.kv_heads, s.head_dim);
         let mut binding = session.create_binding().map_err(run_err)?;
+        // The old arena is freed layer by layer as it is copied: its binding (which holds its
+        // buffers too) goes first; an error below leaves the arena empty.
+        let old_capacity = arena.capacity;
+        let mut old = std::mem::take(arena).buffers.into_iter();
         let io = &self.dir.io;
         let names = io.past_key.iter().zip(&io.present_key).chain(io.past_value.iter().zip(&io.present_value));
         let mut buffers = Vec::with_capacity(s.layers * 2);
         for (b, (past, present)) in names.enumerate() {
+            let old_buf = old.next();
             let mut buf = Tensor::<f32>::new(&Allocator::default(), [rows.len(), h, capacity, d]).map_err(run_err)?;
             let dst = buf.extract_tensor_mut().1;
             for (i, (row, source)) in rows.iter().zip(sources).enumerate() {
                 let dst = &mut dst[i * h * capacity * d..][..h * capacity * d];
                 match source {
                     Source::Arena(j) => {
-                        let src = &arena.buffers[b].extract_tensor().1[j * h * arena.capacity * d..];
-                        copy_lanes(src, arena.capacity, dst, capacity, h, d, row.position);
+                        let old_buf = old_buf.as_ref().ok_or_else(|| run_err("the arena lost a buffer"))?;
+                        let src = &old_buf.extract_tensor().1[j * h * old_capacity * d..];
+                        copy_lanes(src, old_capacity, dst, capacity, h, d, row.position);
                     }
                     Source::Own(own, cap) => {
                         copy_lanes(own[b].extract_tensor().1, *cap, dst, capacity, h, d, row.position)
                     }
                 }
             }
+            drop(old_buf);
             binding.bind_input(past, &buf).map_err(run_err)?;
             binding.bind_output(present, &mut buf).map_err(run_err)?;
             buffers.push(buf);
         }
         let mut logits = Tensor::<f32>::new(&Allocator::default(), [rows.len(), 1, self.vocab()]).map_err(run_err)?;
         binding.bind_output(&io.logits, &mut logits).map_err(run_err)?;
-        let members = rows.len();
         *arena = Arena { rows, capacity, buffers, binding: Some(binding), logits: Some(logits) };
-        let mut state = self.batch.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.members = members;
-        self.batch.changed.notify_all();
         Ok(())
     }
 
-    /// Moves a sequence's own cache of `position` positions into a new row; `None` when the
-    /// join rule (module doc) says it would cost too much memory.
+    /// Whether an arena of `rows`, ready for their next step, would hold more than their
+    /// planned buffers (module doc).
+    fn over_plan(&self, rows: &[Row]) -> bool {
+        let context = self.dir.spec.context_length;
+        let longest = rows.iter().map(|r| r.position).max().unwrap_or(0);
+        let planned: usize = rows.iter().map(|r| buffer_capacity(r.planned.max(r.position + 1), context)).sum();
+        rows.len() * self.arena_capacity(longest) > planned
+    }
+
+    /// Whether the arena, ready for its rows' next step, would hold more than their planned
+    /// buffers.
+    pub(super) fn arena_over_plan(&self) -> bool {
+        let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+        self.over_plan(&engine.arena.rows)
+    }
+
+    /// Moves a sequence's own cache of `position` positions into a new row; `false` when the
+    /// join rule (module doc) refuses it.
     pub(super) fn join(
         &self,
         id: u64,
-        position: usize,
+        (position, planned): (usize, usize),
         own: &[Tensor<f32>],
         own_capacity: usize,
     ) -> Result<bool, BackendError> {
         let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
         let super::Engine { session, arena } = &mut *engine;
-        let context = self.dir.spec.context_length;
         let mut rows = arena.rows.clone();
-        rows.push(Row { id, position });
-        let longest = rows.iter().map(|r| r.position).max().unwrap_or(0);
-        let together = rows.len() * self.arena_capacity(longest);
-        let apart: usize = rows.iter().map(|r| buffer_capacity(r.position + 1, context)).sum();
-        if together > 2 * apart {
+        rows.push(Row { id, position, planned });
+        if self.over_plan(&rows) {
             return Ok(false);
         }
         let mut sources: Vec<Source<'_>> = (0..arena.rows.len()).map(Source::Arena).collect();
@@ -217,72 +214,91 @@ impl OrtModel {
         }
     }
 
-    /// Runs `token` as row `id`'s next step, batched with whatever other rows ask for meanwhile;
-    /// writes its logits into `logits`.
-    pub(super) fn step(&self, id: u64, token: u32, logits: &mut Vec<f32>) -> Result<(), BackendError> {
-        let b = &self.batch;
-        let mut state = b.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.queued.push(Step { id, token, logits: std::mem::take(logits) });
-        b.changed.notify_all();
-        loop {
-            if let Some(result) = state.done.remove(&id) {
-                return match result {
-                    Ok(row) => {
-                        *logits = row;
+    /// The steps of [`LoadedModel::step_batch`]: those of this model's sequences that may
+    /// batch join the arena and run as one pass; the others run alone.
+    ///
+    /// [`LoadedModel::step_batch`]: crate::engine::backend::LoadedModel::step_batch
+    pub(super) fn step_batch(&self, steps: &mut [BatchStep<'_>]) -> Vec<Result<(), BackendError>> {
+        let mut results: Vec<Option<Result<(), BackendError>>> = steps.iter().map(|_| None).collect();
+        let mut members = vec![];
+        if self.batch_decode && steps.len() > 1 {
+            for (i, s) in steps.iter_mut().enumerate() {
+                let Some(seq) = s.seq.as_any_mut().downcast_mut::<OrtSequence>() else { continue };
+                if !std::ptr::eq(std::sync::Arc::as_ptr(&seq.model), self) {
+                    continue;
+                }
+                match seq.enter_batch() {
+                    Ok(true) => members.push(i),
+                    Ok(false) => {}
+                    Err(e) => results[i] = Some(Err(e)),
+                }
+            }
+            // growing the arena for this step must keep it within its rows' plans: the
+            // longest stepping rows step alone instead
+            while !members.is_empty() && self.arena_over_plan() {
+                let mut longest: Option<(usize, usize)> = None;
+                for (k, &i) in members.iter().enumerate() {
+                    if let Some(q) = steps[i].seq.as_any_mut().downcast_mut::<OrtSequence>()
+                        && longest.is_none_or(|(_, p)| q.position > p)
+                    {
+                        longest = Some((k, q.position));
+                    }
+                }
+                let Some((k, _)) = longest else { break };
+                let i = members.remove(k);
+                if let Some(q) = steps[i].seq.as_any_mut().downcast_mut::<OrtSequence>()
+                    && let Err(e) = q.leave_batch(q.position + 1)
+                {
+                    results[i] = Some(Err(e));
+                }
+            }
+        }
+        if !members.is_empty() {
+            let mut ids = Vec::with_capacity(members.len());
+            let mut batch: Vec<(u64, u32, &mut Vec<f32>)> = Vec::with_capacity(members.len());
+            for (i, s) in steps.iter_mut().enumerate() {
+                if !members.contains(&i) {
+                    continue;
+                }
+                let id = s.seq.as_any_mut().downcast_mut::<OrtSequence>().map_or(0, |q| q.id);
+                ids.push(i);
+                batch.push((id, s.token, &mut *s.logits));
+            }
+            let outcome = self.run_batch(&mut batch).map(|_| ());
+            drop(batch);
+            for i in ids {
+                results[i] = Some(match &outcome {
+                    Ok(()) => {
+                        if let Some(q) = steps[i].seq.as_any_mut().downcast_mut::<OrtSequence>() {
+                            q.position += 1;
+                        }
                         Ok(())
                     }
                     Err(e) => Err(run_err(e)),
-                };
+                });
             }
-            if state.leading {
-                state = b.changed.wait(state).unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            state.leading = true;
-            let began = Instant::now();
-            let deadline = began + COLLECT;
-            while state.queued.len() < state.members {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                state = b.changed.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0;
-            }
-            let mut steps = std::mem::take(&mut state.queued);
-            drop(state);
-            let collected = Instant::now();
-            // A panic in the pass fails every row's step (each request ends with an error)
-            // instead of leaving `leading` set with the others waiting for ever.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                crate::faults::hit("batch-step");
-                self.run_batch(&mut steps)
-            }))
-            .unwrap_or_else(|p| {
-                Err(run_err(format!("the batched step panicked: {}", crate::faults::panic_message(&*p))))
-            });
-            state = b.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.counters.collecting += collected - began;
-            state.counters.running += collected.elapsed();
-            if let Ok(rows) = result {
-                state.counters.steps += 1;
-                state.counters.rows += steps.len() as u64;
-                state.counters.placeholders += (rows - steps.len()) as u64;
-            }
-            for s in steps {
-                let r = match &result {
-                    Ok(_) => Ok(s.logits),
-                    Err(e) => Err(e.to_string()),
-                };
-                state.done.insert(s.id, r);
-            }
-            state.leading = false;
-            b.changed.notify_all();
         }
+        steps.iter_mut().zip(results).map(|(s, r)| r.unwrap_or_else(|| s.seq.forward(&[s.token], s.logits))).collect()
     }
 
-    /// One forward pass over every row of the arena: `steps` feed their tokens, the other rows
-    /// a placeholder at their next position. Returns how many rows it ran.
-    fn run_batch(&self, steps: &mut [Step]) -> Result<usize, BackendError> {
+    /// One forward pass over every row of the arena: `steps` (row id, token, logits) feed
+    /// their tokens, the other rows a placeholder at their next position. Returns how many
+    /// rows it ran.
+    pub(super) fn run_batch(&self, steps: &mut [(u64, u32, &mut Vec<f32>)]) -> Result<usize, BackendError> {
+        let began = Instant::now();
+        crate::faults::hit("batch-step");
+        let result = self.pass(steps);
+        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        c.running += began.elapsed();
+        if let Ok(rows) = result {
+            c.steps += 1;
+            c.rows += steps.len() as u64;
+            c.placeholders += (rows - steps.len()) as u64;
+        }
+        result
+    }
+
+    fn pass(&self, steps: &mut [(u64, u32, &mut Vec<f32>)]) -> Result<usize, BackendError> {
         let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
         let super::Engine { session, arena } = &mut *engine;
         let longest = arena.rows.iter().map(|r| r.position).max().unwrap_or(0);
@@ -294,14 +310,14 @@ impl OrtModel {
         let n = arena.rows.len();
         let mut index = vec![usize::MAX; steps.len()];
         let mut ids = vec![0i64; n];
-        for (k, s) in steps.iter().enumerate() {
+        for (k, (id, token, _)) in steps.iter().enumerate() {
             let r = arena
                 .rows
                 .iter()
-                .position(|row| row.id == s.id)
-                .ok_or_else(|| run_err(format!("sequence {} is not in the batch", s.id)))?;
+                .position(|row| row.id == *id)
+                .ok_or_else(|| run_err(format!("sequence {id} is not in the batch")))?;
             index[k] = r;
-            ids[r] = s.token as i64;
+            ids[r] = *token as i64;
         }
         let width = longest + 1;
         let mut mask = vec![0i64; n * width];
@@ -326,11 +342,36 @@ impl OrtModel {
         session.run_binding(binding).map_err(run_err)?;
         let vocab = self.vocab();
         let all = arena.logits.as_ref().ok_or_else(|| run_err("the batch has no logits"))?.extract_tensor().1;
-        for (s, &r) in steps.iter_mut().zip(&index) {
-            s.logits.clear();
-            s.logits.extend_from_slice(&all[r * vocab..][..vocab]);
+        for ((_, _, logits), &r) in steps.iter_mut().zip(&index) {
+            logits.clear();
+            logits.extend_from_slice(&all[r * vocab..][..vocab]);
             arena.rows[r].position += 1;
         }
         Ok(n)
+    }
+}
+
+impl OrtSequence {
+    /// Makes this sequence a row of the arena for a batched one-token step, unless it may not
+    /// batch (it verified drafts, has no shared buffer, has not been fed, or its context is
+    /// full) or the join rule refuses it: false then.
+    fn enter_batch(&mut self) -> Result<bool, BackendError> {
+        if check_room(self.position, 1, self.model.dir.spec.context_length).is_err()
+            || !self.batchable
+            || self.position == 0
+        {
+            return Ok(false);
+        }
+        match &self.kv {
+            Kv::Batched => Ok(true),
+            Kv::Shared { buffers, capacity, .. } => {
+                if self.model.join(self.id, (self.position, self.planned), buffers, *capacity)? {
+                    self.kv = Kv::Batched;
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+            Kv::Moved(_) => Ok(false),
+        }
     }
 }

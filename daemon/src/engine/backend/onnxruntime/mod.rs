@@ -17,12 +17,12 @@
 //!   `present.N.*` outputs are moved, as ONNX Runtime values, into the next
 //!   step's `past_key_values.N.*` inputs; nothing goes through Rust memory.
 //!
-//! Concurrent sequences of a shared-buffer model decode in batches: [`batch`].
+//! Several sequences of a shared-buffer model decode in batches: [`batch`].
 
 mod batch;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub use super::BatchCounters;
@@ -34,7 +34,7 @@ use ort::value::{DynValue, Tensor};
 
 use super::providers::{ProviderName, register};
 use super::{
-    BackendError, BackendKind, KvCache, LoadOptions, LoadedModel, Sequence, Served, check_room, check_rows,
+    BackendError, BackendKind, BatchStep, KvCache, LoadOptions, LoadedModel, Sequence, Served, check_room, check_rows,
     check_truncate, last_rows,
 };
 use crate::engine::model_dir::ModelDir;
@@ -137,11 +137,9 @@ pub struct OrtModel {
     past_f16: bool,
     /// Past and present share one preallocated buffer (IoBinding), see the module doc.
     share_buffer: bool,
-    /// One-token steps of concurrent sequences run as one pass ([`batch`]).
+    /// One-token steps of several sequences run as one pass ([`batch`]).
     batch_decode: bool,
-    batch: batch::Batcher,
-    /// Sequences alive (a sequence joins the batch only when it is not alone).
-    live: AtomicUsize,
+    counters: Mutex<BatchCounters>,
     next_id: AtomicU64,
 }
 
@@ -216,8 +214,7 @@ impl OrtModel {
         Ok(OrtModel {
             engine: Mutex::new(Engine { session, arena: Default::default() }),
             batch_decode: opts.batch_decode && share_buffer && !past_f16 && logits_f32,
-            batch: Default::default(),
-            live: AtomicUsize::new(0),
+            counters: Default::default(),
             next_id: AtomicU64::new(1),
             dir: dir.clone(),
             served: Served {
@@ -268,13 +265,17 @@ impl LoadedModel for OrtModel {
             }
             Kv::Moved(past)
         };
-        self.live.fetch_add(1, Ordering::SeqCst);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Ok(Box::new(OrtSequence { model: self, kv, position: 0, id, batchable: true, parked: false }))
+        let planned = self.dir.spec.context_length;
+        Ok(Box::new(OrtSequence { model: self, kv, position: 0, id, batchable: true, planned }))
     }
 
     fn batch_counters(&self) -> BatchCounters {
         OrtModel::batch_counters(self)
+    }
+
+    fn step_batch(&self, steps: &mut [BatchStep<'_>]) -> Vec<Result<(), BackendError>> {
+        OrtModel::step_batch(self, steps)
     }
 }
 
@@ -285,8 +286,8 @@ pub struct OrtSequence {
     id: u64,
     /// May decode in batches: false once it has verified drafts (logits of several rows).
     batchable: bool,
-    /// Parked ([`Sequence::park`]): not counted in the model's live sequences.
-    parked: bool,
+    /// The most positions it will hold ([`Sequence::plan`]; the context until told).
+    planned: usize,
 }
 
 enum Kv {
@@ -412,17 +413,17 @@ impl Sequence for OrtSequence {
     fn forward_rows(&mut self, tokens: &[u32], rows: usize, logits: &mut Vec<f32>) -> Result<(), BackendError> {
         check_room(self.position, tokens.len(), self.model.dir.spec.context_length)?;
         check_rows(BackendKind::Onnxruntime, rows, tokens.len())?;
-        if self.parked {
-            self.parked = false;
-            self.model.live.fetch_add(1, Ordering::SeqCst);
-        }
         if rows > 1 {
             self.batchable = false;
         }
-        if self.batched_step(tokens, rows)? {
-            self.model.step(self.id, tokens[0], logits)?;
-            self.position += 1;
-            return Ok(());
+        if matches!(self.kv, Kv::Batched) {
+            if tokens.len() == 1 && rows == 1 && !self.model.arena_over_plan() {
+                // a pass of its own row (the others placeholders)
+                self.model.run_batch(&mut [(self.id, tokens[0], logits)])?;
+                self.position += 1;
+                return Ok(());
+            }
+            self.leave_batch(self.position + tokens.len())?;
         }
         let m = &self.model;
         let io = &m.dir.io;
@@ -458,7 +459,7 @@ impl Sequence for OrtSequence {
                 let outputs = session.run_binding(binding).map_err(run_err)?;
                 read_logits(&outputs[io.logits.as_str()], rows, logits)?;
             }
-            Kv::Batched => unreachable!("batched_step moves a batched sequence's cache back first"),
+            Kv::Batched => unreachable!("a batched sequence's cache is moved back first"),
             Kv::Moved(past) => {
                 let mut inputs: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(4 + past.len());
                 inputs.push((&io.input_ids, ids.into()));
@@ -517,45 +518,24 @@ impl Sequence for OrtSequence {
         self.position
     }
 
-    /// Out of the batch (its cache copied back to its own buffers) and not counted as live.
+    /// Out of the batch (its cache copied back to its own buffers).
     fn park(&mut self) -> Result<(), BackendError> {
-        self.leave_batch(self.position)?;
-        if !self.parked {
-            self.parked = true;
-            self.model.live.fetch_sub(1, Ordering::SeqCst);
-        }
-        Ok(())
+        self.leave_batch(self.position)
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn plan(&mut self, positions: usize) {
+        self.planned = positions.max(self.position);
     }
 }
 
 impl OrtSequence {
-    /// Whether a forward of `tokens` (`rows` of logits) goes through the batch: a one-token
-    /// step after the prompt, while other sequences of the model are alive. Joins the batch
-    /// when it should, and leaves it (its cache copied back) before anything else.
-    fn batched_step(&mut self, tokens: &[u32], rows: usize) -> Result<bool, BackendError> {
-        let step = tokens.len() == 1 && rows == 1 && self.batchable && self.position > 0;
-        if matches!(self.kv, Kv::Batched) {
-            if !step {
-                self.leave_batch(self.position + tokens.len())?;
-            }
-            return Ok(step);
-        }
-        let m = &self.model;
-        if let Kv::Shared { buffers, capacity, .. } = &self.kv
-            && step
-            && m.batch_decode
-            && m.live.load(Ordering::SeqCst) > 1
-            && m.join(self.id, self.position, buffers, *capacity)?
-        {
-            self.kv = Kv::Batched;
-            return Ok(true);
-        }
-        Ok(false)
-    }
-
     /// A batched sequence's cache back in its own buffers (room for `positions`); nothing
     /// otherwise.
-    fn leave_batch(&mut self, positions: usize) -> Result<(), BackendError> {
+    pub(super) fn leave_batch(&mut self, positions: usize) -> Result<(), BackendError> {
         if !matches!(self.kv, Kv::Batched) {
             return Ok(());
         }
@@ -569,9 +549,6 @@ impl OrtSequence {
 
 impl Drop for OrtSequence {
     fn drop(&mut self) {
-        if !self.parked {
-            self.model.live.fetch_sub(1, Ordering::SeqCst);
-        }
         if matches!(self.kv, Kv::Batched)
             && let Err(e) = self.model.leave(self.id, None)
         {
