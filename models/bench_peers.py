@@ -3,7 +3,7 @@
 
     python models/bench_peers.py --llama-bench BIN --llamad BIN --genai-python PY \\
         --model NAME GGUF FUSED_DIR STANDARD_DIR [--model ...] [--rounds 3] [--threads 1 2] \\
-        [--prompt 128] [--gen 128] [--grounded TEXT_FILE] [--dbus]
+        [--prompt 128] [--gen 128] [--grounded TEXT_FILE] [--dbus] [--baseline OTHER_LLAMAD]
 
 For each round, thread count and model, every tool runs once, in the same order each round
 (so each peer sees the same machine state as the others): llama.cpp's `llama-bench` on the
@@ -13,7 +13,8 @@ text request ("Once upon a time", greedy, until EOS or GEN tokens) through llama
 through the daemon on a private bus. llamad runs with huge pages for its weights
 (`--huge-pages`, `memory.huge_pages`), which it does not do by default. The prompt is PROMPT token ids, then GEN greedy tokens
 (`--ignore-eos`). With --grounded, llamad also runs a grounded request (rewrite the given
-passage) with and without prompt lookup.
+passage) with and without prompt lookup. With --baseline, another llamad build (an earlier
+commit's) runs its core beside this one's in the same rounds: a before/after figure.
 
 Printed: the median over rounds of prompt tokens/s, decode tokens/s, time to first token and
 peak RSS of each tool, and each round's ratio of llamad to the best peer (llama.cpp or genai)
@@ -75,8 +76,8 @@ def prompt_ids(a):
     return "1 " + " ".join(str(100 + i) for i in range(a.prompt - 1))
 
 
-def llamad_core(a, model_dir, backend, threads, extra=(), prompt=None):
-    cmd = [a.llamad, "generate", "--model", model_dir, "--backend", backend, "--threads", str(threads),
+def llamad_core(a, model_dir, backend, threads, extra=(), prompt=None, binary=None):
+    cmd = [binary or a.llamad, "generate", "--model", model_dir, "--backend", backend, "--threads", str(threads),
            "--max-tokens", str(a.gen), "--json", "--huge-pages", *extra]
     cmd += prompt if prompt else ["--tokens", prompt_ids(a), "--ignore-eos"]
     _, err = run(cmd)
@@ -143,6 +144,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--llama-bench", required=True)
     ap.add_argument("--llamad", required=True)
+    ap.add_argument("--baseline", help="another llamad build (an earlier commit's): its core runs beside "
+                    "--llamad's in the same rounds, as \"llamad ... (baseline)\"")
     ap.add_argument("--genai-python", required=True)
     ap.add_argument("--model", nargs=4, action="append", required=True,
                     metavar=("NAME", "GGUF", "FUSED_DIR", "STANDARD_DIR"))
@@ -179,6 +182,11 @@ def main():
                         ("llamad onnxruntime", lambda: llamad_core(a, fused, "onnxruntime", t)),
                         ("llamad tract", lambda: llamad_core(a, standard, "tract", t)),
                     ]
+                    if a.baseline:  # alternating with the build under test, tool by tool
+                        tools[2:2] = [("llamad onnxruntime (baseline)",
+                                       lambda: llamad_core(a, fused, "onnxruntime", t, binary=a.baseline))]
+                        tools.append(("llamad tract (baseline)",
+                                      lambda: llamad_core(a, standard, "tract", t, binary=a.baseline)))
                     if daemon:  # the same text request through the daemon and through the core
                         text = ["--prompt", STORY, "--temperature", "0"]
                         tools.append(("llamad ORT text", lambda: llamad_core(a, fused, "onnxruntime", t, prompt=text)))

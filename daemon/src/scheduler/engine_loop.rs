@@ -53,6 +53,9 @@ struct Row {
     error: Option<Error>,
     /// It does not step now (background work while interactive work is alive).
     paused: bool,
+    /// What the request table says: paused, or waiting to reserve again after a preemption
+    /// (either way not computing, which the memory accounting must know).
+    stopped: bool,
 }
 
 impl Row {
@@ -100,6 +103,7 @@ impl EngineLoop {
             self.cancel();
             self.pause_and_preempt();
             self.admit();
+            self.publish();
             idle = !self.tick();
             self.end_rows();
         }
@@ -162,7 +166,6 @@ impl EngineLoop {
             let paused = row.job.class == Priority::Background && urgent;
             if paused != row.paused {
                 row.paused = paused;
-                self.s.requests.set_state(row.job.id, true, paused);
                 tracing::debug!(request = row.job.id, paused, "background request paused or resumed");
             }
             if paused
@@ -175,6 +178,18 @@ impl EngineLoop {
                 crate::memory::measure::release_freed();
                 tracing::info!(request = row.job.id, kv = %mib(r.bytes()), "preempted: KV cache given back");
                 drop(r);
+            }
+        }
+    }
+
+    /// The request table says which rows are not computing: paused, or preempted and waiting
+    /// to reserve again.
+    fn publish(&mut self) {
+        for row in &mut self.rows {
+            let stopped = row.paused || row.job.reservation.is_none();
+            if stopped != row.stopped {
+                row.stopped = stopped;
+                self.s.requests.set_state(row.job.id, true, stopped);
             }
         }
     }
@@ -257,7 +272,7 @@ impl EngineLoop {
             Ok(Err(e)) => (None, Some(generation_error(e))),
             Err(p) => (None, Some(self.s.contain_panic(&job.model_name, &job.model, job.id, &*p))),
         };
-        self.rows.push(Row { job, run, cache, error, paused: false });
+        self.rows.push(Row { job, run, cache, error, paused: false, stopped: false });
     }
 
     /// Runs `f` on row `i`'s run, then streams the text it made final; an error or a panic

@@ -24,7 +24,8 @@ pub struct Entry {
     pub session: Option<u64>,
     /// Its model's loop runs it (it was queued before).
     pub running: bool,
-    /// It does not step now (background work while interactive work is alive).
+    /// It does not compute now: paused (background work while interactive work is alive),
+    /// or preempted and waiting to reserve its KV cache again.
     pub paused: bool,
     pub class: Priority,
 }
