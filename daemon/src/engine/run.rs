@@ -27,6 +27,11 @@ use super::text::TextOut;
 use super::tools::{self, Dialect};
 use std::sync::Arc;
 
+/// Whether a token ends generation: one of `eos`, unless the request ignores them.
+fn ends(eos: &[u32], ignore: bool) -> impl Fn(u32) -> bool + Copy + '_ {
+    move |id| !ignore && eos.contains(&id)
+}
+
 /// A request being decoded; see the module doc.
 pub struct Run {
     backend: Arc<dyn LoadedModel>,
@@ -175,7 +180,7 @@ impl Run {
     }
 
     fn is_end(&self, id: u32) -> bool {
-        !self.ignore_eos && self.eos_ids.contains(&id)
+        ends(&self.eos_ids, self.ignore_eos)(id)
     }
 
     /// Computes the next chunk of what the sequence must hold (at most `prefill_chunk`
@@ -213,8 +218,7 @@ impl Run {
             return Ok(None);
         }
         let left = self.budget - self.generated.len();
-        let eos = (self.eos_ids.clone(), self.ignore_eos);
-        let is_end = |id| !eos.1 && eos.0.contains(&id);
+        let is_end = ends(&self.eos_ids, self.ignore_eos);
         let (Some(steps), Some(seq)) = (self.steps.as_mut(), self.seq.as_mut()) else {
             return Err(BackendError::NoTokens.into());
         };
@@ -240,8 +244,7 @@ impl Run {
 
     /// The second half of a step whose token was fed: picks from its logits.
     pub fn end_step(&mut self) -> Result<(), GenerateError> {
-        let eos = (self.eos_ids.clone(), self.ignore_eos);
-        let is_end = |id| !eos.1 && eos.0.contains(&id);
+        let is_end = ends(&self.eos_ids, self.ignore_eos);
         let steps = self.steps.as_mut().ok_or(BackendError::NoTokens)?;
         let ids = steps.pick(&mut self.picker, &mut self.logits, &mut self.history, is_end)?;
         self.accept(ids)?;
