@@ -134,32 +134,14 @@ impl Steps {
         }
     }
 
-    /// The next tokens, at least one, each pushed on `history` as it is picked: at most
-    /// `left` (the run's budget) from a draft, and one plus what a grammar forces after it
-    /// otherwise (the caller stops at its budget). `logits` holds the prompt's logits at the first step and is scratch after it.
-    /// A step that picks an end token (`is_end`) returns it last: nothing after it is
-    /// picked. A constrained picker (a grammar) decodes plainly: its forced tokens are fed
-    /// with the next step's token in one pass.
-    pub fn next(
-        &mut self,
-        seq: &mut dyn Sequence,
-        picker: &mut Picker,
-        logits: &mut Vec<f32>,
-        history: &mut Vec<u32>,
-        left: usize,
-        is_end: impl Fn(u32) -> bool,
-    ) -> Result<Vec<u32>, GenerateError> {
-        match self.begin(seq, picker, history, left, &is_end)? {
-            Begun::Picked(ids) => return Ok(ids),
-            Begun::Feed(tokens) => seq.forward(&tokens, logits)?,
-            Begun::Ready => {}
-        }
-        self.pick(picker, logits, history, is_end)
-    }
-
-    /// The first half of a step ([`Steps::next`] is both): a draft is verified here (it is
-    /// the whole step); otherwise says what to feed before picking from the logits (nothing
-    /// at the first step, whose logits are the prompt's).
+    /// The first half of a step: the next tokens, at least one, each pushed on `history` as
+    /// it is picked: at most `left` (the run's budget) from a draft, and one plus what a
+    /// grammar forces after it otherwise (the caller stops at its budget). A step that picks
+    /// an end token (`is_end`) returns it last. A constrained picker (a grammar) decodes
+    /// plainly: its forced tokens are fed with the next step's token in one pass.
+    /// A draft is verified here (it is the whole step); otherwise it says what to feed
+    /// before [`Steps::pick`] picks from the logits (nothing at the first step, whose logits
+    /// are the prompt's).
     pub fn begin(
         &mut self,
         seq: &mut dyn Sequence,

@@ -90,6 +90,7 @@ impl Queue {
     }
 
     /// Requests waiting to start.
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.lock().queued
     }
