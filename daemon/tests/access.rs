@@ -265,6 +265,7 @@ async fn app_rules_limit_models_concurrency_and_tokens() {
     // llamactl's exit code for a quota
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(common::bus::runner())
         .arg(for_others(&d, &common::bus::target_bin("llamactl")))
         .args(["--address", &d.address, "run", "tiny", "hello", "--max-tokens", "4"])
         .output()

@@ -417,14 +417,13 @@ async fn property_changes_are_announced() {
 
 #[test]
 fn llamactl_makes_its_man_page_and_completions() {
-    let ctl = common::bus::target_bin("llamactl");
-    let man = std::process::Command::new(&ctl).arg("man").output().unwrap();
+    let ctl = || common::bus::target_command("llamactl");
+    let man = ctl().arg("man").output().unwrap();
     let text = String::from_utf8_lossy(&man.stdout);
     assert!(man.status.success() && text.contains(".TH llamactl") && text.contains("chat"), "{text}");
-    let bash = std::process::Command::new(&ctl).args(["completions", "bash"]).output().unwrap();
+    let bash = ctl().args(["completions", "bash"]).output().unwrap();
     assert!(bash.status.success() && String::from_utf8_lossy(&bash.stdout).contains("llamactl"));
     // No daemon on this address: exit code 3.
-    let out =
-        std::process::Command::new(&ctl).args(["--address", "unix:path=/nonexistent/bus", "status"]).output().unwrap();
+    let out = ctl().args(["--address", "unix:path=/nonexistent/bus", "status"]).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -6,16 +6,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 
-use common::bus::{Daemon, target_bin};
+use common::bus::{Daemon, target_command};
 use common::client::loaded_now;
 use common::copy_fixture;
 
 const TINY: &str = "tiny-llama2-optimum-fp32";
 
 fn write_manifest(dir: &std::path::Path) {
-    let out = Command::new(target_bin("llamad")).arg("manifest").arg(dir).output().unwrap();
+    let out = target_command("llamad").arg("manifest").arg(dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.join("llamad-manifest.json").exists());
 }

@@ -425,11 +425,7 @@ async fn a_request_for_a_loaded_model_does_not_wait_behind_another_load() {
     // 3 GiB of zeros (a sparse file): hashing it takes seconds
     let pad = std::fs::File::create(slow.path().join("padding.bin")).unwrap();
     pad.set_len(3 << 30).unwrap();
-    let status = std::process::Command::new(common::bus::target_bin("llamad"))
-        .args(["manifest"])
-        .arg(slow.path())
-        .status()
-        .unwrap();
+    let status = common::bus::target_command("llamad").args(["manifest"]).arg(slow.path()).status().unwrap();
     assert!(status.success());
     let d = Daemon::start_with("", &[("slow", slow.path())]).await;
     let (conn, proxy) = d.proxy().await;

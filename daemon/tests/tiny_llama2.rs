@@ -68,7 +68,22 @@ fn onnxruntime_matches_python_on_every_layout() {
         "tiny-llama2-genai-int4",
         "tiny-llama2-optimum-fp32",
     ] {
-        check_against_python(&load(f, BackendKind::Onnxruntime), f, 1e-4);
+        let model = load(f, BackendKind::Onnxruntime);
+        if cfg!(target_arch = "aarch64") && f.contains("int4") {
+            // The reference was made on x86-64. These graphs ask `MatMulNBits` for int8
+            // activations (accuracy_level 4), which ONNX Runtime's aarch64 kernels quantize
+            // and accumulate differently: the first logits move by up to about 0.07 (0.072
+            // measured under qemu-aarch64) and this random-weight model's near-ties then send
+            // greedy decoding elsewhere after a few tokens. The first logits are held to that;
+            // the int4 path is checked against fp32 (`int4_stays_close_to_fp32`) and, at
+            // accuracy_level 0, against tract
+            // (`tract_runs_the_builders_unfused_int4_output_like_onnxruntime`).
+            let (_, logits) = greedy(&model, &case().prompt, 1);
+            let d = max_abs_diff(&logits[0][..16], &expected(f).1);
+            assert!(d < 0.15, "{f} on onnxruntime (aarch64): first logits differ by {d}");
+            continue;
+        }
+        check_against_python(&model, f, 1e-4);
     }
 }
 

@@ -144,7 +144,13 @@ mod tests {
         // at the same time move the resident size under it.
         const CHILD: &str = "LLAMAD_SAMPLER_TEST_ALONE";
         if std::env::var_os(CHILD).is_none() {
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
+            // through the runner that runs this binary (qemu-aarch64 in tests/run-arm64), if any
+            let mut runner: Vec<String> = std::env::var("LLAMAD_TEST_RUNNER")
+                .map(|r| r.split_whitespace().map(String::from).collect())
+                .unwrap_or_default();
+            runner.push(std::env::current_exe().unwrap().display().to_string());
+            let out = std::process::Command::new(&runner[0])
+                .args(&runner[1..])
                 .args(["--exact", "memory::measure::tests::the_sampler_sees_a_passing_allocation", "--nocapture"])
                 .env(CHILD, "1")
                 .output()

@@ -34,6 +34,24 @@ pub fn target_bin(name: &str) -> PathBuf {
     path
 }
 
+/// The runner that the workspace's binaries are started through, split into words:
+/// `LLAMAD_TEST_RUNNER` (tests/run-arm64 sets `qemu-aarch64` to run aarch64 binaries on
+/// another machine, with no binfmt handler), or nothing.
+pub fn runner() -> Vec<String> {
+    std::env::var("LLAMAD_TEST_RUNNER").map(|r| r.split_whitespace().map(String::from).collect()).unwrap_or_default()
+}
+
+/// A command that starts the workspace's binary `name` (through [`runner`]).
+pub fn target_command(name: &str) -> Command {
+    let mut words = runner();
+    if words.is_empty() {
+        return Command::new(target_bin(name));
+    }
+    let mut c = Command::new(words.remove(0));
+    c.args(words).arg(target_bin(name));
+    c
+}
+
 impl Daemon {
     /// Starts a bus and llamad with `extra_config` appended to the test configuration.
     pub async fn start(extra_config: &str) -> Daemon {
@@ -45,7 +63,8 @@ impl Daemon {
         Daemon::start_env(extra_config, extra_models, &[]).await
     }
 
-    /// As [`Daemon::start_with`], llamad having `env` in its environment.
+    /// As [`Daemon::start_with`], llamad having `env` in its environment (`{bus}` in a value
+    /// is the test bus's address).
     pub async fn start_env(extra_config: &str, extra_models: &[(&str, &Path)], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("bus");
@@ -99,7 +118,9 @@ impl Daemon {
         )
         .unwrap();
         let address = format!("unix:path={}", socket.display());
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        // `{bus}` in a value: this test bus's address (DBUS_SYSTEM_BUS_ADDRESS for mocks of
+        // system services)
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.replace("{bus}", &address))).collect();
         let mut d = Daemon { dir, address, bus, llamad: None, env };
         d.spawn_llamad(&config).await;
         d
@@ -115,12 +136,13 @@ impl Daemon {
     async fn spawn_llamad_as(&mut self, config: &Path, uid: Option<u32>) {
         let log = std::fs::File::options().create(true).append(true).open(self.dir.path().join("llamad.log")).unwrap();
         let mut command = match uid {
-            None => Command::new(target_bin("llamad")),
+            None => target_command("llamad"),
             Some(uid) => {
                 let mut c = Command::new("setpriv");
                 c.arg(format!("--reuid={uid}"))
                     .arg(format!("--regid={uid}"))
                     .args(["--clear-groups", "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"])
+                    .args(runner())
                     .arg(target_bin("llamad"));
                 c
             }
@@ -211,7 +233,7 @@ impl Daemon {
     }
 
     pub fn llamactl(&self) -> Command {
-        let mut c = Command::new(target_bin("llamactl"));
+        let mut c = target_command("llamactl");
         c.args(["--address", &self.address]);
         c
     }
