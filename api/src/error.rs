@@ -37,6 +37,9 @@ pub enum Error {
     /// The request's work failed inside the daemon (a backend error, or a fault that was
     /// contained): in `Finished`'s `error_name`; the request ended, others go on.
     GenerationFailed(String),
+    /// The power governor refuses background work now (low battery, heat): the message
+    /// begins `retry in N s` and says why.
+    PowerSaving(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -85,6 +85,15 @@ pub trait Manager {
     fn memory(&self) -> zbus::Result<MemoryStatus>;
     #[zbus(property)]
     fn under_memory_pressure(&self) -> zbus::Result<bool>;
+    /// The power governor's state (`state`, `limiting`, `reasons`, `threads`,
+    /// `max_parallel`, `background`, `cores`, `since`; with a battery `on_battery`,
+    /// `battery_percent`, `battery_warning`; with thermal zones `zone`, `zone_type`,
+    /// `temperature_c`, `hot_at_c`, `critical_at_c`).
+    #[zbus(property)]
+    fn power_state(&self) -> zbus::Result<HashMap<String, OwnedValue>>;
+    /// The daemon's metrics in Prometheus' text format.
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn metrics(&self) -> zbus::Result<String>;
 }
 
 /// A session object, `/org/llamad/Llama1/session/N` (build with `.path(...)`).

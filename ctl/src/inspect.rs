@@ -18,6 +18,8 @@ pub(crate) async fn status(proxy: &ManagerProxy<'_>, json: bool) -> Result<(), F
     let queued = proxy.requests_queued().await?;
     let mem = proxy.memory().await?;
     let usage = proxy.list_usage().await?;
+    // an older daemon has no PowerState
+    let power = proxy.power_state().await.unwrap_or_default();
     if json {
         println!(
             "{}",
@@ -27,6 +29,7 @@ pub(crate) async fn status(proxy: &ManagerProxy<'_>, json: bool) -> Result<(), F
                     "cgroup_source": mem.cgroup_source, "physical": mem.physical, "reserve": mem.reserve,
                     "used": mem.used, "kv_reserved": mem.kv_reserved, "rss": mem.rss,
                     "sessions_kv": mem.sessions_kv, "prompt_cache": mem.prompt_cache},
+                "power": request_json(&power),
                 "usage": usage.iter().map(request_json).collect::<Vec<_>>()})
         );
     } else {
@@ -53,6 +56,9 @@ pub(crate) async fn status(proxy: &ManagerProxy<'_>, json: bool) -> Result<(), F
             m(mem.prompt_cache),
             m(mem.rss)
         );
+        if !power.is_empty() {
+            println!("power:          {}", power_line(&power));
+        }
         if !usage.is_empty() {
             println!("usage (UTC day):");
             println!(
@@ -164,21 +170,55 @@ fn text<'a>(r: &'a HashMap<String, OwnedValue>, key: &str) -> &'a str {
     r.get(key).and_then(|v| <&str>::try_from(v).ok()).unwrap_or("")
 }
 
+/// `on-battery (on battery at 42 %): background deferred, 1 request at once, cores 0`.
+pub(crate) fn power_line(p: &HashMap<String, OwnedValue>) -> String {
+    let mut line = or_dash(text(p, "state")).to_string();
+    let reasons: Vec<String> = get(p, "reasons").unwrap_or_default();
+    if !reasons.is_empty() {
+        line += &format!(" ({})", reasons.join(", "));
+    }
+    let mut limits = vec![];
+    match text(p, "background") {
+        "defer" => limits.push("background deferred".to_string()),
+        "refuse" => limits.push("background refused".to_string()),
+        _ => {}
+    }
+    if let Some(n) = get::<u32>(p, "max_parallel").filter(|&n| n > 0) {
+        limits.push(format!("{n} request{} at once per model", if n == 1 { "" } else { "s" }));
+    }
+    if get::<u32>(p, "threads").is_some_and(|n| n > 0) {
+        let cores: Vec<u32> = get(p, "cores").unwrap_or_default();
+        let list: Vec<String> = cores.iter().map(u32::to_string).collect();
+        limits.push(format!("compute on core{} {}", if cores.len() == 1 { "" } else { "s" }, list.join(",")));
+    }
+    if !limits.is_empty() {
+        line += &format!(": {}", limits.join(", "));
+    }
+    if let Some(t) = get::<f64>(p, "temperature_c") {
+        line += &format!("; {} at {t:.1} °C", or_dash(text(p, "zone_type")));
+    }
+    line
+}
+
 fn or_dash(s: &str) -> &str {
     if s.is_empty() { "-" } else { s }
 }
 
+/// A dictionary's values as JSON (strings, numbers, booleans and arrays of them).
 fn request_json(r: &HashMap<String, OwnedValue>) -> serde_json::Value {
-    let mut v = serde_json::Map::new();
-    for (k, val) in r {
-        let j = match &**val {
+    fn json(val: &Value<'_>) -> Option<serde_json::Value> {
+        Some(match val {
             Value::Str(s) => serde_json::Value::from(s.as_str()),
             Value::U32(n) => serde_json::Value::from(*n),
             Value::U64(n) => serde_json::Value::from(*n),
-            _ => continue,
-        };
-        v.insert(k.clone(), j);
+            Value::I64(n) => serde_json::Value::from(*n),
+            Value::F64(n) => serde_json::Value::from(*n),
+            Value::Bool(b) => serde_json::Value::from(*b),
+            Value::Array(a) => serde_json::Value::Array(a.iter().filter_map(json).collect()),
+            _ => return None,
+        })
     }
+    let v = r.iter().filter_map(|(k, val)| Some((k.clone(), json(val)?))).collect();
     serde_json::Value::Object(v)
 }
 

@@ -5,11 +5,13 @@
 //! Exit codes (stable, for scripts): 0 success; 1 other error; 2 usage;
 //! 3 the daemon is not reachable; 4 unknown model; 5 invalid arguments;
 //! 6 busy; 7 context overflow; 8 model failed to load; 9 cancelled;
-//! 10 generation failed; 11 out of memory budget; 12 quota exceeded.
+//! 10 generation failed; 11 out of memory budget; 12 quota exceeded; 13 refused by the
+//! power governor (background work on low battery or in heat).
 
 mod chat;
 mod inspect;
 mod stream;
+mod top;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -72,6 +74,14 @@ pub(crate) struct Sampling {
     /// The output follows the grammar in FILE (llguidance's Lark syntax).
     #[arg(long, value_name = "FILE", value_parser = read_file)]
     lark: Option<String>,
+}
+
+/// A redraw interval, for clap: 0.1 to 3600 seconds.
+fn interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s}: seconds from 0.1 to 3600")),
+    }
 }
 
 /// A schema or grammar file's text, for clap.
@@ -145,6 +155,16 @@ enum Command {
         #[arg(long)]
         backend: Option<String>,
     },
+    /// The daemon's metrics live: requests by result and app, tokens, time to first token,
+    /// decode speed, queue wait, memory and the power state.
+    Top {
+        /// Seconds between redraws.
+        #[arg(long, default_value_t = 2.0, value_parser = interval)]
+        interval: f64,
+        /// Print once and exit (also when the output is not a terminal).
+        #[arg(long)]
+        once: bool,
+    },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -182,6 +202,7 @@ impl From<Error> for Failure {
             Error::OutOfBudget(_) => 11,
             Error::QuotaExceeded(_) => 12,
             Error::GenerationFailed(_) => 10,
+            Error::PowerSaving(_) => 13,
         };
         Failure { code, message: e.to_string() }
     }
@@ -257,6 +278,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             chat::chat(&conn, &proxy, model, system.as_deref(), sampling, *stateless, tools, cli.json).await?
         }
         Command::Sessions => chat::sessions(&proxy, cli.json).await?,
+        Command::Top { interval, once } => top::top(&proxy, *interval, *once, cli.json).await?,
         Command::Completions { .. } | Command::Man => unreachable!("handled before connecting"),
     }
     Ok(())

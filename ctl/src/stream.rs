@@ -158,6 +158,7 @@ pub(crate) fn finish_code(stats: &FinishStats) -> Result<(), Failure> {
             let code = match stats.error_name.as_deref().and_then(|n| n.rsplit('.').next()) {
                 Some("OutOfBudget") => 11,
                 Some("ContextOverflow") => 7,
+                Some("PowerSaving") => 13,
                 _ => 10,
             };
             Err(Failure { code, message })

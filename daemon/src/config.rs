@@ -60,6 +60,10 @@ pub struct Config {
     /// Per-app rules (`[[apps]]`, `policy/rules.rs`): the first that matches a caller sets
     /// the models it may use, its requests at once and its token quotas.
     pub apps: Vec<crate::policy::rules::AppRule>,
+    /// The power and heat governor (`power/`): limits on battery, low battery and heat.
+    pub power: crate::power::PowerConfig,
+    /// Metrics (`metrics/`): the node_exporter textfile.
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -182,6 +186,8 @@ impl Default for Config {
             memory: Memory::default(),
             apps: vec![],
             require_manifest: false,
+            power: Default::default(),
+            metrics: Default::default(),
         }
     }
 }
@@ -268,6 +274,8 @@ impl Config {
         for (i, rule) in self.apps.iter().enumerate() {
             rule.validate(i).map_err(ConfigError::Invalid)?;
         }
+        self.power.validate().map_err(ConfigError::Invalid)?;
+        self.metrics.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }
@@ -302,6 +310,10 @@ mod tests {
             "[[apps]]\nuid = 1000\nmax_concurrent = 0",
             "[[apps]]\ntokens_per_hour = 5",
             "models_dir = ",
+            "[power]\ninterval_ms = 0",
+            "[metrics]\ntextfile = \"relative.prom\"",
+            "[metrics]\ntextfile = \"/var/lib/x/llamad.txt\"",
+            "[metrics]\ninterval = 0",
         ] {
             let r = toml::from_str::<Config>(text)
                 .map_err(|e| e.to_string())

@@ -3,12 +3,15 @@
 //! requests through a channel by [`Scheduler::submit`]. Each tick it:
 //!
 //! 1. takes new requests; a cancelled row stops before its next step;
-//! 2. pauses background rows while any interactive work is alive (on any model),
-//!    and preempts them (their sequence and KV reservation dropped, recomputed
-//!    from their token ids when they go on) while interactive work waits for memory;
+//! 2. pauses background rows while any interactive work is alive (on any model)
+//!    or the power governor defers background work, and preempts them (their
+//!    sequence and KV reservation dropped, recomputed from their token ids when they
+//!    go on) while interactive work waits for memory;
 //! 3. admits waiting requests in the queue's order while fewer than `max_parallel`
-//!    rows run, each once its KV reservation is held (a request that cannot get it
-//!    waits holding nothing, or is refused with the numbers);
+//!    rows run (lowered by the power governor in its states), each once its KV
+//!    reservation is held (a request that cannot get it waits holding nothing, or is
+//!    refused with the numbers); background requests wait while the governor defers
+//!    them and end with `PowerSaving` while it refuses them;
 //! 4. runs at most one prefill chunk (the first row in order that needs one) and
 //!    one decoding step of every other running row, their one-token feeds as one
 //!    batched forward pass ([`LoadedModel::step_batch`]: ONNX Runtime's arena;
@@ -38,6 +41,7 @@ use crate::config::WhenFull;
 use crate::engine::{GenerateError, Output, Prompt, Resumable, Run};
 use crate::memory::mib;
 use crate::policy::priority::Priority;
+use crate::power::Background;
 
 /// The longest a loop with nothing to run waits before it looks again (cancellations,
 /// pauses, memory freed elsewhere).
@@ -160,7 +164,7 @@ impl EngineLoop {
     /// Background rows pause while interactive work is alive, and give their KV cache back
     /// while interactive work waits for memory.
     fn pause_and_preempt(&mut self) {
-        let urgent = self.s.queue.urgent();
+        let urgent = self.s.queue.urgent() || self.s.power.background() != Background::Run;
         let wanting = self.s.wanting_room.load(Ordering::SeqCst) > 0;
         for row in &mut self.rows {
             let paused = row.job.class == Priority::Background && urgent;
@@ -176,6 +180,7 @@ impl EngineLoop {
                     run.preempt();
                 }
                 crate::memory::measure::release_freed();
+                self.s.metrics.preempted();
                 tracing::info!(request = row.job.id, kv = %mib(r.bytes()), "preempted: KV cache given back");
                 drop(r);
             }
@@ -218,12 +223,19 @@ impl EngineLoop {
             }
         }
         let urgent = s.queue.urgent();
+        let power = s.power.background();
         let mut active = self.rows.iter().filter(|r| !r.paused).count();
         self.waiting.sort_by_cached_key(|j| s.queue.order(&j.place));
         let mut i = 0;
-        while i < self.waiting.len() && active < s.config.max_parallel {
+        while i < self.waiting.len() && active < s.max_parallel() {
             let job = &mut self.waiting[i];
-            if job.class == Priority::Background && urgent || job.cancel.load(Ordering::Relaxed) {
+            if job.class == Priority::Background && power == Background::Refuse {
+                s.conclude(self.waiting.remove(i), failed(&Error::PowerSaving(s.power.refusal())));
+                continue;
+            }
+            if job.class == Priority::Background && (urgent || power == Background::Defer)
+                || job.cancel.load(Ordering::Relaxed)
+            {
                 i += 1;
                 continue;
             }
@@ -257,6 +269,7 @@ impl EngineLoop {
     /// prompt cache's best match).
     fn start(&mut self, mut job: Job) {
         job.place.start();
+        job.started_at = Some(Instant::now());
         job.wanting = None;
         self.s.requests.set_state(job.id, true, false);
         let _ = self.s.events.send(Event::Started);

@@ -78,6 +78,8 @@ pub enum Event {
         owner: String,
         reason: crate::session::CloseReason,
     },
+    /// The power governor's state changed (`Scheduler::power` has it).
+    PowerState,
 }
 
 struct Loaded {
@@ -138,6 +140,9 @@ struct Job {
     listed: Listed,
     /// Its place in the order (and its account's count of running requests).
     place: queue::Place,
+    /// When it was admitted, and when its loop started it (the queue wait in the metrics).
+    queued_at: std::time::Instant,
+    started_at: Option<std::time::Instant>,
     /// An interactive request waiting for memory: paused background work gives its KV
     /// cache back while this lives.
     wanting: Option<Wanting>,
@@ -179,6 +184,9 @@ pub struct Scheduler {
     pub prompt_cache: crate::session::prompt_cache::PromptCache,
     /// Permits to tokenize a prompt (`max_tokenizing`), held while it is.
     pub tokenizing: Arc<tokio::sync::Semaphore>,
+    /// The power and heat governor's limits (`max_parallel`, background work).
+    pub power: Arc<crate::power::Governor>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Counts an interactive request waiting for memory while it lives.
@@ -224,6 +232,11 @@ pub fn request_error(e: GenerateError) -> Error {
     }
 }
 
+/// `Busy` of `org.llamad.Llama1.Error.Busy`: the metrics' result label.
+pub fn short_error_name(name: &str) -> &str {
+    name.rsplit('.').next().unwrap_or(name)
+}
+
 /// The final message of a request that did not get to run: cancelled while it was queued.
 fn cancelled_before_running() -> FinishStats {
     FinishStats { finish_reason: "cancelled".into(), generated_tokens: Some(0), ..Default::default() }
@@ -261,6 +274,8 @@ impl Scheduler {
             sessions: Default::default(),
             prompt_cache: Default::default(),
             tokenizing: Arc::new(tokio::sync::Semaphore::new(config.max_tokenizing)),
+            power: Arc::new(crate::power::Governor::new(config.power.clone())),
+            metrics: Default::default(),
             baseline: AtomicU64::new({
                 // ONNX Runtime's one-time setup (library, environment, thread pools) belongs to
                 // the daemon's baseline, not to the first model loaded on it (unless the daemon
@@ -311,6 +326,7 @@ impl Scheduler {
         keep_alive_override: Option<i64>,
         mut turn: Option<Turn>,
     ) -> Result<u64, Error> {
+        self.power_check(class)?;
         params.max_tokens = params.max_tokens.min(self.config.max_tokens_limit);
         let tokens = prompt_ids.len() as u64 + params.max_tokens as u64;
         // Between turns a session's KV cache counts as the session's; during one, as the
@@ -385,6 +401,8 @@ impl Scheduler {
             listed,
             place,
             wanting: None,
+            queued_at: std::time::Instant::now(),
+            started_at: None,
         };
         let inbox = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(model_name).map(|l| l.inbox.clone());
         if inbox.is_some_and(|i| i.send(job).is_ok()) {
@@ -392,6 +410,38 @@ impl Scheduler {
             return Ok(id);
         }
         Err(Error::Internal(format!("model \"{model_name}\" has no engine loop")))
+    }
+
+    /// A sender of events (for the power governor's watcher).
+    pub fn events(&self) -> UnboundedSender<Event> {
+        self.events.clone()
+    }
+
+    /// `PowerSaving` for background work while the power governor refuses it.
+    pub fn power_check(&self, class: Priority) -> Result<(), Error> {
+        if class == Priority::Background && self.power.background() == crate::power::Background::Refuse {
+            return Err(Error::PowerSaving(self.power.refusal()));
+        }
+        Ok(())
+    }
+
+    /// `max_parallel` as the power governor allows it now.
+    fn max_parallel(&self) -> usize {
+        self.power.max_parallel(self.config.max_parallel)
+    }
+
+    /// The metrics in Prometheus' text format, with the state now.
+    pub fn metrics_text(&self) -> String {
+        let m = self.memory_status();
+        let now = crate::metrics::Now {
+            memory_used: m.used.unwrap_or(0),
+            memory_budget: m.budget,
+            models_loaded: self.loaded_names().len() as u64,
+            requests_running: self.running() as u64,
+            requests_queued: self.queued() as u64,
+            power_state: self.power.state().state.to_string(),
+        };
+        self.metrics.render(&now)
     }
 
     /// Cancels request `id` if `caller` owns it.
@@ -451,6 +501,18 @@ impl Scheduler {
             result: stats.error_name.as_deref().unwrap_or(&stats.finish_reason),
         });
         let tokens = stats.prompt_tokens.unwrap_or(0) as u64 + stats.generated_tokens.unwrap_or(0) as u64;
+        let account = crate::policy::rules::account_of(&job.caller);
+        self.metrics.ended(&crate::metrics::Ended {
+            result: stats.error_name.as_deref().map(short_error_name).unwrap_or(&stats.finish_reason),
+            priority: job.class.as_str(),
+            app: &account,
+            prompt_tokens: stats.prompt_tokens.unwrap_or(0) as u64,
+            cached_prompt_tokens: stats.cached_prompt_tokens.unwrap_or(0) as u64,
+            generated_tokens: stats.generated_tokens.unwrap_or(0) as u64,
+            time_to_first_token_s: stats.time_to_first_token_ms.map(|t| t / 1000.0),
+            decode_tokens_per_s: stats.decode_tokens_per_s,
+            queue_wait_s: job.started_at.map(|t| t.duration_since(job.queued_at).as_secs_f64()),
+        });
         // Every field named (no `..`): what the job holds is dropped here, not at the end of
         // this function, since a client that unloads the model on `Finished` must find it
         // freed. The memory goes back to the system before the reservation and the pin do
@@ -473,6 +535,8 @@ impl Scheduler {
             listed,
             mut place,
             wanting,
+            queued_at: _,
+            started_at: _,
         } = job;
         ticket.charge(tokens);
         drop((ticket, model, turn, prompt_ids, params, caller, cancel, wanting));

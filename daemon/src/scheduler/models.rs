@@ -305,6 +305,7 @@ impl Scheduler {
                 inbox: super::engine_loop::spawn(self.me.upgrade().expect("the scheduler is alive"), name),
             },
         );
+        self.metrics.loaded(name, reason);
         let _ = self.events.send(Event::ModelLoaded { name: name.to_string(), reason });
         Ok(Pinned { model, pin })
     }
@@ -325,6 +326,7 @@ impl Scheduler {
                 tracing::warn!(model = name, references = others, "unloaded model still referenced");
             }
             tracing::info!(model = name, reason, "model unloaded");
+            self.metrics.unloaded(name, reason);
             let _ = self.events.send(Event::ModelUnloaded { name: name.to_string(), reason });
         }
     }

@@ -44,7 +44,7 @@ pub(super) async fn identify(
 /// priority class (`asked`, if no higher than the caller's), its requests at once and its
 /// token quotas.
 pub(super) fn admit(
-    config: &crate::config::Config,
+    scheduler: &Scheduler,
     usage: &Arc<crate::policy::usage::Usage>,
     who: &Caller,
     model: &str,
@@ -52,7 +52,7 @@ pub(super) fn admit(
 ) -> Result<(crate::policy::usage::Ticket, Priority), Error> {
     use crate::policy::rules::{account_of, rule_for};
     use crate::policy::usage::Refusal;
-    let rule = rule_for(&config.apps, who);
+    let rule = rule_for(&scheduler.config.apps, who);
     let account = account_of(who);
     if let Some(models) = rule.and_then(|r| r.models.as_ref())
         && !models.iter().any(|m| m == model)
@@ -61,6 +61,8 @@ pub(super) fn admit(
     }
     let class = priority::effective(priority::class_of(who, rule), asked)
         .map_err(|e| Error::PermissionDenied(format!("{account}: {e}")))?;
+    // before anything loads or tokenizes for it
+    scheduler.power_check(class)?;
     let ticket = usage.admit(&account, rule).map_err(|e| match e {
         Refusal::Concurrent { .. } => Error::Busy(e.to_string()),
         Refusal::Quota { .. } => Error::QuotaExceeded(e.to_string()),
@@ -82,14 +84,28 @@ fn audit_admin(who: &Caller, action: &str, model: &str, error: Option<&Error>) {
     });
 }
 
-/// The audit record of a request refused before it was queued (a queued one is recorded
-/// when it ends).
-pub(super) fn audit_refused(who: &Caller, model: &str, session: Option<u64>, e: &Error) {
+/// The audit record and the metrics of a request refused before it was queued (a queued
+/// one is recorded when it ends). `class`: its priority, when it was decided.
+pub(super) fn refused(
+    scheduler: &Scheduler,
+    who: &Caller,
+    model: &str,
+    session: Option<u64>,
+    class: Option<Priority>,
+    e: &Error,
+) {
+    let name = zbus::DBusError::name(e);
     crate::audit::log(&crate::audit::Record {
         caller: who,
         model,
         event: crate::audit::Event::Request { id: None, session, tokens_in: 0, tokens_out: 0 },
-        result: zbus::DBusError::name(e).as_str(),
+        result: name.as_str(),
+    });
+    scheduler.metrics.ended(&crate::metrics::Ended {
+        result: crate::scheduler::short_error_name(name.as_str()),
+        priority: class.map_or("unknown", Priority::as_str),
+        app: &crate::policy::rules::account_of(who),
+        ..Default::default()
     });
 }
 
@@ -199,18 +215,22 @@ impl Manager {
         })
         .await?;
         let who = identify(&self.identities, conn, &header).await?;
-        let queued = match admit(&self.scheduler.config, &self.usage, &who, model, priority) {
-            Ok((ticket, class)) => match prepare(&self.scheduler, model, prompt).await {
-                Ok((m, ids)) => {
-                    let (s, w, name) = (self.scheduler.clone(), who.clone(), model.to_string());
-                    blocking(move || s.submit(&w, ticket, class, &name, m, ids, params, keep_alive, None)).await
+        let mut decided = None;
+        let queued = match admit(&self.scheduler, &self.usage, &who, model, priority) {
+            Ok((ticket, class)) => {
+                decided = Some(class);
+                match prepare(&self.scheduler, model, prompt).await {
+                    Ok((m, ids)) => {
+                        let (s, w, name) = (self.scheduler.clone(), who.clone(), model.to_string());
+                        blocking(move || s.submit(&w, ticket, class, &name, m, ids, params, keep_alive, None)).await
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = &queued {
-            audit_refused(&who, model, None, e);
+            refused(&self.scheduler, &who, model, None, decided.or(priority), e);
         }
         queued
     }
@@ -569,4 +589,50 @@ impl Manager {
     fn memory(&self) -> llamad_api::MemoryStatus {
         self.scheduler.memory_status()
     }
+
+    /// The power governor's state and what it limits (`docs/dbus-api.md` lists the keys).
+    #[zbus(property)]
+    fn power_state(&self) -> HashMap<String, OwnedValue> {
+        power_info(&self.scheduler.power.state())
+    }
+
+    /// The daemon's metrics in Prometheus' text format (the node_exporter textfile's text).
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn metrics(&self) -> String {
+        self.scheduler.metrics_text()
+    }
+}
+
+/// `PowerState`'s dictionary.
+fn power_info(p: &crate::power::PowerState) -> HashMap<String, OwnedValue> {
+    let mut m = HashMap::new();
+    let mut put = |k: &str, v: Value<'_>| {
+        if let Ok(v) = v.try_to_owned() {
+            m.insert(k.to_string(), v);
+        }
+    };
+    put("state", Value::from(p.state));
+    put("limiting", Value::from(p.limiting()));
+    put("reasons", Value::from(p.reasons.clone()));
+    put("threads", Value::from(p.limits.threads as u32));
+    put("max_parallel", Value::from(p.limits.max_parallel as u32));
+    put("background", Value::from(p.limits.background.as_str()));
+    put("cores", Value::from(p.cores.iter().map(|&c| c as u32).collect::<Vec<u32>>()));
+    let since = p.since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    put("since", Value::from(since));
+    if let Some(b) = &p.battery {
+        put("on_battery", Value::from(b.on_battery));
+        if let Some(pct) = b.percent {
+            put("battery_percent", Value::from(pct));
+        }
+        put("battery_warning", Value::from(b.warning()));
+    }
+    if let Some(z) = &p.zone {
+        put("zone", Value::from(z.name.as_str()));
+        put("zone_type", Value::from(z.kind.as_str()));
+        put("temperature_c", Value::from(z.celsius));
+        put("hot_at_c", Value::from(z.hot_at));
+        put("critical_at_c", Value::from(z.critical_at));
+    }
+    m
 }

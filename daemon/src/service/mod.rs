@@ -61,6 +61,11 @@ pub async fn run(config: Config, bus: Bus) -> anyhow::Result<()> {
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
 
     let events = tokio::spawn(forward_events(conn.clone(), scheduler.clone(), rx));
+    let power = tokio::spawn(crate::power::watch::run(scheduler.power.clone(), scheduler.events()));
+    let textfile = config.metrics.textfile.clone().map(|path| {
+        let s = scheduler.clone();
+        tokio::spawn(write_metrics(s, path, Duration::from_secs(config.metrics.interval)))
+    });
     let s = scheduler.clone();
     let conn2 = conn.clone();
     // Ends when the bus connection does (the bus closed it, or died): the daemon then stops
@@ -112,10 +117,39 @@ pub async fn run(config: Config, bus: Bus) -> anyhow::Result<()> {
     // Let the last Finished signals reach the bus.
     tokio::time::sleep(Duration::from_millis(100)).await;
     events.abort();
+    power.abort();
+    if let Some(t) = textfile {
+        t.abort();
+        // the last counts, for the collector to keep
+        if let Some(path) = &config.metrics.textfile {
+            let _ = crate::metrics::textfile::write(path, &scheduler.metrics_text());
+        }
+    }
     if lost {
         anyhow::bail!("lost the connection to the bus");
     }
     Ok(())
+}
+
+/// Writes the metrics' textfile every `every` (the first at once); a failure is logged
+/// once until a write succeeds again.
+async fn write_metrics(s: std::sync::Arc<Scheduler>, path: std::path::PathBuf, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let (s, p) = (s.clone(), path.clone());
+        let r = tokio::task::spawn_blocking(move || crate::metrics::textfile::write(&p, &s.metrics_text())).await;
+        match r {
+            Ok(Ok(())) => failing = false,
+            Ok(Err(e)) if !failing => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the metrics textfile");
+                failing = true;
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Worker events → signals (to the request's owner only) and property changes.
@@ -189,6 +223,7 @@ async fn forward_events(
                 let _ = Manager::memory_pressure(iface.signal_emitter(), active, &reason).await;
                 iface.get().await.under_memory_pressure_changed(iface.signal_emitter()).await
             }
+            Event::PowerState => iface.get().await.power_state_changed(iface.signal_emitter()).await,
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "signal not sent");

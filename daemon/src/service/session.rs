@@ -89,9 +89,9 @@ impl SessionObject {
         })
         .await?;
         let who = super::manager::identify(&self.identities, conn, &header).await?;
-        let ticket = super::manager::admit(&self.scheduler.config, &self.usage, &who, &session.model, priority);
+        let ticket = super::manager::admit(&self.scheduler, &self.usage, &who, &session.model, priority);
         if let Err(e) = &ticket {
-            super::manager::audit_refused(&who, &session.model, Some(session.id), e);
+            super::manager::refused(&self.scheduler, &who, &session.model, Some(session.id), priority, e);
         }
         let (ticket, class) = ticket?;
         // busy until the turn ends, however it ends (the guard is dropped with it)
@@ -106,7 +106,7 @@ impl SessionObject {
             Err(e) => Err(e),
         };
         if let Err(e) = &queued {
-            super::manager::audit_refused(&who, &session.model, Some(session.id), e);
+            super::manager::refused(&self.scheduler, &who, &session.model, Some(session.id), Some(class), e);
         }
         queued
     }
