@@ -32,6 +32,9 @@ enum Command {
     /// Write the directory's manifest (`llamad-manifest.json`: every file's size and SHA-256),
     /// against which the daemon checks it before every load.
     Manifest { model: PathBuf },
+    /// Print the man page (roff; the Debian package's is made so).
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(clap::Args)]
@@ -364,6 +367,10 @@ fn main() -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }),
         Command::Manifest { model } => write_manifest(&model),
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).section("8").render(&mut std::io::stdout()).map_err(|e| e.to_string())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
