@@ -70,6 +70,14 @@ async fn busy_models_are_never_evicted_idle_ones_are() {
     let (name, reason): (String, String) = wait_for(&mut signals, "ModelUnloaded").await.body().deserialize().unwrap();
     assert_eq!((name.as_str(), reason.as_str()), ("tiny-gguf", "evicted"));
     assert_eq!(loaded_now(&proxy).await, vec!["tiny".to_string()], "{}", d.log());
+    // the metrics count the eviction and both loads
+    let metrics = proxy.metrics().await.unwrap();
+    for line in [
+        r#"llamad_model_unloads_total{model="tiny-gguf",reason="evicted"} 1"#,
+        r#"llamad_model_loads_total{model="tiny",reason="admin"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 }
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_reserves_its_kv_cache_first() {

@@ -152,6 +152,25 @@ async fn an_interactive_request_preempts_the_background_request_holding_its_memo
     eprintln!("interactive request answered and ended in {:?}", started.elapsed());
     assert_eq!(i_stats.finish_reason, "cancelled", "{i_stats:?}");
     assert!(d.log().contains("preempted"), "the background request gave its KV cache back: {}", d.log());
+    // and the metrics count it (one property's Get: a caching proxy's first read asks for
+    // all of them, Providers included, which sets ONNX Runtime up in the daemon and moves
+    // its baseline in this tight budget)
+    let reply = conn
+        .call_method(
+            Some(llamad_api::BUS_NAME),
+            llamad_api::MANAGER_PATH,
+            Some("org.freedesktop.DBus.Properties"),
+            "Get",
+            &(llamad_api::MANAGER_INTERFACE, "Metrics"),
+        )
+        .await
+        .unwrap();
+    let metrics: String = reply.body().deserialize::<zbus::zvariant::OwnedValue>().unwrap().try_into().unwrap();
+    let preemptions = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("llamad_preemptions_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(preemptions.is_some_and(|n| n >= 1.0), "the preemption is counted: {metrics}");
     // the background request goes on from where it was
     let (rest, bg_stats) = text_then_cancel(&mut signals, &proxy, bg, 600 - bg_text.len().min(400)).await;
     bg_text.push_str(&rest);
