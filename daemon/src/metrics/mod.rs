@@ -137,7 +137,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         let seconds = vec![0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
-        let rates = vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0];
+        let rates = vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0];
         let preemptions = IntCounter::new(
             "llamad_preemptions_total",
             "Background requests whose KV cache was taken back for interactive work (recomputed later)",
