@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::bus::Daemon;
 use common::client::loaded_now;
+use common::mock::Mock;
 use common::repo;
 use common::users::{as_nobody, stderr};
 use futures_util::StreamExt;
@@ -28,26 +29,12 @@ use zbus::{MatchRule, MessageStream, message::Type as MsgType};
 
 const ACTION: &str = "org.llamad.Llama1.manage-models";
 
-/// python3-dbusmock's polkitd on the daemon's bus (the template asks for the system bus:
-/// DBUS_SYSTEM_BUS_ADDRESS points it at the test bus).
-struct Polkit(Child);
+/// python3-dbusmock's polkitd on the daemon's bus.
+struct Polkit(#[allow(dead_code)] Mock);
 
 impl Polkit {
     async fn start(d: &Daemon, conn: &zbus::Connection) -> Polkit {
-        let child = Command::new("/usr/bin/python3")
-            .args(["-m", "dbusmock", "--template", "polkitd"])
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &d.address)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3-dbusmock (tests/run installs it)");
-        let dbus = zbus::fdo::DBusProxy::new(conn).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !dbus.name_has_owner("org.freedesktop.PolicyKit1".try_into().unwrap()).await.unwrap() {
-            assert!(Instant::now() < deadline, "the polkitd mock did not take its name");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Polkit(child)
+        Polkit(Mock::start(d, conn, "polkitd", "org.freedesktop.PolicyKit1").await)
     }
 
     /// The mock's own control: which actions it allows.
@@ -61,13 +48,6 @@ impl Polkit {
         )
         .await
         .unwrap();
-    }
-}
-
-impl Drop for Polkit {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -10,43 +10,17 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::bus::Daemon;
 use common::client::{collect, manager_signals};
+use common::mock::Mock;
 use futures_util::StreamExt;
 use llamad_api::ManagerProxy;
 use zbus::zvariant::{OwnedValue, Value};
 
 const UPOWER: &str = "org.freedesktop.UPower";
 const DISPLAY: &str = "/org/freedesktop/UPower/devices/DisplayDevice";
-
-struct UPowerMock(Child);
-
-impl Drop for UPowerMock {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn upower(d: &Daemon, conn: &zbus::Connection) -> UPowerMock {
-    let child = Command::new("/usr/bin/python3")
-        .args(["-m", "dbusmock", "--template", "upower"])
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &d.address)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3-dbusmock (tests/run installs it)");
-    let dbus = zbus::fdo::DBusProxy::new(conn).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !dbus.name_has_owner(UPOWER.try_into().unwrap()).await.unwrap() {
-        assert!(Instant::now() < deadline, "the UPower mock did not take its name");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    UPowerMock(child)
-}
 
 /// Sets a property of the mock's (it sends PropertiesChanged, as UPower does).
 async fn set(conn: &zbus::Connection, path: &str, iface: &str, name: &str, value: Value<'_>) {
@@ -136,7 +110,7 @@ async fn the_governor_follows_the_battery_and_the_heat() {
     let d = Daemon::start_env(&config, &[], &[("DBUS_SYSTEM_BUS_ADDRESS", "{bus}")]).await;
     let (conn, proxy) = d.proxy().await;
     let pid = d.llamad.as_ref().unwrap().id();
-    let _mock = upower(&d, &conn).await;
+    let _mock = Mock::start(&d, &conn, "upower", UPOWER).await;
     let mut changes = proxy.receive_power_state_changed().await;
     let p = wait_state(&proxy, "normal").await;
     assert_eq!(text(&p, "background"), "run");

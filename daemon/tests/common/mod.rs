@@ -5,6 +5,7 @@
 pub mod bus;
 pub mod cgroup;
 pub mod client;
+pub mod mock;
 pub mod sizes;
 pub mod users;
 pub mod widen;
