@@ -224,15 +224,21 @@ impl EngineLoop {
         }
         let urgent = s.queue.urgent();
         let power = s.power.background();
+        // refused whether or not a row is free for them
+        if power == Background::Refuse {
+            let (mut refused, kept): (Vec<Job>, Vec<Job>) =
+                std::mem::take(&mut self.waiting).into_iter().partition(|j| j.class == Priority::Background);
+            self.waiting = kept;
+            refused.sort_by_key(|j| j.id);
+            for job in refused {
+                s.conclude(job, failed(&Error::PowerSaving(s.power.refusal())));
+            }
+        }
         let mut active = self.rows.iter().filter(|r| !r.paused).count();
         self.waiting.sort_by_cached_key(|j| s.queue.order(&j.place));
         let mut i = 0;
         while i < self.waiting.len() && active < s.max_parallel() {
             let job = &mut self.waiting[i];
-            if job.class == Priority::Background && power == Background::Refuse {
-                s.conclude(self.waiting.remove(i), failed(&Error::PowerSaving(s.power.refusal())));
-                continue;
-            }
             if job.class == Priority::Background && (urgent || power == Background::Defer)
                 || job.cancel.load(Ordering::Relaxed)
             {
