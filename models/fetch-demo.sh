@@ -78,13 +78,15 @@ PY
     mv "$gguf.part" "$gguf"
 fi
 
-# 4. conversions
+# 4. conversions, again whenever the converter changed (its hash is kept beside each output)
+converter=$(cat "$here/gguf_to_onnx.py" "$here/ort_graph.py" | sha256sum | cut -d' ' -f1)
 for variant in fused int4 fp32; do
     precision=$variant; graph=standard
     [[ $variant == fused ]] && { precision=int4; graph=fused; }
     dest="$outdir/$name-$variant"
     if [[ -f "$dest/model.onnx" && -f "$dest/config.json" && -f "$dest/tokenizer.json" \
-          && -f "$dest/tokenizer_config.json" && -f "$dest/generation_config.json" ]]; then
+          && -f "$dest/tokenizer_config.json" && -f "$dest/generation_config.json" \
+          && "$(cat "$dest/.converter" 2>/dev/null)" == "$converter" ]]; then
         say "$dest: present"
         continue
     fi
@@ -93,6 +95,7 @@ for variant in fused int4 fp32; do
     rm -rf "$dest.tmp"
     "$py" "$here/gguf_to_onnx.py" "$gguf" "$dest.tmp" --precision "$precision" --graph "$graph" \
         | sed 's/^/    /' || die "conversion to $variant failed"
+    echo "$converter" > "$dest.tmp/.converter"
     rm -rf "$dest"
     mv "$dest.tmp" "$dest"
     say "$dest: done in $((SECONDS - t0))s ($(du -sh "$dest" | cut -f1))"

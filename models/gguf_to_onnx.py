@@ -239,11 +239,11 @@ class GGUFModel:
 # --------------------------------------------------------------------------------------
 
 
-def quantize_q4(w: np.ndarray, symmetric: bool = False):
-    """4-bit block quantization of a [N, K] weight (PyTorch layout), block 32 along K.
+def quantize_q4(w: np.ndarray, symmetric: bool = False, block: int = BLOCK):
+    """4-bit block quantization of a [N, K] weight (PyTorch layout), `block` (32) along K.
 
-    Returns (B uint8 [N, K/32, 16], scales float32 [N, K/32], zero_points uint8
-    [N, ceil(K/32 / 2)] or None when symmetric), in the layout of onnxruntime's
+    Returns (B uint8 [N, K/block, block/2], scales float32 [N, K/block], zero_points uint8
+    [N, ceil(K/block / 2)] or None when symmetric), in the layout of onnxruntime's
     com.microsoft MatMulNBits: element k of a block sits in byte k//2 of the block's 16
     bytes, low nibble for even k; block b's zero point sits in byte b//2 of the column's
     zero-point row, low nibble for even b; w ~= (code - zero_point) * scale, zero point 8
@@ -255,10 +255,10 @@ def quantize_q4(w: np.ndarray, symmetric: bool = False):
     weight onnxruntime computes.
     """
     n, k = w.shape
-    kp = -(-k // BLOCK) * BLOCK
+    kp = -(-k // block) * block
     if kp != k:
         w = np.pad(w, ((0, 0), (0, kp - k)))
-    x = w.reshape(n, kp // BLOCK, BLOCK).astype(np.float32)
+    x = w.reshape(n, kp // block, block).astype(np.float32)
     if symmetric:
         idx = np.argmax(np.abs(x), axis=-1)[..., None]
         vmax = np.take_along_axis(x, idx, axis=-1)  # signed value of largest magnitude
@@ -367,17 +367,17 @@ class GraphBuilder:
         return outputs[0] if len(outputs) == 1 else outputs
 
 
-def kv_cache_io(m: GGUFModel, present_len: str):
-    """The graph's past_key_values.{i}.key/value inputs and present.{i}.key/value outputs (float32,
-    [batch_size, kv_heads, length, head_dim]; presents `present_len` long)."""
+def kv_cache_io(m: GGUFModel, present_len: str, elem=TensorProto.FLOAT):
+    """The graph's past_key_values.{i}.key/value inputs and present.{i}.key/value outputs (`elem`,
+    float32 by default, [batch_size, kv_heads, length, head_dim]; presents `present_len` long)."""
     past, present = [], []
     for i in range(m.n_layers):
         for kind in ("key", "value"):
             past.append(helper.make_tensor_value_info(
-                f"past_key_values.{i}.{kind}", TensorProto.FLOAT,
+                f"past_key_values.{i}.{kind}", elem,
                 ["batch_size", m.n_kv, "past_sequence_length", m.head_dim]))
             present.append(helper.make_tensor_value_info(
-                f"present.{i}.{kind}", TensorProto.FLOAT, ["batch_size", m.n_kv, present_len, m.head_dim]))
+                f"present.{i}.{kind}", elem, ["batch_size", m.n_kv, present_len, m.head_dim]))
     return past, present
 
 
@@ -799,7 +799,8 @@ def write_genai_config(path: str, m: GGUFModel, bos_id, eos_id, pad_id):
 
 
 def convert(gguf_path: str, outdir: str, precision: str, log=print, int4_scheme: str = "transcode",
-            external_data: str = "auto", int4_lm_head: bool = False, graph: str = "standard"):
+            external_data: str = "auto", int4_lm_head: bool = False, graph: str = "standard",
+            kv_cache_type: str = "f16", block_size: int = BLOCK, head_bits: int = 8):
     t_start = time.time()
     m = GGUFModel(gguf_path)
     log(f"{os.path.basename(gguf_path)}: llama, {m.n_layers} layers, hidden {m.hidden}, "
@@ -837,11 +838,17 @@ def convert(gguf_path: str, outdir: str, precision: str, log=print, int4_scheme:
             os.remove(pth)
     if graph == "fused" and precision != "int4":
         raise ConversionError("--graph fused writes int4 MatMulNBits: use it with --precision int4")
+    if graph != "fused" and (block_size != BLOCK or head_bits != 8):
+        raise ConversionError("--block-size and --head-bits are options of the fused graph (--graph fused)")
+    if block_size not in (16, 32, 64, 128, 256):
+        raise ConversionError(f"--block-size {block_size}: a power of two from 16 to 256 (rows whose length it "
+                              f"does not divide are padded)")
     g = GraphBuilder(data_path if external else None)
     try:
         if graph == "fused":
             from ort_graph import FusedLlamaGraph
-            model = FusedLlamaGraph(m, g, log, quantize_q4, q4_scheme=int4_scheme).build()
+            model = FusedLlamaGraph(m, g, log, quantize_q4, q4_scheme=int4_scheme, kv_cache_type=kv_cache_type,
+                                    block_size=block_size, head_bits=head_bits).build()
             model.ir_version = IR_VERSION
         else:
             model = LlamaGraph(m, precision, g, log, scheme=int4_scheme, int4_lm_head=int4_lm_head).build()
@@ -921,6 +928,9 @@ def convert(gguf_path: str, outdir: str, precision: str, log=print, int4_scheme:
                                           "accuracy_level 4, GroupQueryAttention with rotary and a shared KV "
                                           "buffer, SkipSimplifiedLayerNormalization, 8-bit head, last-position "
                                           "logits")
+        config["gguf_source"]["kv_cache"] = "float16" if kv_cache_type == "f16" else "float32"
+        config["gguf_source"]["int4"]["block_size"] = block_size
+        config["gguf_source"]["int4"]["lm_head"] = f"{head_bits} bits"
         write_genai_config(os.path.join(outdir, "genai_config.json"), m, bos_id, gen["eos_token_id"], pad_id)
     tok.save(os.path.join(outdir, "tokenizer.json"))
     chat_template = field(m.reader, "tokenizer.chat_template")
@@ -974,12 +984,23 @@ def main(argv=None):
                     help="standard (default): standard ONNX operators, runs on tract and ONNX Runtime; "
                          "fused (int4 only): ONNX Runtime's fused CPU operators (models/ort_graph.py), the "
                          "fast graph for the onnxruntime backend, not loadable by tract")
+    ap.add_argument("--kv-cache-type", choices=["f16", "f32"], default="f16",
+                    help="fused graph only: the KV cache's element type, f16 (default: half the memory, "
+                         "no measurable accuracy cost, docs/quality.md) or f32")
+    ap.add_argument("--block-size", type=int, default=BLOCK,
+                    help="fused graph only: MatMulNBits' block along K (default 32: Q4_0 and Q4_1 tensors are "
+                         "carried over as they are; 64 or 128 requantize every linear layer, 4.5 or 4.25 bits "
+                         "a weight with float32 scales, docs/quality.md)")
+    ap.add_argument("--head-bits", type=int, choices=[4, 8], default=8,
+                    help="fused graph only: the output head's bits (default 8; with tied embeddings the "
+                         "embedding rows are read from the same table)")
     args = ap.parse_args(argv)
     if not os.path.isfile(args.gguf):
         sys.exit(f"error: {args.gguf}: no such file")
     try:
         convert(args.gguf, args.outdir, args.precision, int4_scheme=args.int4_scheme,
-                external_data=args.external_data, int4_lm_head=args.int4_lm_head, graph=args.graph)
+                external_data=args.external_data, int4_lm_head=args.int4_lm_head, graph=args.graph,
+                kv_cache_type=args.kv_cache_type, block_size=args.block_size, head_bits=args.head_bits)
     except ConversionError as e:
         sys.exit(f"error: {e}")
 

@@ -41,7 +41,7 @@ step() { printf '\n=== %s\n' "$*"; }
 # Remove only what this script makes: models/ and models/fixtures/ may hold other files.
 FIXTURES=(stories260k-optimum-fp32 stories260k-optimum-int8 tiny-llama2-genai-fp32 tiny-llama2-genai-int4
           tiny-llama2-genai-int4-unfused tiny-llama2-optimum-fp32 tiny-llama2-gguf-int4 tiny-gguf-fused
-          tiny-gguf-fp32)
+          tiny-gguf-fused-f16 tiny-gguf-fused-b64 tiny-gguf-fp32)
 WORK_DIRS=(stories260k-hf stories260k-optimum-fp32 tiny-llama2-hf tiny-llama2-genai-fp32 tiny-llama2-genai-int4
            tiny-llama2-genai-int4-unfused tiny-llama2-optimum-fp32 genai-cache)
 for d in "${FIXTURES[@]}"; do rm -rf "${FIX:?}/$d"; done
@@ -116,7 +116,11 @@ step "tiny-llama2: GGUF (make_tiny_gguf.py) -> gguf_to_onnx.py --precision int4"
 # GGUF with Q4_0, Q4_1 and Q8_0 tensors and tied embeddings (make_bench_gguf.py --fixture).
 step "tiny GGUF (make_bench_gguf.py --fixture) -> gguf_to_onnx.py --graph fused, and fp32"
 "$GPY" "$MODELS/make_bench_gguf.py" --fixture "$WORK/tiny-fused-source.gguf"
-"$GPY" "$MODELS/gguf_to_onnx.py" "$WORK/tiny-fused-source.gguf" "$FIX/tiny-gguf-fused" --precision int4 --graph fused
+"$GPY" "$MODELS/gguf_to_onnx.py" "$WORK/tiny-fused-source.gguf" "$FIX/tiny-gguf-fused" --precision int4 --graph fused \
+    --kv-cache-type f32
+"$GPY" "$MODELS/gguf_to_onnx.py" "$WORK/tiny-fused-source.gguf" "$FIX/tiny-gguf-fused-f16" --precision int4 --graph fused
+"$GPY" "$MODELS/gguf_to_onnx.py" "$WORK/tiny-fused-source.gguf" "$FIX/tiny-gguf-fused-b64" --precision int4 --graph fused \
+    --block-size 64
 "$GPY" "$MODELS/gguf_to_onnx.py" "$WORK/tiny-fused-source.gguf" "$FIX/tiny-gguf-fp32" --precision fp32
 
 # Files copied from the read-only shared folder keep their mode; make them writable.

@@ -66,8 +66,12 @@ def quantize_q8(w: np.ndarray):
 class FusedLlamaGraph:
     """Builds the fused graph from a `GGUFModel` into a `GraphBuilder` (see the module doc)."""
 
-    def __init__(self, m, g, log, quantize_q4, q4_scheme="transcode"):
+    def __init__(self, m, g, log, quantize_q4, q4_scheme="transcode", kv_cache_type="f16", block_size=BLOCK,
+                 head_bits=8):
         self.m, self.g, self.log = m, g, log
+        self.kv_type = kv_cache_type
+        self.block = block_size
+        self.head_bits = head_bits
         self.quantize_q4 = quantize_q4
         self.scheme = q4_scheme
         self.stats: dict[str, int] = {}
@@ -84,7 +88,8 @@ class FusedLlamaGraph:
         Zero points (requantized tensors) are one uint8 a block [N, K/32], packed when the
         groups are joined; block offsets (Q4_1) are float32 [N, K/32]; either may be None."""
         m = self.m
-        blocks = m.q4_blocks(tensor, n_head) if self.scheme == "transcode" else None
+        # GGUF's Q4 blocks are 32 long: carried over only at that block size
+        blocks = m.q4_blocks(tensor, n_head) if self.scheme == "transcode" and self.block == BLOCK else None
         if blocks is not None:
             codes, d, mins = blocks
             self.count("transcoded " + m.tensors[tensor].tensor_type.name)
@@ -92,7 +97,7 @@ class FusedLlamaGraph:
             # Q4_1: w = d·q + m = d·(q − 8) + (m + 8d), the second term constant per block
             return packed, d, None, None if mins is None else (mins + 8.0 * d).astype(np.float32)
         w = m.qk_weight(tensor, n_head) if n_head is not None else m.weight(tensor)
-        packed, scales, zp = self.quantize_q4(w, symmetric=self.scheme == "sym")
+        packed, scales, zp = self.quantize_q4(w, symmetric=self.scheme == "sym", block=self.block)
         self.count("requantized " + ("sym" if self.scheme == "sym" else "asym"))
         if zp is not None:  # unpack to one zero point per block, so groups can be concatenated
             n = w.shape[0]
@@ -108,8 +113,9 @@ class FusedLlamaGraph:
                                   keepdims=0)
         return self.sums[x]
 
-    def matmul_nbits(self, x: str, parts: list, name: str) -> str:
-        """One MatMulNBits (4 bits) over the row-concatenation of `parts` (outputs side by side);
+    def matmul_nbits(self, x: str, parts: list, name: str, k: int) -> str:
+        """One MatMulNBits (4 bits, input width k) over the row-concatenation of `parts` (outputs
+        side by side; a row's last block padded when the block size does not divide k);
         Q4_1 parts add their block offsets times the input's block sums (one small float MatMul)."""
         g = self.g
         packed = np.concatenate([p[0] for p in parts])
@@ -124,7 +130,7 @@ class FusedLlamaGraph:
             z = (z[:, 0::2] | (z[:, 1::2] << 4)).astype(np.uint8)
             ins.append(g.init(f"{name}.weight_zero_points", np.ascontiguousarray(z).reshape(-1)))
         y = g.node("MatMulNBits", ins, f"{name}/MatMulNBits", domain="com.microsoft",
-                   K=nb * BLOCK, N=n, bits=4, block_size=BLOCK, accuracy_level=4)
+                   K=k, N=n, bits=4, block_size=self.block, accuracy_level=4)
         if all(p[3] is None for p in parts):
             return y
         offs = np.concatenate([np.zeros(sc.shape, np.float32) if o is None else o for (_, sc, _, o) in parts])
@@ -159,7 +165,8 @@ class FusedLlamaGraph:
         outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "logits_length", m.vocab])]
         from gguf_to_onnx import kv_cache_io
 
-        past, present = kv_cache_io(m, "total_sequence_length")
+        kv_elem = TensorProto.FLOAT16 if self.kv_type == "f16" else TensorProto.FLOAT
+        past, present = kv_cache_io(m, "total_sequence_length", kv_elem)
         inputs += past
         outputs += present
         # How many of the last positions get logits: an input with an initializer, so a runtime
@@ -168,28 +175,7 @@ class FusedLlamaGraph:
         inputs.append(helper.make_tensor_value_info("logits_to_keep", i64, []))
         g.init("logits_to_keep", np.array(0, dtype=np.int64))
 
-        # embedding rows from the head's 8-bit table (tied) or their own float16 copy
-        head_q, head_d = self.head()
-        hq = g.init("lm_head.weight_Q8", head_q)
-        hs = g.init("lm_head.weight_scales", head_d)
-        if m.tied:  # the head's codes ([vocab, K/32, 32]), with the scales in the shape Gather wants
-            gs = g.init("model.embed_tokens.weight_scales", head_d[..., None])
-            x = g.node("GatherBlockQuantized", [hq, "input_ids", gs], "/model/embed_tokens/GatherBlockQuantized",
-                       domain="com.microsoft", bits=8, block_size=BLOCK, gather_axis=0, quantize_axis=2)
-            x = g.node("Reshape", [x, g.const([0, 0, m.hidden], np.int64)], "/model/embed_tokens/Reshape")
-        elif (blocks := m.q4_blocks("token_embd.weight") if self.scheme == "transcode" else None) is not None \
-                and blocks[2] is None:  # Q4_0 rows, gathered as they are (4 bits, zero point 8)
-            codes, scales, _ = blocks
-            self.count("embedding transcoded Q4_0")
-            packed = (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8).reshape(m.vocab, -1)
-            x = g.node("GatherBlockQuantized", [g.init("model.embed_tokens.weight_Q4", packed), "input_ids",
-                                                g.init("model.embed_tokens.weight_scales", scales)],
-                       "/model/embed_tokens/GatherBlockQuantized", domain="com.microsoft",
-                       bits=4, block_size=BLOCK, gather_axis=0, quantize_axis=1)
-        else:  # float16 rows
-            rows = g.init("model.embed_tokens.weight_fp16", m.weight("token_embd.weight").astype(np.float16))
-            x = g.node("Gather", [rows, "input_ids"], "/model/embed_tokens/Gather", axis=0)
-            x = g.node("Cast", [x], "/model/embed_tokens/Cast", to=TensorProto.FLOAT)
+        x, head = self.embedding_and_head()
 
         # GroupQueryAttention's lengths from the mask: seqlens_k = tokens - 1, total length
         mp = "/model/attn_mask"
@@ -200,8 +186,11 @@ class FusedLlamaGraph:
                        f"{mp}/Gather", axis=0)
         total = g.node("Cast", [total], f"{mp}/Cast_1", to=TensorProto.INT32)
         cos_t, sin_t = self.rope_tables()
-        cos = g.init("model.rotary_emb.cos_cache", np.ascontiguousarray(cos_t[:, : d // 2]))
-        sin = g.init("model.rotary_emb.sin_cache", np.ascontiguousarray(sin_t[:, : d // 2]))
+        # f16 cache: GroupQueryAttention on the CPU wants its inputs, rotary tables and cache in one
+        # type, so it runs in float16 between two Casts
+        t = np.float16 if self.kv_type == "f16" else np.float32
+        cos = g.init("model.rotary_emb.cos_cache", np.ascontiguousarray(cos_t[:, : d // 2]).astype(t))
+        sin = g.init("model.rotary_emb.sin_cache", np.ascontiguousarray(sin_t[:, : d // 2]).astype(t))
 
         def norm(x_in, skip, w, name):
             """RMSNorm of x_in (+ skip, the residual): (normed, new residual)."""
@@ -219,7 +208,9 @@ class FusedLlamaGraph:
             p, blk = f"/model/layers.{i}", f"blk.{i}."
             h, res = norm(x, res, m.weight(blk + "attn_norm.weight"), f"{p}/input_layernorm")
             qkv = self.matmul_nbits(h, [self.q4(blk + "attn_q.weight", H), self.q4(blk + "attn_k.weight", kv),
-                                        self.q4(blk + "attn_v.weight")], f"{p}/attn/qkv_proj")
+                                        self.q4(blk + "attn_v.weight")], f"{p}/attn/qkv_proj", m.hidden)
+            if self.kv_type == "f16":
+                qkv = g.node("Cast", [qkv], f"{p}/attn/qkv_proj/Cast", to=TensorProto.FLOAT16)
             attn = g.node("GroupQueryAttention",
                           [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total,
                            cos, sin],
@@ -228,13 +219,16 @@ class FusedLlamaGraph:
                                    f"present.{i}.value"],
                           domain="com.microsoft", num_heads=H, kv_num_heads=kv, do_rotary=1,
                           rotary_interleaved=0, scale=float(1.0 / np.sqrt(d)))
-            x = self.matmul_nbits(attn[0], [self.q4(blk + "attn_output.weight")], f"{p}/attn/o_proj")
+            out = attn[0]
+            if self.kv_type == "f16":
+                out = g.node("Cast", [out], f"{p}/attn/GroupQueryAttention/Cast", to=TensorProto.FLOAT)
+            x = self.matmul_nbits(out, [self.q4(blk + "attn_output.weight")], f"{p}/attn/o_proj", H * d)
             h, res = norm(x, res, m.weight(blk + "ffn_norm.weight"), f"{p}/post_attention_layernorm")
-            gate = self.matmul_nbits(h, [self.q4(blk + "ffn_gate.weight")], f"{p}/mlp/gate_proj")
-            up = self.matmul_nbits(h, [self.q4(blk + "ffn_up.weight")], f"{p}/mlp/up_proj")
+            gate = self.matmul_nbits(h, [self.q4(blk + "ffn_gate.weight")], f"{p}/mlp/gate_proj", m.hidden)
+            up = self.matmul_nbits(h, [self.q4(blk + "ffn_up.weight")], f"{p}/mlp/up_proj", m.hidden)
             act = g.node("Mul", [gate, g.node("Sigmoid", [gate], f"{p}/mlp/act_fn/Sigmoid")], f"{p}/mlp/act_fn/Mul")
             act = g.node("Mul", [act, up], f"{p}/mlp/Mul")
-            x = self.matmul_nbits(act, [self.q4(blk + "ffn_down.weight")], f"{p}/mlp/down_proj")
+            x = self.matmul_nbits(act, [self.q4(blk + "ffn_down.weight")], f"{p}/mlp/down_proj", m.ffn)
         h, _ = norm(x, res, m.weight("output_norm.weight"), "/model/norm")
 
         # the last logits_to_keep positions: h[:, -keep:, :] (keep 0: h[:, 0:, :], all of them)
@@ -242,13 +236,55 @@ class FusedLlamaGraph:
                                       "/lm_head/Unsqueeze")], "/lm_head/Neg")
         h = g.node("Slice", [h, start, g.const([np.iinfo(np.int64).max], np.int64), g.const([1], np.int64)],
                    "/lm_head/Slice")
-        g.node("MatMulNBits", [h, hq, hs], "/lm_head/MatMulNBits", outputs=["logits"], domain="com.microsoft",
-               K=m.hidden, N=m.vocab, bits=8, block_size=BLOCK, accuracy_level=4)
+        head(h)
         self.log("  fused graph: " + ", ".join(f"{v} {k}" for k, v in sorted(self.stats.items())))
         graph = helper.make_graph(g.nodes, "llama_gguf_fused", inputs, outputs, g.initializers)
         opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
         return helper.make_model(graph, opset_imports=opsets, producer_name="llamad gguf_to_onnx (fused)",
                                  producer_version="1")
+
+    def embedding_and_head(self):
+        """The embedding's output for `input_ids`, and a function that writes the head's node
+        (`logits` from the final hidden state). With tied embeddings the rows are gathered from
+        the head's own table (8 or 4 bits), so the model holds it once; an untied Q4_0
+        embedding is gathered from its own 4-bit codes, any other from float16 rows."""
+        g, m = self.g, self.m
+        if self.head_bits == 4:
+            name = "token_embd.weight" if m.tied else "output.weight"
+            packed, scales, _ = self.quantize_q4(m.weight(name), symmetric=True, block=BLOCK)
+            self.count(f"head quantized to 4 bits from {m.tensors[name].tensor_type.name}")
+            hq = g.init("lm_head.weight_Q4", packed)
+            hs = g.init("lm_head.weight_scales", scales)
+            bits, block, scale_values = 4, BLOCK, scales
+        else:
+            head_q, head_d = self.head()
+            hq = g.init("lm_head.weight_Q8", head_q)
+            hs = g.init("lm_head.weight_scales", head_d)
+            bits, block, scale_values = 8, BLOCK, head_d
+        if m.tied:  # the head's codes ([vocab, K/block, bytes a block]), scales in the shape Gather wants
+            gs = g.init("model.embed_tokens.weight_scales", scale_values[..., None])
+            x = g.node("GatherBlockQuantized", [hq, "input_ids", gs], "/model/embed_tokens/GatherBlockQuantized",
+                       domain="com.microsoft", bits=bits, block_size=block, gather_axis=0, quantize_axis=2)
+            x = g.node("Reshape", [x, g.const([0, 0, m.hidden], np.int64)], "/model/embed_tokens/Reshape")
+        elif (blocks := m.q4_blocks("token_embd.weight") if self.scheme == "transcode" else None) is not None \
+                and blocks[2] is None:  # Q4_0 rows, gathered as they are (4 bits, zero point 8)
+            codes, scales, _ = blocks
+            self.count("embedding transcoded Q4_0")
+            packed = (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8).reshape(m.vocab, -1)
+            x = g.node("GatherBlockQuantized", [g.init("model.embed_tokens.weight_Q4", packed), "input_ids",
+                                                g.init("model.embed_tokens.weight_scales", scales)],
+                       "/model/embed_tokens/GatherBlockQuantized", domain="com.microsoft",
+                       bits=4, block_size=BLOCK, gather_axis=0, quantize_axis=1)
+        else:  # float16 rows
+            rows = g.init("model.embed_tokens.weight_fp16", m.weight("token_embd.weight").astype(np.float16))
+            x = g.node("Gather", [rows, "input_ids"], "/model/embed_tokens/Gather", axis=0)
+            x = g.node("Cast", [x], "/model/embed_tokens/Cast", to=TensorProto.FLOAT)
+
+        def head(h):
+            g.node("MatMulNBits", [h, hq, hs], "/lm_head/MatMulNBits", outputs=["logits"], domain="com.microsoft",
+                   K=m.hidden, N=m.vocab, bits=bits, block_size=block, accuracy_level=4)
+
+        return x, head
 
     def rope_tables(self):
         from gguf_to_onnx import LlamaGraph  # the same tables as the standard graph
