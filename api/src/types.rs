@@ -42,6 +42,8 @@ pub struct ModelInfo {
     pub measured_peak_bytes: Option<u64>,
     /// KV-cache bytes per token of context.
     pub kv_bytes_per_token: Option<u64>,
+    /// The KV cache's element type as the graph stores it: `f32` or `f16`.
+    pub kv_cache_type: Option<String>,
     /// KV cache reserved by this model's running requests.
     pub kv_reserved_bytes: Option<u64>,
 }
@@ -84,7 +86,7 @@ pub struct FinishStats {
     /// With `finish_reason` = `error`: the D-Bus error name and message.
     pub error_name: Option<String>,
     pub error: Option<String>,
-    /// With `prompt_lookup`: draft tokens verified, and how many of them the model kept
+    /// When prompt lookup was asked for or (automatic) used: draft tokens verified, and how many of them the model kept
     /// (the acceptance rate is their ratio).
     pub draft_tokens: Option<u32>,
     pub draft_accepted: Option<u32>,
@@ -149,4 +151,13 @@ pub struct EstimateInfo {
     pub fits_now: bool,
     /// Whether it would fit after unloading every idle model.
     pub fits_after_eviction: bool,
+    /// The KV cache's element type as the graph stores it: `f32` or `f16`.
+    pub kv_cache_type: Option<String>,
+    /// KV-cache bytes per token of context, in that type.
+    pub kv_bytes_per_token: Option<u64>,
+    /// The longest context (tokens per sequence, for `parallel` sequences) that fits next to
+    /// what is in use now; 0 when not even the model fits.
+    pub max_context_now: Option<u32>,
+    /// The same after unloading every idle model.
+    pub max_context_after_eviction: Option<u32>,
 }

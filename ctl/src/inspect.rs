@@ -263,7 +263,9 @@ pub(crate) async fn estimate(
                 "kv_per_sequence": e.kv_per_sequence, "context": e.context, "parallel": e.parallel,
                 "total": e.total, "budget": e.budget, "in_use": e.in_use, "fits_now": e.fits_now,
                 "fits_after_eviction": e.fits_after_eviction, "load_peak": e.load_peak,
-                "runtime_code": e.runtime_code})
+                "runtime_code": e.runtime_code, "kv_cache_type": e.kv_cache_type,
+                "kv_bytes_per_token": e.kv_bytes_per_token, "max_context_now": e.max_context_now,
+                "max_context_after_eviction": e.max_context_after_eviction})
         );
     } else {
         let m = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
@@ -276,10 +278,14 @@ pub(crate) async fn estimate(
             None => println!("  scratch              {}", m(e.scratch)),
         }
         println!(
-            "  KV cache             {} × {} sequence(s) of {} tokens",
+            "  KV cache             {} × {} sequence(s) of {} tokens{}",
             m(e.kv_per_sequence),
             e.parallel,
-            e.context
+            e.context,
+            match (&e.kv_cache_type, e.kv_bytes_per_token) {
+                (Some(t), Some(b)) => format!(" ({t}, {:.1} KiB a token)", b as f64 / 1024.0),
+                _ => String::new(),
+            }
         );
         println!("  total                {}", m(e.total));
         if let Some(p) = e.load_peak {
@@ -290,6 +296,16 @@ pub(crate) async fn estimate(
             "  fits now: {}; after unloading idle models: {}",
             if e.fits_now { "yes" } else { "no" },
             if e.fits_after_eviction { "yes" } else { "no" }
+        );
+        let tokens = |c: Option<u32>| match c {
+            Some(0) => "none (the model itself does not fit)".to_string(),
+            Some(c) => format!("{c} tokens"),
+            None => "-".to_string(),
+        };
+        println!(
+            "  longest context that fits now: {}; after unloading idle models: {}",
+            tokens(e.max_context_now),
+            tokens(e.max_context_after_eviction)
         );
     }
     Ok(())
@@ -304,6 +320,6 @@ fn model_json(m: &ModelInfo) -> serde_json::Value {
         "measured_bytes": m.measured_bytes, "measured_anon_bytes": m.measured_anon_bytes,
         "measured_file_bytes": m.measured_file_bytes, "estimated_peak_bytes": m.estimated_peak_bytes,
         "measured_peak_bytes": m.measured_peak_bytes, "kv_bytes_per_token": m.kv_bytes_per_token,
-        "kv_reserved_bytes": m.kv_reserved_bytes,
+        "kv_cache_type": m.kv_cache_type, "kv_reserved_bytes": m.kv_reserved_bytes,
     })
 }

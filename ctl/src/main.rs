@@ -55,7 +55,8 @@ pub(crate) struct Sampling {
     /// Stop before this text (repeatable).
     #[arg(long)]
     stop: Vec<String>,
-    /// Speculative decoding by prompt lookup: verify up to N draft tokens a pass (0 = off).
+    /// Speculative decoding by prompt lookup: verify up to N draft tokens a pass (0 = off;
+    /// default: automatic, where it pays).
     #[arg(long)]
     prompt_lookup: Option<u32>,
     /// The output is one JSON value (`json`; the global --json is this tool's own output).

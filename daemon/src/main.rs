@@ -101,9 +101,10 @@ struct GenerateArgs {
     /// Do not stop at end-of-sequence tokens (for benchmarks).
     #[arg(long)]
     ignore_eos: bool,
-    /// Speculative decoding by prompt lookup: verify up to N draft tokens a pass (0 = off).
-    #[arg(long, default_value_t = 0)]
-    prompt_lookup: u32,
+    /// Speculative decoding by prompt lookup: verify up to N draft tokens a pass (0 = off;
+    /// default: automatic, where it pays).
+    #[arg(long)]
+    prompt_lookup: Option<u32>,
     /// Print the stats as one JSON object on stderr.
     #[arg(long)]
     json: bool,

@@ -25,8 +25,12 @@ fn step(m: &Model, seqs: &mut [Box<dyn Sequence>], logits: &mut [Vec<f32>], step
 }
 
 fn load_with(batch_decode: bool) -> Model {
+    load_fixture("tiny-gguf-fused", batch_decode)
+}
+
+fn load_fixture(name: &str, batch_decode: bool) -> Model {
     let opts = LoadOptions { batch_decode, ..opts(BackendKind::Onnxruntime) };
-    Model::load(&fixture("tiny-gguf-fused"), BackendKind::Onnxruntime, &opts, false).unwrap()
+    Model::load(&fixture(name), BackendKind::Onnxruntime, &opts, false).unwrap()
 }
 
 fn prompt(len: usize, salt: u32) -> Vec<u32> {
@@ -46,8 +50,15 @@ const ROW_TOLERANCE: f32 = 1e-3;
 /// feed (leaving, then rejoining) and a row dropped midway.
 #[test]
 fn rows_of_a_batch_compute_what_each_sequence_computes_alone() {
-    let batched = load_with(true);
-    let alone = load_with(false);
+    // the float32 and the float16 KV cache alike
+    for name in ["tiny-gguf-fused", "tiny-gguf-fused-f16"] {
+        batch_rows_against_alone(name);
+    }
+}
+
+fn batch_rows_against_alone(name: &str) {
+    let batched = load_fixture(name, true);
+    let alone = load_fixture(name, false);
     let prompts = [prompt(40, 1), prompt(230, 2), prompt(7, 3)];
     let new = |m: &Model| -> Vec<Box<dyn Sequence>> {
         prompts.iter().map(|_| m.backend.clone().new_sequence().unwrap()).collect()
@@ -68,7 +79,7 @@ fn rows_of_a_batch_compute_what_each_sequence_computes_alone() {
     let mut worst = 0.0f32;
     let mut check = |lb: &[Vec<f32>], la: &[Vec<f32>], i: usize, what: &str| {
         let d = max_abs_diff(&lb[i], &la[i]);
-        assert!(d < ROW_TOLERANCE, "sequence {i} {what}: |Δ| {d}");
+        assert!(d < ROW_TOLERANCE, "{name}: sequence {i} {what}: |Δ| {d}");
         worst = worst.max(d);
     };
     for n in 0..60u32 {
@@ -255,4 +266,43 @@ fn the_arena_stays_within_its_rows_plans() {
     assert!(grown.steps >= 29 && grown.rows >= 2 * 29, "both rows batched while they fit: {grown:?}");
     // two rows at 512 positions would be 1024 > 768: the long row steps alone from 256 on
     assert_eq!(end.steps, grown.steps, "no batched pass once the arena would exceed the plans: {end:?}");
+}
+
+/// A sequence that verified drafts (logits of several rows) steps alone for a while, then joins
+/// the batch again once it has taken `REJOIN_AFTER` one-token steps without drafts (automatic
+/// prompt lookup drafts nothing while batched), computing what it computes alone.
+#[test]
+fn a_sequence_that_verified_drafts_rejoins_the_batch_later() {
+    use llamad::engine::backend::onnxruntime::REJOIN_AFTER;
+    let batched = load_with(true);
+    let alone = load_with(false);
+    let mut b: Vec<Box<dyn Sequence>> = (0..2).map(|_| batched.backend.clone().new_sequence().unwrap()).collect();
+    let mut a: Vec<Box<dyn Sequence>> = (0..2).map(|_| alone.backend.clone().new_sequence().unwrap()).collect();
+    let (mut lb, mut la) = (vec![vec![]; 2], vec![vec![]; 2]);
+    for (i, p) in [prompt(30, 5), prompt(20, 6)].iter().enumerate() {
+        b[i].forward(p, &mut lb[i]).unwrap();
+        a[i].forward(p, &mut la[i]).unwrap();
+    }
+    // sequence 0 verifies a draft: 3 tokens, 3 rows of logits
+    let draft = [300, 301, 302];
+    let mut rows = vec![];
+    b[0].forward_rows(&draft, 3, &mut rows).unwrap();
+    a[0].forward_rows(&draft, 3, &mut rows).unwrap();
+    let mut joined_at = None;
+    for n in 0..(REJOIN_AFTER as u32 + 8) {
+        let t = 259 + (n * 11) % 250;
+        let before = batched.backend.batch_counters();
+        step(&batched, &mut b, &mut lb, &[(0, t), (1, t)]);
+        let after = batched.backend.batch_counters();
+        if joined_at.is_none() && after.rows - before.rows == 2 {
+            joined_at = Some(n);
+        }
+        for i in 0..2 {
+            a[i].forward(&[t], &mut la[i]).unwrap();
+            let d = max_abs_diff(&lb[i], &la[i]);
+            assert!(d < ROW_TOLERANCE, "sequence {i} at step {n}: |Δ| {d}");
+        }
+    }
+    // steps alone until REJOIN_AFTER one-token steps have passed, then both rows in one pass
+    assert_eq!(joined_at, Some(REJOIN_AFTER as u32), "rejoined at step {joined_at:?}");
 }

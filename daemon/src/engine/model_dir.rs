@@ -116,15 +116,27 @@ pub enum LayoutError {
 
 impl ModelDir {
     /// Whether ONNX Runtime runs this model with one preallocated KV buffer per layer, bound
-    /// as both past and present (the whole context per sequence): the builder's float32 GQA
-    /// graphs with `past_present_share_buffer` and no `position_ids` input.
+    /// as both past and present (the whole context per sequence): the builder's GQA graphs (float32
+    /// or float16 cache) with `past_present_share_buffer` and no `position_ids` input.
     pub fn ort_shares_kv_buffer(&self) -> bool {
-        let past_f16 =
-            self.graph.input(&self.io.past_key[0]).is_some_and(|i| i.elem_type == super::onnx_graph::ONNX_FLOAT16);
         self.past_present_share_buffer
-            && !past_f16
             && self.graph.has_op("com.microsoft::GroupQueryAttention")
             && self.io.position_ids.is_none()
+    }
+
+    /// Whether the graph keeps its KV cache in float16 (its past inputs' type).
+    pub fn kv_f16(&self) -> bool {
+        self.graph.input(&self.io.past_key[0]).is_some_and(|i| i.elem_type == super::onnx_graph::ONNX_FLOAT16)
+    }
+
+    /// The KV cache's element type, as `ListModels` and `Estimate` name it.
+    pub fn kv_cache_type(&self) -> &'static str {
+        if self.kv_f16() { "f16" } else { "f32" }
+    }
+
+    /// Bytes of one KV cache element as the graph stores it.
+    pub fn kv_element_bytes(&self) -> u64 {
+        if self.kv_f16() { 2 } else { 4 }
     }
 
     /// Recognises `dir` and reads everything needed to load it.

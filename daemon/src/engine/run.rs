@@ -22,7 +22,7 @@ use super::backend::{BackendError, BatchStep, LoadedModel, Sequence};
 use super::generate::{FinishReason, GenerateError, Output, Prompt, Resumable, Stats};
 use super::pick::Picker;
 use super::sampler::{Sampler, SamplingParams};
-use super::speculate::{Begun, Decoder, Lookup, Steps};
+use super::speculate::{AUTO_MIN_PROMPT, Begun, Decoder, Lookup, Steps};
 use super::text::TextOut;
 use super::tools::{self, Dialect};
 use std::sync::Arc;
@@ -49,7 +49,10 @@ pub struct Run {
     budget: usize,
     eos_ids: Vec<u32>,
     ignore_eos: bool,
-    lookup: u32,
+    lookup: Option<u32>,
+    /// Stepped together with other runs this step (automatic lookup then waits: batching
+    /// pays more, and a run that verified drafts leaves the batch).
+    crowded: bool,
     dialect: Option<Dialect>,
     picker: Picker,
     out: Option<TextOut>,
@@ -122,6 +125,7 @@ impl Run {
             eos_ids: model.eos_ids.clone(),
             ignore_eos: params.ignore_eos,
             lookup: params.prompt_lookup,
+            crowded: false,
             dialect: dialect.map(|(d, _)| d),
             picker,
             out: Some(out),
@@ -198,8 +202,11 @@ impl Run {
         if to == self.target && self.steps.is_none() {
             self.prompt_time = Some(self.started.elapsed());
             let decoder = match self.lookup {
-                n if n > 0 && seq.can_truncate() => Decoder::Lookup(Lookup::new(n as usize)),
-                _ => Decoder::Plain,
+                _ if !seq.can_truncate() => Decoder::Plain,
+                Some(0) => Decoder::Plain,
+                Some(n) => Decoder::Lookup(Lookup::new(n as usize)),
+                None if self.prompt_tokens >= AUTO_MIN_PROMPT => Decoder::Lookup(Lookup::auto(self.prompt_tokens)),
+                None => Decoder::Plain,
             };
             self.steps = Some(Steps::new(decoder));
             // the forced tokens are the first generated ones
@@ -222,7 +229,8 @@ impl Run {
         let (Some(steps), Some(seq)) = (self.steps.as_mut(), self.seq.as_mut()) else {
             return Err(BackendError::NoTokens.into());
         };
-        let ids = match steps.begin(&mut **seq, &mut self.picker, &mut self.history, left, is_end)? {
+        let crowded = std::mem::take(&mut self.crowded);
+        let ids = match steps.begin(&mut **seq, &mut self.picker, &mut self.history, left, crowded, is_end)? {
             Begun::Feed(tokens) if tokens.len() == 1 => return Ok(Some(tokens[0])),
             Begun::Feed(tokens) => {
                 seq.forward(&tokens, &mut self.logits)?;
@@ -268,7 +276,9 @@ impl Run {
     pub fn step_together(runs: &mut [&mut Run]) -> Vec<Result<(), GenerateError>> {
         let mut results = Vec::with_capacity(runs.len());
         let mut feeds = vec![];
+        let crowded = runs.len() > 1;
         for (i, run) in runs.iter_mut().enumerate() {
+            run.crowded = crowded;
             results.push(match run.begin_step() {
                 Ok(Some(token)) if run.seq.is_some() => {
                     feeds.push((i, token));

@@ -32,8 +32,9 @@ pub struct SamplingParams {
     /// Keep going past end-of-sequence tokens (benchmarks).
     pub ignore_eos: bool,
     /// Speculative decoding by prompt lookup: the most draft tokens verified in one pass
-    /// (0 = off). The output is what plain decoding gives (see `speculate.rs`).
-    pub prompt_lookup: u32,
+    /// (`Some(0)` = off); `None` = automatic, where it pays (see `speculate.rs`). The output is
+    /// what plain decoding gives.
+    pub prompt_lookup: Option<u32>,
     /// What the output must match (`grammar/`); None: free text.
     pub format: Option<Format>,
     /// Tools a chat offers (`tools/`): the answer is text or calls. Not with `format`.
@@ -52,7 +53,7 @@ impl Default for SamplingParams {
             max_tokens: 256,
             stop: vec![],
             ignore_eos: false,
-            prompt_lookup: 0,
+            prompt_lookup: None,
             format: None,
             tools: None,
         }
@@ -94,7 +95,7 @@ impl SamplingParams {
         if self.max_tokens == 0 {
             return err("max_tokens", "must be at least 1");
         }
-        if self.prompt_lookup > MAX_DRAFT {
+        if self.prompt_lookup.is_some_and(|n| n > MAX_DRAFT) {
             return err("prompt_lookup", "at most 32 draft tokens");
         }
         if self.stop.len() > MAX_STOP_STRINGS {

@@ -15,6 +15,17 @@
 //! (twice as many after each such miss in a row, at most 32). Text that does not repeat
 //! its context then costs about plain decoding.
 //!
+//! Automatic (a request that does not set `prompt_lookup`, the default): lookup runs only
+//! where it pays. The prompt must give something to copy (at least [`AUTO_MIN_PROMPT`]
+//! tokens), drafts come only from it (an n-gram that occurs in the prompt; text that repeats
+//! itself is left to plain decoding), a run stepped in a batch with others drafts nothing
+//! (a batched step reads the weights once for every row, and a run that verifies drafts
+//! leaves the batch), and it keeps measuring: tokens a second of its verification passes
+//! against its plain steps' (a plain step first, and one every 32 passes to measure again).
+//! When drafting yields less, lookup pauses as after a miss (1,
+//! 2, 4, ... steps, at most 32), then tries again. So it costs plain decoding about one
+//! short verification every 32 steps where it does not pay.
+//!
 //! Exact: each kept token is the token sampled, with the request's sampler and
 //! history, from the logits after the tokens before it, as plain decoding would
 //! sample it. The draft is deterministic, so "sample from the model, keep the draft
@@ -23,6 +34,8 @@
 //! comes from the same distribution with the same seed drawing the same random
 //! numbers in the same order. Only the logits' rounding differs (a forward pass over
 //! k tokens against k of one token).
+
+use std::time::Instant;
 
 use super::backend::{BackendError, Sequence};
 use super::generate::GenerateError;
@@ -37,11 +50,28 @@ pub struct Lookup {
     /// The longest and shortest n-gram looked up (longest first).
     pub max_ngram: usize,
     pub min_ngram: usize,
+    /// Matches must end at or before this position of the history (the prompt's end when
+    /// automatic; unbounded when asked for).
+    pub source_end: usize,
+    /// Automatic: only while it pays (module doc).
+    pub auto: bool,
 }
 
+/// The shortest prompt automatic lookup copies from.
+pub const AUTO_MIN_PROMPT: usize = 32;
+/// The most draft tokens automatic lookup verifies in one pass (measured best on 2 cores,
+/// docs/benchmarks.md).
+pub const AUTO_MAX_DRAFT: usize = 8;
+
 impl Lookup {
+    /// Asked for, with up to `max_draft` tokens a pass.
     pub fn new(max_draft: usize) -> Lookup {
-        Lookup { max_draft, max_ngram: 4, min_ngram: 2 }
+        Lookup { max_draft, max_ngram: 4, min_ngram: 2, source_end: usize::MAX, auto: false }
+    }
+
+    /// Automatic, copying from a prompt of `prompt_len` tokens.
+    pub fn auto(prompt_len: usize) -> Lookup {
+        Lookup { source_end: prompt_len, auto: true, ..Lookup::new(AUTO_MAX_DRAFT) }
     }
 
     /// The draft after `history`: the tokens that followed the most recent earlier occurrence
@@ -57,7 +87,8 @@ impl Lookup {
             }
             let tail = &history[history.len() - n..];
             // most recent match first; the match must leave at least one token after it
-            if let Some(start) = (0..history.len() - n).rev().find(|&i| &history[i..i + n] == tail) {
+            let last = (history.len() - n).min(self.source_end.saturating_sub(n - 1));
+            if let Some(start) = (0..last).rev().find(|&i| &history[i..i + n] == tail) {
                 let from = start + n;
                 return &history[from..(from + limit).min(history.len())];
             }
@@ -105,6 +136,13 @@ pub struct Steps {
     /// The last step's tokens, not fed yet (fed at the start of the next step; empty at
     /// the first, whose logits are the prompt's).
     unfed: Vec<u32>,
+    /// When the current plain step's token went to be fed, and the tokens a second of plain
+    /// steps and of verification passes (moving averages; automatic lookup compares them).
+    fed_at: Option<Instant>,
+    plain_rate: Option<f64>,
+    draft_rate: Option<f64>,
+    /// Verification passes since the last plain step.
+    since_plain: usize,
     /// Logits rows of the last verification pass, vocab wide each.
     rows: Vec<f32>,
     pub stats: DraftStats,
@@ -116,19 +154,37 @@ impl Steps {
             Decoder::Plain => 0,
             Decoder::Lookup(l) => l.max_draft,
         };
-        Steps { decoder, draft_len, pause: 0, next_pause: 1, unfed: vec![], rows: vec![], stats: DraftStats::default() }
+        Steps {
+            decoder,
+            draft_len,
+            pause: 0,
+            next_pause: 1,
+            unfed: vec![],
+            fed_at: None,
+            plain_rate: None,
+            draft_rate: None,
+            since_plain: 0,
+            rows: vec![],
+            stats: DraftStats::default(),
+        }
     }
 
-    /// Adapts the draft length and the pause to how much of a draft of `drafted` was kept.
-    fn adapt(&mut self, drafted: usize, kept: usize, max_draft: usize) {
+    /// Lookup pauses for the next pause, which doubles (at most [`MAX_PAUSE`]).
+    fn pause_more(&mut self) {
+        self.pause = self.next_pause;
+        self.next_pause = (self.next_pause * 2).min(MAX_PAUSE);
+    }
+
+    /// Adapts the draft length and the pause to how much of a draft of `drafted` was kept,
+    /// and whether the pass `paid` (automatic lookup's measure).
+    fn adapt(&mut self, drafted: usize, kept: usize, max_draft: usize, paid: bool) {
         if kept == drafted {
             self.draft_len = (self.draft_len * 2).min(max_draft);
         } else {
             self.draft_len = (kept + 1).min(max_draft);
         }
-        if kept == 0 {
-            self.pause = self.next_pause;
-            self.next_pause = (self.next_pause * 2).min(MAX_PAUSE);
+        if kept == 0 || !paid {
+            self.pause_more();
         } else {
             self.next_pause = 1;
         }
@@ -141,28 +197,39 @@ impl Steps {
     /// plainly: its forced tokens are fed with the next step's token in one pass.
     /// A draft is verified here (it is the whole step); otherwise it says what to feed
     /// before [`Steps::pick`] picks from the logits (nothing at the first step, whose logits
-    /// are the prompt's).
+    /// are the prompt's). `crowded`: the step runs in a batch with others' (automatic lookup
+    /// drafts nothing then).
     pub fn begin(
         &mut self,
         seq: &mut dyn Sequence,
         picker: &mut Picker,
         history: &mut Vec<u32>,
         left: usize,
+        crowded: bool,
         is_end: impl Fn(u32) -> bool,
     ) -> Result<Begun, GenerateError> {
         debug_assert!(left > 0);
         if self.unfed.is_empty() {
             return Ok(Begun::Ready);
         }
-        let (draft, max_draft): (Vec<u32>, usize) = match &self.decoder {
-            Decoder::Lookup(l) if self.pause == 0 && !picker.constrained() => {
-                (l.draft(history, (left - 1).min(self.draft_len)).to_vec(), l.max_draft)
+        // automatic: a plain step measures what plain decoding yields first, and again every
+        // MAX_PAUSE steps
+        let measure = self.plain_rate.is_none() || self.since_plain >= MAX_PAUSE;
+        let lookup = match &self.decoder {
+            Decoder::Lookup(l) if self.pause == 0 && !picker.constrained() && !(l.auto && (crowded || measure)) => {
+                Some(*l)
             }
-            _ => (vec![], 0),
+            _ => None,
         };
+        let draft = lookup.map_or(vec![], |l| l.draft(history, (left - 1).min(self.draft_len)).to_vec());
         self.pause = self.pause.saturating_sub(1);
-        if !draft.is_empty() {
-            return Ok(Begun::Picked(self.verify(seq, &mut picker.sampler, history, draft, max_draft, is_end)?));
+        if let (Some(l), false) = (lookup, draft.is_empty()) {
+            self.since_plain += 1;
+            return Ok(Begun::Picked(self.verify(seq, &mut picker.sampler, history, draft, l, is_end)?));
+        }
+        if self.unfed.len() == 1 {
+            self.fed_at = Some(Instant::now());
+            self.since_plain = 0;
         }
         Ok(Begun::Feed(self.unfed.clone()))
     }
@@ -176,6 +243,9 @@ impl Steps {
         history: &mut Vec<u32>,
         is_end: impl Fn(u32) -> bool,
     ) -> Result<Vec<u32>, GenerateError> {
+        if let Some(at) = self.fed_at.take() {
+            average(&mut self.plain_rate, 1.0 / at.elapsed().as_secs_f64().max(1e-9));
+        }
         let mut out = Vec::with_capacity(1);
         picker.pick(logits, history, is_end, &mut out)?;
         history.extend_from_slice(&out);
@@ -191,9 +261,10 @@ impl Steps {
         sampler: &mut Sampler,
         history: &mut Vec<u32>,
         draft: Vec<u32>,
-        max_draft: usize,
+        lookup: Lookup,
         is_end: impl Fn(u32) -> bool,
     ) -> Result<Vec<u32>, BackendError> {
+        let began = Instant::now();
         let start = seq.position();
         let mut fed = std::mem::take(&mut self.unfed);
         debug_assert_eq!(fed.len(), 1, "unconstrained steps leave one token unfed");
@@ -213,11 +284,19 @@ impl Steps {
         let kept = out.iter().zip(&draft).take_while(|(a, b)| a == b).count();
         self.stats.drafted += draft.len();
         self.stats.accepted += kept;
-        self.adapt(draft.len(), kept, max_draft);
         seq.truncate(start + 1 + kept)?;
         self.unfed = out.last().copied().into_iter().collect();
+        // tokens a second of this pass (its rollback included), against plain steps'
+        average(&mut self.draft_rate, out.len() as f64 / began.elapsed().as_secs_f64().max(1e-9));
+        let paid = !lookup.auto || matches!((self.draft_rate, self.plain_rate), (Some(d), Some(p)) if d >= p);
+        self.adapt(draft.len(), kept, lookup.max_draft, paid);
         Ok(out)
     }
+}
+
+/// A moving average of rates (the last few passes count most).
+fn average(avg: &mut Option<f64>, sample: f64) {
+    *avg = Some(avg.map_or(sample, |a| 0.7 * a + 0.3 * sample));
 }
 
 #[cfg(test)]
@@ -245,23 +324,123 @@ mod tests {
     fn drafts_grow_when_kept_shrink_when_not_and_pause_after_misses() {
         let mut s = Steps::new(Decoder::Lookup(Lookup::new(8)));
         assert_eq!(s.draft_len, 8);
-        s.adapt(8, 3, 8);
+        s.adapt(8, 3, 8, true);
         assert_eq!((s.draft_len, s.pause), (4, 0));
-        s.adapt(4, 4, 8);
+        s.adapt(4, 4, 8, true);
         assert_eq!(s.draft_len, 8);
         // misses in a row pause lookup for 1, 2, 4, ... steps, at most MAX_PAUSE
         let pauses: Vec<usize> = (0..8)
             .map(|_| {
-                s.adapt(1, 0, 8);
+                s.adapt(1, 0, 8, true);
                 s.pause
             })
             .collect();
         assert_eq!(pauses, vec![1, 2, 4, 8, 16, 32, 32, 32]);
         assert_eq!(s.draft_len, 1);
         // a kept token ends the run of misses
-        s.adapt(1, 1, 8);
-        s.adapt(2, 0, 8);
+        s.adapt(1, 1, 8, true);
+        s.adapt(2, 0, 8, true);
         assert_eq!(s.pause, 1);
+        // a pass that kept tokens but did not pay pauses as a miss does
+        s.adapt(2, 1, 8, false);
+        assert_eq!(s.pause, 2);
+        s.adapt(2, 1, 8, false);
+        assert_eq!(s.pause, 4);
+    }
+
+    #[test]
+    fn automatic_drafts_copy_only_from_the_prompt() {
+        // prompt: 1 2 3 4 5; generated: 9 7 8 6 7 8 (7 8 occurs only in generated text)
+        let h = [1, 2, 3, 4, 5, 9, 7, 8, 6, 7, 8];
+        assert_eq!(Lookup::new(4).draft(&h, 4), &[6, 7, 8]);
+        assert!(Lookup::auto(5).draft(&h, 4).is_empty());
+        // ... and "2 3" at the end is copied from the prompt, continuing past it
+        let h = [1, 2, 3, 4, 5, 9, 2, 3];
+        assert_eq!(Lookup::auto(5).draft(&h, 4), &[4, 5, 9, 2]);
+        // an n-gram that only ends past the prompt is not a source
+        let h = [1, 2, 3, 4, 5, 9, 5, 9];
+        assert!(Lookup::auto(5).draft(&h, 4).is_empty());
+    }
+
+    /// A sequence whose passes take a time proportional to the tokens fed, and whose model
+    /// always picks token 7 after 3 and 3 otherwise (`tie` picks 7 otherwise too): verifying
+    /// a draft never gives more tokens a second than plain steps.
+    struct Timed {
+        position: usize,
+        fed: Vec<u32>,
+        passes: usize,
+    }
+
+    impl Sequence for Timed {
+        fn forward_rows(&mut self, tokens: &[u32], rows: usize, logits: &mut Vec<f32>) -> Result<(), BackendError> {
+            std::thread::sleep(std::time::Duration::from_millis(tokens.len() as u64));
+            self.passes += 1;
+            self.fed.truncate(self.position);
+            self.fed.extend_from_slice(tokens);
+            self.position += tokens.len();
+            logits.clear();
+            for &t in &tokens[tokens.len() - rows..] {
+                let mut row = vec![0.0f32; 10];
+                row[if t == 3 { 7 } else { 3 }] = 1.0;
+                logits.extend(row);
+            }
+            Ok(())
+        }
+        fn truncate(&mut self, position: usize) -> Result<(), BackendError> {
+            self.position = position;
+            Ok(())
+        }
+        fn position(&self) -> usize {
+            self.position
+        }
+        fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+            self
+        }
+    }
+
+    /// Decodes `n` tokens after `prompt`; returns the verification passes and the output.
+    fn decode(decoder: Decoder, prompt: &[u32], n: usize) -> (usize, Vec<u32>) {
+        use crate::engine::sampler::SamplingParams;
+        let mut seq = Timed { position: 0, fed: vec![], passes: 0 };
+        let mut picker = Picker::new(Sampler::new(&SamplingParams::greedy(n as u32)), None);
+        let mut logits = vec![];
+        seq.forward(prompt, &mut logits).unwrap();
+        let mut history = prompt.to_vec();
+        let mut steps = Steps::new(decoder);
+        let never = |_| false;
+        while history.len() < prompt.len() + n {
+            let left = prompt.len() + n - history.len();
+            match steps.begin(&mut seq, &mut picker, &mut history, left, false, never).unwrap() {
+                Begun::Ready => {
+                    steps.pick(&mut picker, &mut logits, &mut history, never).unwrap();
+                }
+                Begun::Feed(t) => {
+                    seq.forward(&t, &mut logits).unwrap();
+                    steps.pick(&mut picker, &mut logits, &mut history, never).unwrap();
+                }
+                Begun::Picked(_) => {}
+            }
+        }
+        (steps.stats.drafted, history[prompt.len()..].to_vec())
+    }
+
+    #[test]
+    fn automatic_lookup_pauses_where_verifying_does_not_pay() {
+        // the model writes 3 7 3 7 ...; the prompt has "3 7 3 3": drafts after "3 7" copy
+        // "3 3 ...", of which the model keeps one token (3), never the next (it wants 7)
+        let mut prompt: Vec<u32> = (10..50).collect();
+        prompt.extend([3, 7, 3, 3, 3, 3, 3, 3, 3, 3]);
+        // the same drafts (from the prompt only) without the measuring
+        let unmeasured = Lookup { auto: false, ..Lookup::auto(prompt.len()) };
+        let (asked, out_asked) = decode(Decoder::Lookup(unmeasured), &prompt, 200);
+        let (auto, out_auto) = decode(Decoder::Lookup(Lookup::auto(prompt.len())), &prompt, 200);
+        let (_, out_plain) = decode(Decoder::Plain, &prompt, 200);
+        assert_eq!(out_auto, out_plain);
+        assert_eq!(out_asked, out_plain);
+        // unmeasured, it drafts every few steps; automatic, it backs off to a draft every 32
+        // steps once it has measured that verifying yields fewer tokens a second
+        assert!(asked >= 60, "unmeasured: {asked} draft tokens");
+        assert!(auto * 4 <= asked, "automatic: {auto} draft tokens, asked: {asked}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! resident weights (what each backend keeps of each initializer, from how the
 //! graph uses it), the tokenizer's and runtime's share, the runtime's code on
 //! its first load, the load's transient peak, and per request the KV cache
-//! (2 × layers × kv_heads × head_dim × 4 bytes a token) and the prompt's
+//! (2 × layers × kv_heads × head_dim × 4 or 2 bytes a token, as the graph stores it) and the prompt's
 //! logits. The daemon also measures each load and counts the larger of the two.
 
 use super::packing::{tract_packed_bytes, tract_panel};
@@ -36,9 +36,14 @@ fn resident_weights(weights: &[Weight], backend: BackendKind) -> (u64, u64) {
 fn onnxruntime_keeps(w: &Weight) -> u64 {
     let u = w.usage;
     if u.int8_packed {
-        // MLAS's int8 layout: the codes with per-block sums beside them, 1.25× (measured on the
-        // fused graphs: models/bench-memory.sh); the original stays when a Gather reads it too.
-        return w.bytes * 5 / 4 + if u.other || u.matmul { w.bytes } else { 0 };
+        // MLAS's int8 layout: the codes, and beside them per block a float32 copy of its scale
+        // and the float32 sum of its codes (8 bytes a block; the scales' own initializer
+        // stays too): 1.5× the codes at block 32 (16 bytes a block), 1.25× at 64, 1.125× at
+        // 128 (measured on the fused graphs of SmolLM2, the 1.1B and the 7B shape within 1 %:
+        // models/bench-memory.sh). The original stays when a Gather reads it too.
+        let block_bytes = w.dims.get(2).copied().filter(|&b| b > 0).unwrap_or(16);
+        let packed = w.bytes + w.bytes / block_bytes * 8;
+        return packed + if u.other || u.matmul { w.bytes } else { 0 };
     }
     let copies = u64::from((u.transposed_into_matmul && !w.external) || u.transposed_other);
     let original = u64::from(u.matmul || u.quantized || u.other || copies == 0);
@@ -103,7 +108,7 @@ impl Estimate {
     /// docs/benchmarks.md).
     pub fn for_model(dir: &ModelDir, backend: BackendKind, first_load: bool) -> Estimate {
         let s = &dir.spec;
-        let kv_per_token = 2 * s.layers as u64 * s.kv_heads as u64 * s.head_dim as u64 * 4;
+        let kv_per_token = 2 * s.layers as u64 * s.kv_heads as u64 * s.head_dim as u64 * dir.kv_element_bytes();
         let (weights, repacked) = resident_weights(&dir.graph.weights, backend);
         // The tokenizer's tables, and the runtime's per-model state (graph, plans, one
         // set of buffers per layer).

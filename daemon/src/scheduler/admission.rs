@@ -186,6 +186,15 @@ impl Scheduler {
         let in_use = self.used(&loaded);
         let idle: u64 = loaded.values().filter(|l| l.idle()).map(Loaded::held).sum();
         let budget = self.budget.effective;
+        // A loaded model is counted in `in_use` already: only its sequences' caches are new.
+        let is_loaded = loaded.contains_key(name);
+        let need_for = |c: u32| {
+            let kv = est.kv(c as u64) * parallel as u64;
+            if is_loaded { kv } else { (est.resident() + kv).max(est.load_peak()) }
+        };
+        let longest = |room: u64| longest_context(model_context, |c| need_for(c) <= room);
+        let room_now = budget.saturating_sub(in_use);
+        let room_evicted = budget.saturating_sub(in_use - idle);
         Ok(llamad_api::EstimateInfo {
             backend: kind.to_string(),
             weights: est.weights,
@@ -200,6 +209,10 @@ impl Scheduler {
             in_use,
             fits_now: in_use + need <= budget,
             fits_after_eviction: in_use - idle + need <= budget,
+            kv_cache_type: Some(dir.kv_cache_type().to_string()),
+            kv_bytes_per_token: Some(est.kv_per_token),
+            max_context_now: Some(longest(room_now)),
+            max_context_after_eviction: Some(longest(room_evicted)),
         })
     }
 
@@ -275,5 +288,35 @@ impl Scheduler {
             }
         }
         Ok(victims)
+    }
+}
+
+/// The longest context in `1..=max` for which `fits` holds (it holds for every shorter one
+/// too: the need grows with the context), or 0.
+fn longest_context(max: u32, fits: impl Fn(u32) -> bool) -> u32 {
+    let (mut lo, mut hi) = (0, max);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
+}
+
+#[cfg(test)]
+mod longest_tests {
+    use super::longest_context;
+
+    #[test]
+    fn longest_context_is_the_last_that_fits() {
+        assert_eq!(longest_context(4096, |c| c <= 1000), 1000);
+        assert_eq!(longest_context(4096, |_| true), 4096);
+        assert_eq!(longest_context(4096, |_| false), 0);
+        assert_eq!(longest_context(1, |c| c <= 1), 1);
+        // steps (a buffer that doubles): the last context of the last step that fits
+        assert_eq!(longest_context(4096, |c| (c.max(256)).next_power_of_two() <= 1024), 1024);
     }
 }

@@ -460,7 +460,8 @@ impl EngineLoop {
                 if job.params.format.is_some() || job.params.tools.is_some() {
                     stats.forced_tokens = Some(st.forced_tokens as u32);
                 }
-                if job.params.prompt_lookup > 0 {
+                // asked for, or automatic and used
+                if job.params.prompt_lookup.is_some_and(|n| n > 0) || st.draft.drafted > 0 {
                     stats.draft_tokens = Some(st.draft.drafted as u32);
                     stats.draft_accepted = Some(st.draft.accepted as u32);
                 }

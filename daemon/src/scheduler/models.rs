@@ -117,6 +117,7 @@ impl Scheduler {
                         info.estimated_bytes = Some(est.resident());
                         info.estimated_peak_bytes = Some(est.load_peak());
                         info.kv_bytes_per_token = Some(est.kv_per_token);
+                        info.kv_cache_type = Some(d.kv_cache_type().to_string());
                         info.layout = Some(d.layout.to_string());
                         info.quantization = Some(d.quantization.to_string());
                         info.parameters = Some(d.parameters());

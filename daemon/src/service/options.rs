@@ -61,16 +61,14 @@ pub fn request(options: &HashMap<String, OwnedValue>) -> Result<Request, Error> 
     set(&mut p.temperature, r.temperature);
     set(&mut p.top_p, r.top_p);
     set(&mut p.repetition_penalty, r.repetition_penalty);
-    for (field, v) in [
-        (&mut p.top_k, r.top_k),
-        (&mut p.repeat_last_n, r.repeat_last_n),
-        (&mut p.max_tokens, r.max_tokens),
-        (&mut p.prompt_lookup, r.prompt_lookup),
-    ] {
+    for (field, v) in
+        [(&mut p.top_k, r.top_k), (&mut p.repeat_last_n, r.repeat_last_n), (&mut p.max_tokens, r.max_tokens)]
+    {
         if let Some(v) = v {
             *field = v;
         }
     }
+    p.prompt_lookup = r.prompt_lookup;
     p.seed = r.seed;
     p.stop = r.stop.unwrap_or_default();
     p.format = r.format.map(|f| match f {

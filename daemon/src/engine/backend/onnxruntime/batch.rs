@@ -19,7 +19,8 @@
 //! A sequence joins the arena on its first batched step (its KV cache is copied
 //! in, the arena is reallocated with one more row), and leaves it when dropped,
 //! parked, or fed several tokens at once (copied out to its own buffers again);
-//! one that verifies drafts (logits of several rows) never joins again. Joining
+//! one that verifies drafts (logits of several rows) joins again only after `REJOIN_AFTER`
+//! one-token steps without drafts. Joining
 //! and leaving copy every row's cache once; steps copy nothing.
 //!
 //! Memory: every row has the longest row's capacity, so the arena is kept
@@ -46,6 +47,7 @@ use ort::memory::Allocator;
 use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
 
+use super::kv::{KvBuf, Lanes};
 use super::{FIRST_CAPACITY, Kv, OrtModel, OrtSequence, buffer_capacity, run_err};
 use crate::engine::backend::{BackendError, BatchCounters, BatchStep, check_room};
 
@@ -55,7 +57,7 @@ pub(super) struct Arena {
     rows: Vec<Row>,
     capacity: usize,
     /// Keys of every layer, then values; bound to `binding` as past and present.
-    buffers: Vec<Tensor<f32>>,
+    buffers: Vec<KvBuf>,
     binding: Option<IoBinding>,
     /// `[rows, 1, vocab]`, bound as the logits output.
     logits: Option<Tensor<f32>>,
@@ -75,14 +77,7 @@ enum Source<'a> {
     /// Row `i` of the arena as it was.
     Arena(usize),
     /// A sequence's own buffers, `[1, kv_heads, capacity, head_dim]`.
-    Own(&'a [Tensor<f32>], usize),
-}
-
-/// Copies the first `keep` positions of `lanes` lanes of `d` values (a lane: one row's head).
-fn copy_lanes(src: &[f32], src_cap: usize, dst: &mut [f32], dst_cap: usize, lanes: usize, d: usize, keep: usize) {
-    for l in 0..lanes {
-        dst[l * dst_cap * d..][..keep * d].copy_from_slice(&src[l * src_cap * d..][..keep * d]);
-    }
+    Own(&'a [KvBuf], usize),
 }
 
 impl OrtModel {
@@ -121,24 +116,22 @@ impl OrtModel {
         let mut buffers = Vec::with_capacity(s.layers * 2);
         for (b, (past, present)) in names.enumerate() {
             let old_buf = old.next();
-            let mut buf = Tensor::<f32>::new(&Allocator::default(), [rows.len(), h, capacity, d]).map_err(run_err)?;
-            let dst = buf.extract_tensor_mut().1;
+            let mut buf = KvBuf::new(self.kv_elem, [rows.len(), h, capacity, d])?;
             for (i, (row, source)) in rows.iter().zip(sources).enumerate() {
-                let dst = &mut dst[i * h * capacity * d..][..h * capacity * d];
+                let to = Lanes { first: i * h, capacity };
                 match source {
                     Source::Arena(j) => {
                         let old_buf = old_buf.as_ref().ok_or_else(|| run_err("the arena lost a buffer"))?;
-                        let src = &old_buf.extract_tensor().1[j * h * old_capacity * d..];
-                        copy_lanes(src, old_capacity, dst, capacity, h, d, row.position);
+                        let from = Lanes { first: j * h, capacity: old_capacity };
+                        buf.copy_from(to, old_buf, from, h, d, row.position)?;
                     }
                     Source::Own(own, cap) => {
-                        copy_lanes(own[b].extract_tensor().1, *cap, dst, capacity, h, d, row.position)
+                        buf.copy_from(to, &own[b], Lanes { first: 0, capacity: *cap }, h, d, row.position)?
                     }
                 }
             }
             drop(old_buf);
-            binding.bind_input(past, &buf).map_err(run_err)?;
-            binding.bind_output(present, &mut buf).map_err(run_err)?;
+            buf.bind(&mut binding, past, present)?;
             buffers.push(buf);
         }
         let mut logits = Tensor::<f32>::new(&Allocator::default(), [rows.len(), 1, self.vocab()]).map_err(run_err)?;
@@ -169,7 +162,7 @@ impl OrtModel {
         &self,
         id: u64,
         (position, planned): (usize, usize),
-        own: &[Tensor<f32>],
+        own: &[KvBuf],
         own_capacity: usize,
     ) -> Result<bool, BackendError> {
         let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
@@ -187,7 +180,7 @@ impl OrtModel {
 
     /// Takes row `id` out of the arena; with `keep`, its cache is copied into `own` buffers of
     /// `own_capacity` positions first (bound to `binding`).
-    pub(super) fn leave(&self, id: u64, keep: Option<(&mut [Tensor<f32>], usize)>) -> Result<(), BackendError> {
+    pub(super) fn leave(&self, id: u64, keep: Option<(&mut [KvBuf], usize)>) -> Result<(), BackendError> {
         let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
         let super::Engine { session, arena } = &mut *engine;
         let Some(r) = arena.rows.iter().position(|row| row.id == id) else {
@@ -196,8 +189,8 @@ impl OrtModel {
         let (h, d, position) = (self.dir.spec.kv_heads, self.dir.spec.head_dim, arena.rows[r].position);
         if let Some((own, cap)) = keep {
             for (b, buf) in own.iter_mut().enumerate() {
-                let src = &arena.buffers[b].extract_tensor().1[r * h * arena.capacity * d..];
-                copy_lanes(src, arena.capacity, buf.extract_tensor_mut().1, cap, h, d, position);
+                let from = Lanes { first: r * h, capacity: arena.capacity };
+                buf.copy_from(Lanes { first: 0, capacity: cap }, &arena.buffers[b], from, h, d, position)?;
             }
         }
         let mut rows = arena.rows.clone();
@@ -357,7 +350,7 @@ impl OrtSequence {
     /// full) or the join rule refuses it: false then.
     fn enter_batch(&mut self) -> Result<bool, BackendError> {
         if check_room(self.position, 1, self.model.dir.spec.context_length).is_err()
-            || !self.batchable
+            || self.since_drafts < super::REJOIN_AFTER
             || self.position == 0
         {
             return Ok(false);

@@ -20,6 +20,7 @@
 //! Several sequences of a shared-buffer model decode in batches: [`batch`].
 
 mod batch;
+mod kv;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,8 @@ use ort::environment::Environment;
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
+
+use kv::{KvBuf, KvElem, Lanes};
 
 use super::providers::{ProviderName, register};
 use super::{
@@ -134,7 +137,8 @@ pub struct OrtModel {
     engine: Mutex<Engine>,
     dir: ModelDir,
     served: Served,
-    past_f16: bool,
+    /// The element type of the graph's past inputs.
+    kv_elem: KvElem,
     /// Past and present share one preallocated buffer (IoBinding), see the module doc.
     share_buffer: bool,
     /// One-token steps of several sequences run as one pass ([`batch`]).
@@ -198,7 +202,6 @@ impl OrtModel {
         tracing::info!(model = %dir.name(), %provider, "ONNX Runtime session");
         let session = builder.commit_from_file(&dir.onnx).map_err(|e| load_err(e.to_string()))?;
         let past = dir.graph.input(&dir.io.past_key[0]);
-        let past_f16 = past.is_some_and(|i| i.elem_type == ONNX_FLOAT16);
         if let Some(i) = past
             && i.elem_type != ONNX_FLOAT
             && i.elem_type != ONNX_FLOAT16
@@ -213,7 +216,7 @@ impl OrtModel {
             dir.graph.outputs.iter().find(|o| o.name == dir.io.logits).is_some_and(|o| o.elem_type == ONNX_FLOAT);
         Ok(OrtModel {
             engine: Mutex::new(Engine { session, arena: Default::default() }),
-            batch_decode: opts.batch_decode && share_buffer && !past_f16 && logits_f32,
+            batch_decode: opts.batch_decode && share_buffer && logits_f32,
             counters: Default::default(),
             next_id: AtomicU64::new(1),
             dir: dir.clone(),
@@ -223,7 +226,7 @@ impl OrtModel {
                 skipped,
                 kv_cache: if share_buffer { KvCache::SharedBuffer } else { KvCache::Moved },
             },
-            past_f16,
+            kv_elem: if dir.kv_f16() { KvElem::F16 } else { KvElem::F32 },
             share_buffer,
         })
     }
@@ -241,7 +244,7 @@ impl OrtModel {
     fn empty_past(&self) -> Result<DynValue, BackendError> {
         let s = &self.dir.spec;
         let shape = [1usize, s.kv_heads, 0, s.head_dim];
-        Ok(if self.past_f16 {
+        Ok(if self.kv_elem == KvElem::F16 {
             Tensor::<f16>::from_array((shape, Vec::<f16>::new())).map_err(run_err)?.into_dyn()
         } else {
             Tensor::<f32>::from_array((shape, Vec::<f32>::new())).map_err(run_err)?.into_dyn()
@@ -257,7 +260,7 @@ impl LoadedModel for OrtModel {
     fn new_sequence(self: Arc<Self>) -> Result<Box<dyn Sequence>, BackendError> {
         let n = self.dir.spec.layers * 2;
         let kv = if self.share_buffer {
-            self.own_buffers(FIRST_CAPACITY, &[], 0, 0)?
+            self.own_buffers(FIRST_CAPACITY, vec![], 0, 0)?
         } else {
             let mut past = Vec::with_capacity(n);
             for _ in 0..n {
@@ -267,7 +270,7 @@ impl LoadedModel for OrtModel {
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let planned = self.dir.spec.context_length;
-        Ok(Box::new(OrtSequence { model: self, kv, position: 0, id, batchable: true, planned }))
+        Ok(Box::new(OrtSequence { model: self, kv, position: 0, id, since_drafts: REJOIN_AFTER, planned }))
     }
 
     fn batch_counters(&self) -> BatchCounters {
@@ -284,8 +287,9 @@ pub struct OrtSequence {
     kv: Kv,
     position: usize,
     id: u64,
-    /// May decode in batches: false once it has verified drafts (logits of several rows).
-    batchable: bool,
+    /// One-token steps since it last verified drafts (logits of several rows): it may decode in
+    /// batches again after [`REJOIN_AFTER`] of them.
+    since_drafts: usize,
     /// The most positions it will hold ([`Sequence::plan`]; the context until told).
     planned: usize,
 }
@@ -298,13 +302,19 @@ enum Kv {
     Shared {
         binding: Box<IoBinding>,
         cpu: MemoryInfo<'static>,
-        buffers: Vec<Tensor<f32>>,
+        buffers: Vec<KvBuf>,
         capacity: usize,
         one_row: Option<Tensor<f32>>,
     },
     /// In the model's batch arena, as row `OrtSequence::id`.
     Batched,
 }
+
+/// One-token steps after its last verification of drafts before a sequence may join the batch
+/// arena again: a sequence that keeps verifying drafts (prompt lookup asked for) would leave and
+/// rejoin, copying its cache each time, so it stays out; one whose drafting stopped (automatic
+/// lookup drafts nothing while batched with others) comes back.
+pub const REJOIN_AFTER: usize = 16;
 
 /// Positions a shared KV buffer holds at first; it doubles (up to the context) as the sequence
 /// grows, so its memory follows what the sequence uses, not the model's whole context (8192
@@ -323,7 +333,7 @@ impl OrtModel {
     fn own_buffers(
         &self,
         capacity: usize,
-        old: &[Tensor<f32>],
+        old: Vec<KvBuf>,
         old_capacity: usize,
         keep: usize,
     ) -> Result<Kv, BackendError> {
@@ -343,30 +353,32 @@ impl OrtModel {
     }
 
     /// Shared KV buffers of `capacity` positions, bound to `binding`, holding the first `keep`
-    /// positions of `old` (buffers of `old_capacity` positions).
+    /// positions of `old` (buffers of `old_capacity` positions). Each old buffer goes as soon as
+    /// its layer is copied and bound anew (the binding held it too): growing holds the new
+    /// buffers and one old layer's, not the old cache whole beside the new (the 7B shape's 1 GiB
+    /// cache grown to 2 GiB held 3 GiB for a moment).
     fn shared_buffers(
         &self,
         binding: &mut IoBinding,
         capacity: usize,
-        old: &[Tensor<f32>],
+        old: Vec<KvBuf>,
         old_capacity: usize,
         keep: usize,
-    ) -> Result<Vec<Tensor<f32>>, BackendError> {
+    ) -> Result<Vec<KvBuf>, BackendError> {
         let (s, io) = (&self.dir.spec, &self.dir.io);
         let names = io.past_key.iter().zip(&io.present_key).chain(io.past_value.iter().zip(&io.present_value));
         let d = s.head_dim;
         let mut buffers = Vec::with_capacity(s.layers * 2);
-        for (i, (past, present)) in names.enumerate() {
-            let mut buf =
-                Tensor::<f32>::new(&Allocator::default(), [1usize, s.kv_heads, capacity, d]).map_err(run_err)?;
-            if let Some(o) = old.get(i) {
-                let (src, dst) = (o.extract_tensor().1, buf.extract_tensor_mut().1);
-                for h in 0..s.kv_heads {
-                    dst[h * capacity * d..][..keep * d].copy_from_slice(&src[h * old_capacity * d..][..keep * d]);
-                }
+        let mut old = old.into_iter();
+        for (past, present) in names {
+            let mut buf = KvBuf::new(self.kv_elem, [1, s.kv_heads, capacity, d])?;
+            let previous = old.next();
+            if let Some(o) = &previous {
+                let (to, from) = (Lanes { first: 0, capacity }, Lanes { first: 0, capacity: old_capacity });
+                buf.copy_from(to, o, from, s.kv_heads, d, keep)?;
             }
-            binding.bind_input(past, &buf).map_err(run_err)?;
-            binding.bind_output(present, &mut buf).map_err(run_err)?;
+            buf.bind(binding, past, present)?;
+            drop(previous);
             buffers.push(buf);
         }
         Ok(buffers)
@@ -413,9 +425,7 @@ impl Sequence for OrtSequence {
     fn forward_rows(&mut self, tokens: &[u32], rows: usize, logits: &mut Vec<f32>) -> Result<(), BackendError> {
         check_room(self.position, tokens.len(), self.model.dir.spec.context_length)?;
         check_rows(BackendKind::Onnxruntime, rows, tokens.len())?;
-        if rows > 1 {
-            self.batchable = false;
-        }
+        self.since_drafts = if rows > 1 { 0 } else { self.since_drafts.saturating_add(1) };
         if matches!(self.kv, Kv::Batched) {
             if tokens.len() == 1 && rows == 1 && !self.model.arena_over_plan() {
                 // a pass of its own row (the others placeholders)
@@ -441,7 +451,7 @@ impl Sequence for OrtSequence {
             Kv::Shared { binding, cpu, buffers, capacity, one_row } => {
                 if self.position + n > *capacity {
                     let grown = buffer_capacity(self.position + n, m.dir.spec.context_length);
-                    *buffers = m.shared_buffers(binding, grown, buffers, *capacity, self.position)?;
+                    *buffers = m.shared_buffers(binding, grown, std::mem::take(buffers), *capacity, self.position)?;
                     *capacity = grown;
                 }
                 binding.bind_input(&io.input_ids, &ids).map_err(run_err)?;
@@ -527,8 +537,25 @@ impl Sequence for OrtSequence {
         self
     }
 
+    /// With nothing held yet, a shared buffer takes the planned capacity at once (what the
+    /// request's reservation counts): no doubling on the way, no copies.
     fn plan(&mut self, positions: usize) {
         self.planned = positions.max(self.position);
+        let want = buffer_capacity(self.planned, self.model.dir.spec.context_length);
+        if let Kv::Shared { binding, buffers, capacity, .. } = &mut self.kv
+            && self.position == 0
+            && *capacity < want
+        {
+            buffers.clear();
+            match self.model.shared_buffers(binding, want, vec![], 0, 0) {
+                Ok(b) => (*buffers, *capacity) = (b, want),
+                // the sequence stays empty: its first step grows it (and reports the error)
+                Err(e) => {
+                    tracing::warn!(error = %e, "allocating the planned KV buffer");
+                    *capacity = 0;
+                }
+            }
+        }
     }
 }
 
@@ -539,7 +566,7 @@ impl OrtSequence {
         if !matches!(self.kv, Kv::Batched) {
             return Ok(());
         }
-        let mut own = self.model.own_buffers(positions, &[], 0, 0)?;
+        let mut own = self.model.own_buffers(positions, vec![], 0, 0)?;
         let Kv::Shared { buffers, capacity, .. } = &mut own else { unreachable!("own_buffers gives Shared") };
         self.model.leave(self.id, Some((buffers, *capacity)))?;
         self.kv = own;
