@@ -3,7 +3,8 @@
 
     python models/bench_peers.py --llama-bench BIN --llamad BIN --genai-python PY \\
         --model NAME GGUF FUSED_DIR STANDARD_DIR [--model ...] [--rounds 3] [--threads 1 2] \\
-        [--prompt 128] [--gen 128] [--grounded TEXT_FILE] [--dbus] [--baseline OTHER_LLAMAD]
+        [--prompt 128] [--gen 128] [--model-tokens NAME PROMPT GEN] [--grounded TEXT_FILE]
+        [--free TEXT] [--text-models NAME...] [--dbus] [--baseline OTHER_LLAMAD]
 
 For each round, thread count and model, every tool runs once, in the same order each round
 (so each peer sees the same machine state as the others): llama.cpp's `llama-bench` on the
@@ -13,7 +14,8 @@ text request ("Once upon a time", greedy, until EOS or GEN tokens) through llama
 through the daemon on a private bus. llamad runs with huge pages for its weights
 (`--huge-pages`, `memory.huge_pages`), which it does not do by default. The prompt is PROMPT token ids, then GEN greedy tokens
 (`--ignore-eos`). With --grounded, llamad also runs a grounded request (rewrite the given
-passage) with and without prompt lookup. With --baseline, another llamad build (an earlier
+passage) with prompt lookup off, automatic (the default) and asked for; with --free, a chat
+request with nothing to copy, lookup off and automatic (its cost where it does not pay). With --baseline, another llamad build (an earlier
 commit's) runs its core beside this one's in the same rounds: a before/after figure.
 
 Printed: the median over rounds of prompt tokens/s, decode tokens/s, time to first token and
@@ -83,7 +85,7 @@ def llamad_core(a, model_dir, backend, threads, extra=(), prompt=None, binary=No
     _, err = run(cmd)
     r = json.loads(err.strip().splitlines()[-1])
     out = {"prompt": r["prompt_tokens_per_s"], "decode": r["decode_tokens_per_s"], "ttft_ms": r["ttft_ms"],
-           "rss": r["peak_rss_kib"] / 1024, "generated": r["generated_tokens"]}
+           "rss": r["peak_rss_kib"] / 1024, "generated": r["generated_tokens"], "load_s": r.get("load_s")}
     if r.get("draft_tokens"):
         out["acceptance"] = r["draft_accepted"] / r["draft_tokens"]
     return out
@@ -148,7 +150,13 @@ def main():
                     "--llamad's in the same rounds, as \"llamad ... (baseline)\"")
     ap.add_argument("--genai-python", required=True)
     ap.add_argument("--model", nargs=4, action="append", required=True,
-                    metavar=("NAME", "GGUF", "FUSED_DIR", "STANDARD_DIR"))
+                    metavar=("NAME", "GGUF", "FUSED_DIR", "STANDARD_DIR"),
+                    help="STANDARD_DIR '-': no tract run for this model")
+    ap.add_argument("--model-tokens", nargs=3, action="append", default=[], metavar=("NAME", "PROMPT", "GEN"),
+                    help="this model's prompt and generated tokens instead of --prompt and --gen")
+    ap.add_argument("--text-models", nargs="+", help="the models --grounded and --free run on (default: all)")
+    ap.add_argument("--free", help="a free-text chat request (nothing to copy): llamad runs it with prompt "
+                    "lookup off and automatic (the default)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--prompt", type=int, default=128)
@@ -169,6 +177,7 @@ def main():
         passage = open(a.grounded).read().strip()
         grounded = ("Rewrite the following passage word for word, fixing nothing:\n\n" + passage)
     daemon = Daemon(a, {m[0]: m[2] for m in a.model}) if a.dbus else None
+    base_prompt, base_gen = a.prompt, a.gen
     rows = []  # (round, threads, model, tool, result or error)
     try:
         for r in range(1, a.rounds + 1):
@@ -176,12 +185,15 @@ def main():
                 if daemon:
                     daemon.start(t)
                 for name, gguf, fused, standard in a.model:
+                    a.prompt, a.gen = next(((int(p), int(g)) for n, p, g in a.model_tokens if n == name),
+                                           (base_prompt, base_gen))
                     tools = [
                         ("llama.cpp", lambda: llama_cpp(a, gguf, t)),
                         ("onnxruntime-genai", lambda: genai(a, fused, t)),
                         ("llamad onnxruntime", lambda: llamad_core(a, fused, "onnxruntime", t)),
-                        ("llamad tract", lambda: llamad_core(a, standard, "tract", t)),
                     ]
+                    if standard != "-":
+                        tools.append(("llamad tract", lambda: llamad_core(a, standard, "tract", t)))
                     if a.baseline:  # alternating with the build under test, tool by tool
                         tools[2:2] = [("llamad onnxruntime (baseline)",
                                        lambda: llamad_core(a, fused, "onnxruntime", t, binary=a.baseline))]
@@ -191,12 +203,21 @@ def main():
                         text = ["--prompt", STORY, "--temperature", "0"]
                         tools.append(("llamad ORT text", lambda: llamad_core(a, fused, "onnxruntime", t, prompt=text)))
                         tools.append(("llamad ORT text via D-Bus", lambda: daemon.request(name, STORY)))
-                    if grounded:
+                    texts = not a.text_models or name in a.text_models
+                    if grounded and texts:  # prompt lookup off, automatic (the default) and asked for
                         chat = ["--chat", grounded, "--temperature", "0"]
-                        tools.append(("llamad ORT grounded", lambda: llamad_core(a, fused, "onnxruntime", t,
-                                                                                 prompt=chat)))
+                        tools.append(("llamad ORT grounded lookup off", lambda: llamad_core(
+                            a, fused, "onnxruntime", t, ("--prompt-lookup", "0"), prompt=chat)))
+                        tools.append(("llamad ORT grounded lookup auto", lambda: llamad_core(
+                            a, fused, "onnxruntime", t, prompt=chat)))
                         tools.append((f"llamad ORT grounded lookup {a.lookup}", lambda: llamad_core(
                             a, fused, "onnxruntime", t, ("--prompt-lookup", str(a.lookup)), prompt=chat)))
+                    if a.free and texts:  # nothing to copy: automatic lookup must cost nothing
+                        free = ["--chat", a.free, "--temperature", "0"]
+                        tools.append(("llamad ORT free lookup off", lambda: llamad_core(
+                            a, fused, "onnxruntime", t, ("--prompt-lookup", "0"), prompt=free)))
+                        tools.append(("llamad ORT free lookup auto", lambda: llamad_core(
+                            a, fused, "onnxruntime", t, prompt=free)))
                     for tool, fn in tools:
                         try:
                             res = fn()
@@ -207,6 +228,7 @@ def main():
                               + (res["error"][:120] if "error" in res else
                                  f"prompt {res['prompt']:7.1f} decode {res['decode']:6.1f} tok/s  ttft "
                                  f"{res['ttft_ms']:7.1f} ms  rss {res['rss'] or 0:6.0f} MiB"
+                                 + (f"  load {res['load_s']:.1f} s" if res.get("load_s") else "")
                                  + (f"  acceptance {res['acceptance']:.2f}" if "acceptance" in res else "")),
                               file=sys.stderr, flush=True)
     finally:
@@ -220,12 +242,14 @@ def main():
 def rows_from_log(text):
     """The measurements in the progress lines this script prints (an interrupted run's too)."""
     pat = re.compile(r"^round (\d+) threads (\d+) (\S+)\s+(.+?)\s+prompt\s+([\d.]+) decode\s+([\d.]+) tok/s\s+"
-                     r"ttft\s+([\d.]+) ms\s+rss\s+([\d.]+) MiB(?:\s+acceptance ([\d.]+))?")
+                     r"ttft\s+([\d.]+) ms\s+rss\s+([\d.]+) MiB(?:\s+load ([\d.]+) s)?(?:\s+acceptance ([\d.]+))?")
     rows = []
     for line in text.splitlines():
         if mt := pat.match(line):
-            r, t, m, tool, p, dec, ttft, rss, acc = mt.groups()
+            r, t, m, tool, p, dec, ttft, rss, load, acc = mt.groups()
             res = {"prompt": float(p), "decode": float(dec), "ttft_ms": float(ttft), "rss": float(rss)}
+            if load:
+                res["load_s"] = float(load)
             if acc:
                 res["acceptance"] = float(acc)
             rows.append((int(r), int(t), m, tool, res))
@@ -237,10 +261,12 @@ def rows_from_log(text):
 
 def report(rows, a):
     med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
-    print(f"\nprompt {a.prompt} token ids, {a.gen} greedy tokens; medians of {a.rounds} interleaved rounds")
-    print("| model | threads | tool | prompt tok/s | decode tok/s | TTFT ms | peak RSS MiB | "
+    sizes = ", ".join(f"{n}: {p} and {g}" for n, p, g in getattr(a, "model_tokens", []))
+    print(f"\nprompt {a.prompt} token ids, {a.gen} greedy tokens{' (' + sizes + ')' if sizes else ''}; medians of "
+          f"{a.rounds} interleaved rounds")
+    print("| model | threads | tool | prompt tok/s | decode tok/s | TTFT ms | peak RSS MiB | load s | "
           "decode vs llama.cpp (per round) | decode vs best peer | prompt vs llama.cpp | prompt vs best peer |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     keys = []
     for _, t, m, tool, _ in rows:
         if (m, t, tool) not in keys:
@@ -249,7 +275,7 @@ def report(rows, a):
         got = [(r, res) for r, tt, mm, tl, res in rows if mm == m and tt == t and tl == tool and "error" not in res]
         if not got:
             err = next(res["error"] for _, tt, mm, tl, res in rows if mm == m and tt == t and tl == tool)
-            print(f"| {m} | {t} | {tool} | error: {err[:80]} | | | | | | | |")
+            print(f"| {m} | {t} | {tool} | error: {err[:80]} | | | | | | | | |")
             continue
         ratios_d, ratios_p, cpp_d, cpp_p = [], [], [], []
         for r, res in got:
@@ -262,6 +288,7 @@ def report(rows, a):
                     cpp_d.append(res["decode"] / peers["llama.cpp"]["decode"])
                     cpp_p.append(res["prompt"] / peers["llama.cpp"]["prompt"])
         rss = [res["rss"] for _, res in got if res.get("rss")]
+        load = [res["load_s"] for _, res in got if res.get("load_s")]
         extra = ""
         acc = [res["acceptance"] for _, res in got if "acceptance" in res]
         if acc:
@@ -269,7 +296,8 @@ def report(rows, a):
         fmt = lambda xs: " ".join(f"{x:.2f}" for x in xs) if xs else "-"  # noqa: E731
         print(f"| {m} | {t} | {tool}{extra} | {med([x['prompt'] for _, x in got]):.1f} | "
               f"{med([x['decode'] for _, x in got]):.1f} | {med([x['ttft_ms'] for _, x in got]):.1f} | "
-              f"{med(rss):.0f} | {fmt(cpp_d)} | {fmt(ratios_d)} | {fmt(cpp_p)} | {fmt(ratios_p)} |")
+              f"{med(rss):.0f} | {f'{med(load):.1f}' if load else '-'} | {fmt(cpp_d)} | {fmt(ratios_d)} | "
+              f"{fmt(cpp_p)} | {fmt(ratios_p)} |")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 """Random-weight Llama GGUF files: the TinyLlama-1.1B-shaped benchmark model, and the tiny fixture
 of the fused graph.
 
-    python models/make_bench_gguf.py TOKENIZER_MODEL OUT.gguf      (the benchmark model)
-    python models/make_bench_gguf.py --fixture OUT.gguf             (the test fixture's source)
+    python models/make_bench_gguf.py TOKENIZER_MODEL OUT.gguf              (the 1.1B benchmark model)
+    python models/make_bench_gguf.py --llama2-7b TOKENIZER_MODEL OUT.gguf  (the 7B benchmark model)
+    python models/make_bench_gguf.py --fixture OUT.gguf                     (the test fixture's source)
 
 Same shape as TinyLlama-1.1B-Chat (22 layers, hidden 2048, 32 heads / 4 key-value heads, head
 size 64, MLP 5632, vocab 32000, untied head, 2048 positions), weights N(0, 0.02²) from a seeded
@@ -14,6 +15,10 @@ Q8_0, the norms F32. Its text is meaningless; its speed is that of the real mode
 committed (640 MB): `models/bench-peers.sh` makes it, then converts it for llamad and
 onnxruntime-genai with `models/gguf_to_onnx.py`, so that every tool runs the same weights.
 About a minute on 2 cores; the output is deterministic and written to OUT.part first.
+
+--llama2-7b: Llama 2 7B's shape instead (32 layers, hidden 4096, 32 heads and 32 key-value
+heads of 128, MLP 11008, vocab 32000, untied head, 4096 positions), the same types: 3.8 GB,
+about 8 minutes on 2 cores.
 
 --fixture: the source of models/fixtures/tiny-gguf-fused (models/make_fixtures.sh): 2 layers,
 hidden 64, 4 heads / 2 KV heads of 16, MLP 128, 512 positions, tied embeddings, a made-up
@@ -35,6 +40,9 @@ from make_tiny_gguf import llama_writer, sentencepiece_vocab
 BENCH = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
              num_attention_heads=32, num_key_value_heads=4, head_dim=64, max_position_embeddings=2048,
              rms_norm_eps=1e-5, rope_theta=10000.0)
+LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=32, head_dim=128, max_position_embeddings=4096,
+                 rms_norm_eps=1e-5, rope_theta=10000.0)
 FIXTURE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
                rms_norm_eps=1e-5, rope_theta=10000.0)
@@ -54,15 +62,21 @@ def made_up_vocab(n):
 
 
 def main():
-    fixture = len(sys.argv) == 3 and sys.argv[1] == "--fixture"
-    if len(sys.argv) != 3:
+    args = sys.argv[1:]
+    fixture = args[:1] == ["--fixture"]
+    big = args[:1] == ["--llama2-7b"]
+    if fixture or big:
+        args = args[1:]
+    if len(args) != (1 if fixture else 2):
         sys.exit(__doc__)
-    out = Path(sys.argv[2])
-    c = FIXTURE if fixture else BENCH
-    vocab = made_up_vocab(c["vocab_size"]) if fixture else sentencepiece_vocab(Path(sys.argv[1]))
+    out = Path(args[-1])
+    c = FIXTURE if fixture else LLAMA2_7B if big else BENCH
+    vocab = made_up_vocab(c["vocab_size"]) if fixture else sentencepiece_vocab(Path(args[0]))
     rng = np.random.default_rng(0)
     part = out.with_name(out.name + ".part")
-    name = "tiny random Llama (llamad fused-graph fixture)" if fixture else "TinyLlama-1.1B shape, random (llamad benchmark)"
+    name = ("tiny random Llama (llamad fused-graph fixture)" if fixture
+            else "Llama-2-7B shape, random (llamad benchmark)" if big
+            else "TinyLlama-1.1B shape, random (llamad benchmark)")
     w = llama_writer(part, c, vocab, name, gguf.LlamaFileType.MOSTLY_Q4_0)
     hidden, ffn, d = c["hidden_size"], c["intermediate_size"], c["head_dim"]
     kv = c["num_key_value_heads"] * d
