@@ -159,6 +159,23 @@ async fn memory_pressure_unloads_idle_models_and_pauses_admission() {
     assert_eq!(run(&conn, &proxy, 1, 5).await.1.finish_reason, "length");
 }
 
+/// Test daemons read a quiet pressure file (`common::bus::quiet_pressure`); one named
+/// on the kernel's file registers the PSI trigger there.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kernel_pressure_file_takes_the_trigger() {
+    if !std::path::Path::new("/proc/pressure/memory").exists() {
+        eprintln!("skipped: this kernel has no PSI (CONFIG_PSI off or psi=0)");
+        return;
+    }
+    let d = Daemon::start("[memory]\npsi = \"/proc/pressure/memory\"").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !d.log().contains("PSI trigger registered") {
+        assert!(std::time::Instant::now() < deadline, "no trigger registered:\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(d.log().contains("some 150000 2000000"), "{}", d.log());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn max_loaded_models_and_the_estimate_dry_run() {
     let d = Daemon::start("max_loaded_models = 1").await;

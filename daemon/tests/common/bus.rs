@@ -52,6 +52,31 @@ pub fn target_command(name: &str) -> Command {
     c
 }
 
+/// `config` with its `[memory]` table reading pressure from a quiet file in `dir`, unless
+/// it names a `psi` file itself. A test daemon on the machine's `/proc/pressure/memory`
+/// refused work whenever the shared machine stalled on memory (its PSI trigger fired while
+/// other tests, builds or qemu ran): the tests of other features must not depend on that.
+/// `memory.rs` drives pressure through such a file; the trigger on the kernel's file is
+/// tested in `memory::trigger` and by `the_kernel_pressure_file_takes_the_trigger`.
+pub fn quiet_pressure(config: &str, dir: &Path) -> String {
+    if config.lines().any(|l| l.trim_start().starts_with("psi ") || l.trim_start().starts_with("psi=")) {
+        return config.to_string();
+    }
+    let file = dir.join("pressure");
+    if !file.exists() {
+        std::fs::write(&file, "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n").unwrap();
+    }
+    let line = format!("psi = \"{}\"", file.display());
+    match config.lines().position(|l| l.trim() == "[memory]") {
+        Some(i) => {
+            let mut lines: Vec<&str> = config.lines().collect();
+            lines.insert(i + 1, &line);
+            lines.join("\n") + "\n"
+        }
+        None => format!("{config}\n[memory]\n{line}\n"),
+    }
+}
+
 impl Daemon {
     /// Starts a bus and llamad with `extra_config` appended to the test configuration.
     pub async fn start(extra_config: &str) -> Daemon {
@@ -134,6 +159,8 @@ impl Daemon {
     /// any file (`CAP_DAC_READ_SEARCH`, ambient), so that it reads the fixtures wherever
     /// the clone lives, while the bus and polkit see the unprivileged uid.
     async fn spawn_llamad_as(&mut self, config: &Path, uid: Option<u32>) {
+        let text = std::fs::read_to_string(config).unwrap();
+        std::fs::write(config, quiet_pressure(&text, self.dir.path())).unwrap();
         let log = std::fs::File::options().create(true).append(true).open(self.dir.path().join("llamad.log")).unwrap();
         let mut command = match uid {
             None => target_command("llamad"),
