@@ -25,7 +25,7 @@ dbus-run-session -- bash -c '
   done
   sleep 1  # the housekeeping thread has measured its baseline
   rss() { awk "/VmRSS/ {print \$2}" /proc/$pid/status; }
-  echo "idle daemon RSS: $(( $(rss) / 1024 )) MiB"
+  echo "idle daemon RSS: $(awk "/VmRSS/ {printf \"%.1f\", \$2 / 1024}" /proc/$pid/status) MiB"
   $ctl status >/dev/null
   echo "RSS after llamactl status (ONNX Runtime set up): $(( $(rss) / 1024 )) MiB"
   args="--seed 1 --temperature 0.8 --max-tokens $MAX"

@@ -276,18 +276,10 @@ impl Scheduler {
             tokenizing: Arc::new(tokio::sync::Semaphore::new(config.max_tokenizing)),
             power: Arc::new(crate::power::Governor::new(config.power.clone())),
             metrics: Default::default(),
-            baseline: AtomicU64::new({
-                // ONNX Runtime's one-time setup (library, environment, thread pools) belongs to
-                // the daemon's baseline, not to the first model loaded on it (unless the daemon
-                // is configured for tract alone). Setting it up lazily instead (idle RSS 13 MiB
-                // instead of 33) was tried and reverted: the memory tests' reload measurements
-                // then failed now and again (a load measured up to 35 % below its estimate).
-                if config.backend != Some(BackendKind::Tract) {
-                    let _ =
-                        crate::engine::backend::onnxruntime::available_providers(config.onnxruntime.library.as_deref());
-                }
-                crate::memory::measure::resident()
-            }),
+            // ONNX Runtime is set up on first use (`set_up_onnxruntime`: a load on it, or
+            // reading `Providers`), its growth then added to this baseline: an idle daemon
+            // holds none of it.
+            baseline: AtomicU64::new(crate::memory::measure::resident()),
             budget: Budget::detect(config.memory.budget, config.memory.reserve),
             config,
         });
